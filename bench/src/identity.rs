@@ -1,0 +1,7 @@
+//! `bench identity`: see the README's benchmark section.
+
+use crate::SuiteArgs;
+
+pub fn run(_args: &SuiteArgs) -> anyhow::Result<()> {
+    anyhow::bail!("the identity suite is not built yet")
+}

@@ -1,0 +1,1 @@
+//! Identity: OIDC JWT verification against JWKS, claims to identity, local issuer.

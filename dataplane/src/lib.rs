@@ -1,0 +1,5 @@
+//! Portcullis data plane: the thread-per-core runtime, listeners, TLS, identity and one module
+//! per protocol. Protocol codecs are sans-IO; each protocol has one driver that owns the sockets.
+
+pub mod identity;
+pub mod postgres;

@@ -1,0 +1,1 @@
+//! PostgreSQL protocol: sans-IO codec, session state machine, upstream authentication.

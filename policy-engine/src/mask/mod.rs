@@ -1,0 +1,1 @@
+//! Masking engine: detectors, column/field rules, strategies, value and stream maskers.
