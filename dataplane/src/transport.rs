@@ -1,0 +1,270 @@
+//! Byte transports for protocol drivers: a plain monoio TCP stream or TLS over one, behind one
+//! small API that appends to an owned `BytesMut` and writes owned buffers.
+//!
+//! The TLS side drives a `rustls` connection by hand (sans-IO): ciphertext moves through owned
+//! buffers handed to the kernel and back, plaintext is copied out of rustls into the caller's
+//! buffer. We do not use an off-the-shelf monoio TLS wrapper because the maintained ones hide the
+//! connection (no SNI, no peer certificates) and pin old rustls versions.
+//!
+//! Cancellation: a `read_into` future owns the caller's buffer while the read is in flight. Drop
+//! such a future only when the session is being torn down (idle timeout, shutdown); the buffered
+//! bytes go with it.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
+
+/// Ciphertext read from the socket in one go: one maximal TLS record plus header.
+const TLS_READ_CHUNK: usize = 18 * 1024;
+
+/// Plaintext copied out of rustls per call; bounded so one read cannot grow a buffer at will.
+const PLAINTEXT_CHUNK: usize = 16 * 1024;
+
+/// A connection's byte transport, client- or upstream-facing.
+#[derive(Debug)]
+pub enum Transport {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS where the gateway is the server (client-facing).
+    TlsServer(Box<TlsStream<ServerConnection>>),
+    /// TLS where the gateway is the client (upstream-facing).
+    TlsClient(Box<TlsStream<ClientConnection>>),
+}
+
+impl Transport {
+    /// Appends up to `max` bytes to `buf`; `Ok(0)` means the peer closed cleanly.
+    pub async fn read_into(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => read_plain(tcp, buf, max).await,
+            Transport::TlsServer(tls) => tls.read_into(buf, max).await,
+            Transport::TlsClient(tls) => tls.read_into(buf, max).await,
+        }
+    }
+
+    /// Writes all of `data`.
+    pub async fn write_all(&mut self, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        match self {
+            Transport::Plain(tcp) => {
+                let (res, data) = tcp.write_all(data).await;
+                res.map(|_| data)
+            }
+            Transport::TlsServer(tls) => tls.write_all(&data).await.map(|()| data),
+            Transport::TlsClient(tls) => tls.write_all(&data).await.map(|()| data),
+        }
+    }
+
+    /// Signals end of stream to the peer (TLS close_notify, then TCP FIN).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(tcp) => tcp.shutdown().await,
+            Transport::TlsServer(tls) => tls.shutdown().await,
+            Transport::TlsClient(tls) => tls.shutdown().await,
+        }
+    }
+
+    /// The underlying TCP stream, e.g. to read addresses or set options.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(tcp) => tcp,
+            Transport::TlsServer(tls) => &tls.tcp,
+            Transport::TlsClient(tls) => &tls.tcp,
+        }
+    }
+
+    /// Whether the transport is encrypted.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Transport::Plain(_))
+    }
+}
+
+/// Reads straight into the spare capacity of `buf`: no copy on the plain path.
+async fn read_plain(tcp: &mut TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    let mut owned = std::mem::take(buf);
+    owned.reserve(max);
+    let start = owned.len();
+    let (res, slice) = tcp.read(owned.slice_mut(start..start + max)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// TLS over a monoio TCP stream, driven by hand.
+#[derive(Debug)]
+pub struct TlsStream<C> {
+    tcp: TcpStream,
+    conn: C,
+    /// Owned ciphertext buffer lent to the kernel for reads; `cipher[cipher_pos..]` is read
+    /// but not yet handed to rustls.
+    cipher: Vec<u8>,
+    cipher_pos: usize,
+    /// Owned ciphertext buffer lent to the kernel for writes.
+    cipher_out: Vec<u8>,
+    /// The peer closed its TCP side.
+    tcp_eof: bool,
+}
+
+impl<C, S> TlsStream<C>
+where
+    C: std::ops::DerefMut<Target = ConnectionCommon<S>>,
+    S: SideData,
+{
+    /// Wraps `tcp` and completes the TLS handshake.
+    pub async fn handshake(tcp: TcpStream, conn: C) -> io::Result<Self> {
+        let mut stream = TlsStream {
+            tcp,
+            conn,
+            cipher: Vec::with_capacity(TLS_READ_CHUNK),
+            cipher_pos: 0,
+            cipher_out: Vec::with_capacity(TLS_READ_CHUNK),
+            tcp_eof: false,
+        };
+        while stream.conn.is_handshaking() {
+            stream.flush_tls().await?;
+            if stream.conn.is_handshaking()
+                && stream.conn.wants_read()
+                && stream.fill_tls().await? == 0
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed during the tls handshake",
+                ));
+            }
+        }
+        stream.flush_tls().await?;
+        Ok(stream)
+    }
+
+    /// The rustls connection, e.g. for SNI or the negotiated protocol.
+    pub fn connection(&self) -> &C {
+        &self.conn
+    }
+
+    /// Appends up to `max` plaintext bytes to `buf`; `Ok(0)` means a clean close.
+    pub async fn read_into(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        let want = max.min(PLAINTEXT_CHUNK);
+        loop {
+            let start = buf.len();
+            buf.resize(start + want, 0);
+            let got = buf
+                .get_mut(start..)
+                .map(|dst| self.conn.reader().read(dst))
+                .unwrap_or(Ok(0));
+            match got {
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf.truncate(start);
+                }
+                Err(e) => {
+                    buf.truncate(start);
+                    return Err(e);
+                }
+            }
+            // No plaintext buffered: answer whatever rustls wants to say (alerts, key updates),
+            // then read more ciphertext.
+            self.flush_tls().await?;
+            if self.tcp_eof {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed without tls close_notify",
+                ));
+            }
+            self.fill_tls().await?;
+        }
+    }
+
+    /// Encrypts and writes all of `data`.
+    pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = self.conn.writer().write(data)?;
+            data = data.get(n..).unwrap_or_default();
+            self.flush_tls().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends close_notify and shuts down the TCP write side.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush_tls().await?;
+        self.tcp.shutdown().await
+    }
+
+    /// Writes out every ciphertext byte rustls has queued.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut out = std::mem::take(&mut self.cipher_out);
+            out.clear();
+            self.conn.write_tls(&mut out)?;
+            let (res, out) = self.tcp.write_all(out).await;
+            self.cipher_out = out;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Hands rustls more ciphertext: what is left of the last socket read, else a fresh read.
+    /// Returns `Ok(0)` only when the peer closed its TCP side.
+    ///
+    /// Feeding stops as soon as plaintext is available, so rustls' received-plaintext limit is
+    /// never exceeded; the rest of the ciphertext waits in `cipher[cipher_pos..]`.
+    async fn fill_tls(&mut self) -> io::Result<usize> {
+        if self.cipher_pos >= self.cipher.len() {
+            let mut owned = std::mem::take(&mut self.cipher);
+            owned.clear();
+            owned.reserve(TLS_READ_CHUNK);
+            let (res, owned) = self.tcp.read(owned.slice_mut(0..TLS_READ_CHUNK)).await;
+            self.cipher = owned.into_inner();
+            self.cipher_pos = 0;
+            if res? == 0 {
+                self.tcp_eof = true;
+                // Tell rustls the stream ended so a missing close_notify is reported.
+                let _ = self.conn.read_tls(&mut io::empty());
+                self.process()?;
+                return Ok(0);
+            }
+        }
+        let mut fed = 0;
+        loop {
+            let mut input = self.cipher.get(self.cipher_pos..).unwrap_or_default();
+            if input.is_empty() {
+                break;
+            }
+            let used = self.conn.read_tls(&mut input)?;
+            self.cipher_pos += used;
+            fed += used;
+            let plaintext = self.process()?;
+            if used == 0 || plaintext > 0 {
+                break;
+            }
+        }
+        Ok(fed.max(1))
+    }
+
+    /// Lets rustls decrypt what it was fed; returns the plaintext bytes now readable.
+    fn process(&mut self) -> io::Result<usize> {
+        self.conn
+            .process_new_packets()
+            .map(|state| state.plaintext_bytes_to_read())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// Convenience: a rustls server connection for an accepted client.
+pub fn server_connection(config: &Arc<rustls::ServerConfig>) -> io::Result<ServerConnection> {
+    ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)
+}
+
+/// Convenience: a rustls client connection to `server_name`.
+pub fn client_connection(
+    config: &Arc<rustls::ClientConfig>,
+    server_name: rustls_pki_types::ServerName<'static>,
+) -> io::Result<ClientConnection> {
+    ClientConnection::new(Arc::clone(config), server_name).map_err(io::Error::other)
+}
