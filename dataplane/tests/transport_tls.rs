@@ -1,5 +1,11 @@
 //! TLS transport over real loopback sockets: a handshake, a large echo in both directions
 //! (many records, reads cut anywhere) and a clean close, on both monoio drivers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test code: a panic is a failed test"
+)]
 
 use std::sync::Arc;
 
