@@ -50,10 +50,10 @@ pub fn serve(
                         stopping = true;
                         tracing::info!(signal = sig, "shutdown requested: no new connections, draining sessions");
                         early.store(true, Ordering::Release);
-                        if let Ok(guard) = slot.lock() {
-                            if let Some(h) = guard.as_ref() {
-                                h.shutdown();
-                            }
+                        if let Ok(guard) = slot.lock()
+                            && let Some(h) = guard.as_ref()
+                        {
+                            h.shutdown();
                         }
                     }
                 }

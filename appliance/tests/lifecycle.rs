@@ -1,5 +1,9 @@
 //! Process lifecycle through the real binary: admin endpoints, graceful shutdown, exit codes,
 //! config errors.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failed step is a failed test"
+)]
 
 mod common;
 

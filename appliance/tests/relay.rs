@@ -1,4 +1,8 @@
 //! The raw tcp relay, end to end through the real binary, on both IO drivers.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a failed step is a failed test"
+)]
 
 mod common;
 
@@ -32,7 +36,7 @@ fn start_nginx(root: &std::path::Path) -> Option<Nginx> {
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log stderr warn;\n\
+            "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
              events {{ worker_connections 256; }}\n\
              http {{\n access_log off;\n client_body_temp_path {p}/body;\n proxy_temp_path {p}/proxy;\n\
              fastcgi_temp_path {p}/fcgi;\n uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n\

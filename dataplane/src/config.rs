@@ -316,7 +316,7 @@ impl Config {
     /// Validates `text` as if it had been read from `path` (used for messages only).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let v = Validator { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| v.from_toml(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
         v.build(raw)
     }
 
@@ -342,7 +342,7 @@ impl Validator<'_> {
         }
     }
 
-    fn from_toml(&self, e: &toml::de::Error) -> ConfigError {
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
         let (line, column) = line_col(self.text, span.start);
         // serde reports type errors against the value; the key is what precedes `=` on that line.
@@ -492,14 +492,14 @@ impl Validator<'_> {
             let listen = parse_addr(c.listen.get_ref())
                 .map_err(|m| self.err(c.listen.span(), &at("listen"), m))?;
             // Port 0 means "any free port": two of those never collide.
-            if listen.port() != 0 {
-                if let Some(other) = listens.insert(listen, name.clone()) {
-                    return Err(self.err(
-                        c.listen.span(),
-                        &at("listen"),
-                        format!("`{listen}` is already the listen address of `{other}`"),
-                    ));
-                }
+            if listen.port() != 0
+                && let Some(other) = listens.insert(listen, name.clone())
+            {
+                return Err(self.err(
+                    c.listen.span(),
+                    &at("listen"),
+                    format!("`{listen}` is already the listen address of `{other}`"),
+                ));
             }
             let upstream = c.upstream.get_ref().clone();
             check_host_port(&upstream)
@@ -539,16 +539,16 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|t| *t.get_ref())
                 .unwrap_or_default();
-            if let Some(t) = &c.upstream_tls {
-                if protocol != Protocol::Postgres {
-                    return Err(self.err(
-                        t.span(),
-                        &at("upstream_tls"),
-                        format!(
-                            "only postgres connections take `upstream_tls`, `{name}` is {protocol}"
-                        ),
-                    ));
-                }
+            if let Some(t) = &c.upstream_tls
+                && protocol != Protocol::Postgres
+            {
+                return Err(self.err(
+                    t.span(),
+                    &at("upstream_tls"),
+                    format!(
+                        "only postgres connections take `upstream_tls`, `{name}` is {protocol}"
+                    ),
+                ));
             }
             let max_connections = match &c.max_connections {
                 Some(m) if *m.get_ref() == 0 => {

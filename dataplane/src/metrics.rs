@@ -86,6 +86,14 @@ impl ConnCounters {
     }
 }
 
+/// Name, type, help text and reader of one per-connection series.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ConnCounters) -> u64,
+);
+
 /// One worker's counters: one [`ConnCounters`] per configured connection, in config order.
 #[derive(Debug)]
 pub struct WorkerMetrics {
@@ -128,7 +136,7 @@ impl Metrics {
     /// The counters in Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let series: [(&str, &str, &str, fn(&ConnCounters) -> u64); 5] = [
+        let series: [Series; 5] = [
             (
                 "portcullis_connections_accepted_total",
                 "counter",

@@ -562,12 +562,12 @@ impl Permit {
         }
         let counter = shared.conn_active.get(conn)?;
         let prev = counter.fetch_add(1, Ordering::AcqRel);
-        if let Some(Some(limit)) = shared.conn_limits.get(conn) {
-            if prev >= *limit {
-                counter.fetch_sub(1, Ordering::AcqRel);
-                shared.global_active.fetch_sub(1, Ordering::AcqRel);
-                return None;
-            }
+        if let Some(Some(limit)) = shared.conn_limits.get(conn)
+            && prev >= *limit
+        {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            shared.global_active.fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
         Some(Permit {
             shared: shared.clone(),
