@@ -641,8 +641,20 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Parses a human duration: an integer followed by `ms`, `s`, `m`, `h` or `d` (`"100ms"`, `"30s"`).
+/// Parses a human duration: an integer followed by `ms`, `s`, `m`, `h` or `d` (`"100ms"`, `"30s"`),
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_unbounded(s)?;
+    if d > MAX_DURATION {
+        return Err(format!("`{s}` is longer than the 3650d maximum"));
+    }
+    Ok(d)
+}
+
+/// Longest duration any key accepts; keeps deadline arithmetic and timers far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+fn parse_duration_unbounded(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -778,6 +790,8 @@ idle_timeout = "5m"
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("3651d").unwrap_err().contains("maximum"));
+        assert!(parse_duration("3650d").is_ok());
     }
 
     #[test]

@@ -301,8 +301,8 @@ where
 }
 
 async fn idle_watchdog(activity: &Cell<Instant>, idle: Duration, stop: &SessionStop) {
-    loop {
-        let deadline = activity.get() + idle;
+    // A deadline past the end of representable time means "never idle".
+    while let Some(deadline) = activity.get().checked_add(idle) {
         let now = Instant::now();
         if now >= deadline {
             stop.stop(StopReason::Idle);

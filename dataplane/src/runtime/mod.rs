@@ -472,8 +472,8 @@ async fn worker_main(
     let open = state.active.get();
     tracing::info!(worker = index, open_sessions = open, drain_timeout = ?shared.drain_timeout, "stopped accepting; draining");
 
-    let deadline = Instant::now() + shared.drain_timeout;
-    while state.active.get() > 0 && Instant::now() < deadline {
+    let started = Instant::now();
+    while state.active.get() > 0 && started.elapsed() < shared.drain_timeout {
         monoio::time::sleep(tick).await;
     }
     let left = state.active.get();
@@ -487,8 +487,8 @@ async fn worker_main(
             s.stop(StopReason::Shutdown);
         }
         // Cancelled sessions finish within a few ticks; bound the wait anyway.
-        let hard = Instant::now() + Duration::from_secs(2);
-        while state.active.get() > 0 && Instant::now() < hard {
+        let stopped = Instant::now();
+        while state.active.get() > 0 && stopped.elapsed() < Duration::from_secs(2) {
             monoio::time::sleep(tick).await;
         }
     }
@@ -556,11 +556,11 @@ struct Permit {
 
 impl Permit {
     fn acquire(shared: &Arc<Shared>, conn: usize) -> Option<Permit> {
+        let counter = shared.conn_active.get(conn)?;
         if shared.global_active.fetch_add(1, Ordering::AcqRel) >= shared.global_limit {
             shared.global_active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let counter = shared.conn_active.get(conn)?;
         let prev = counter.fetch_add(1, Ordering::AcqRel);
         if let Some(Some(limit)) = shared.conn_limits.get(conn)
             && prev >= *limit
