@@ -17,6 +17,7 @@ use common::*;
 fn admin_endpoints() {
     let echo = echo_server();
     let gw = start("epoll", "", &tcp_connection("web", echo, ""));
+    assert!(gw.logs().contains("\"driver\":\"epoll\""), "{}", gw.logs());
     assert_eq!(gw.admin_get("/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(gw.admin_get("/readyz").0, 200);
     let (status, body) = gw.admin_get("/nope");
@@ -41,14 +42,8 @@ fn admin_endpoints() {
         1
     );
     assert_eq!(gw.metric_sum("portcullis_connections_active", "web"), 1);
-    assert_eq!(
-        gw.metric_sum("portcullis_bytes_client_to_upstream_total", "web"),
-        5
-    );
-    assert_eq!(
-        gw.metric_sum("portcullis_bytes_upstream_to_client_total", "web"),
-        5
-    );
+    gw.wait_metric("portcullis_bytes_client_to_upstream_total", "web", 5);
+    gw.wait_metric("portcullis_bytes_upstream_to_client_total", "web", 5);
 }
 
 #[test]

@@ -124,7 +124,11 @@ fn curl_through_gateway_matches_nginx_directly() {
             assert_eq!(direct.stdout, through.stdout, "{driver}: {path} differs");
         }
         assert_eq!(curl(&format!("http://{via}/blob.bin")), body, "{driver}");
-        assert!(gw.metric_sum("portcullis_bytes_upstream_to_client_total", "web") >= 2 * (3 << 20));
+        gw.wait_metric_at_least(
+            "portcullis_bytes_upstream_to_client_total",
+            "web",
+            2 * (3 << 20),
+        );
     }
 }
 
@@ -195,7 +199,7 @@ fn one_gib_streams_with_bounded_gateway_memory() {
             after < before + 32 * 1024,
             "{driver}: peak RSS grew from {before} KiB to {after} KiB"
         );
-        assert!(gw.metric_sum("portcullis_bytes_upstream_to_client_total", "bulk") == TOTAL);
+        gw.wait_metric("portcullis_bytes_upstream_to_client_total", "bulk", TOTAL);
     }
 }
 
@@ -272,15 +276,15 @@ fn idle_sessions_are_closed_after_idle_timeout() {
         let gw = start(
             driver,
             "",
-            &tcp_connection("idle", echo, "idle_timeout = \"1s\""),
+            &tcp_connection("idle", echo, "idle_timeout = \"2s\""),
         );
         let mut s = connect(gw.addr("idle"));
-        // Activity resets the clock...
-        for _ in 0..3 {
+        // Activity resets the clock: these pings span longer than the idle timeout...
+        for _ in 0..8 {
             s.write_all(b"ping").unwrap();
             let mut b = [0u8; 4];
             s.read_exact(&mut b).unwrap();
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_millis(300));
         }
         // ...silence does not.
         let started = Instant::now();
@@ -289,7 +293,7 @@ fn idle_sessions_are_closed_after_idle_timeout() {
         let waited = started.elapsed();
         assert_eq!(n, 0, "{driver}");
         assert!(
-            waited >= Duration::from_millis(500) && waited < Duration::from_secs(15),
+            waited >= Duration::from_millis(1200) && waited < Duration::from_secs(20),
             "{driver}: {waited:?}"
         );
         let deadline = Instant::now() + Duration::from_secs(10);

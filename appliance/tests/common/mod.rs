@@ -147,6 +147,32 @@ impl Gateway {
         self.metric_by_worker(name, filter).values().sum()
     }
 
+    /// Waits until `metric_sum(name, filter) == want`: counters move when the gateway's own
+    /// IO completes, which can be just after the peer already saw the bytes.
+    pub fn wait_metric(&self, name: &str, filter: &str, want: u64) {
+        self.wait_metric_until(name, filter, |got| got == want, &format!("== {want}"));
+    }
+
+    /// Like [`Gateway::wait_metric`], for a lower bound.
+    pub fn wait_metric_at_least(&self, name: &str, filter: &str, min: u64) {
+        self.wait_metric_until(name, filter, |got| got >= min, &format!(">= {min}"));
+    }
+
+    fn wait_metric_until(&self, name: &str, filter: &str, ok: impl Fn(u64) -> bool, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.metric_sum(name, filter);
+            if ok(got) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{filter}}} is {got}, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// One metric per worker label, for series whose labels contain `filter`.
     pub fn metric_by_worker(&self, name: &str, filter: &str) -> HashMap<String, u64> {
         let (status, body) = self.admin_get("/metrics");
