@@ -84,7 +84,7 @@ fn sigterm_drains_live_sessions_then_exits_zero() {
             .wait_exit(Duration::from_secs(20))
             .expect("did not exit after the last session");
         assert_eq!(status.code(), Some(0), "{driver}: {}", gw.logs());
-        assert!(gw.logs().contains("\"outcome\":\"closed\""), "{driver}");
+        gw.wait_log("\"outcome\":\"closed\"");
     }
 }
 
@@ -112,11 +112,7 @@ fn sigterm_closes_sessions_still_open_at_the_drain_deadline() {
         );
         // The client sees its session closed.
         assert_eq!(s.read(&mut b).unwrap_or(0), 0, "{driver}");
-        assert!(
-            gw.logs().contains("\"outcome\":\"shutdown_closed\""),
-            "{driver}: {}",
-            gw.logs()
-        );
+        gw.wait_log("\"outcome\":\"shutdown_closed\"");
     }
 }
 

@@ -265,7 +265,54 @@ fn refused_upstream_closes_client_promptly_and_is_counted() {
         );
         let refused = gw.metric_sum("portcullis_errors_total", "kind=\"upstream_refused\"");
         assert_eq!(refused, 1, "{driver}");
-        assert!(gw.logs().contains("upstream connect failed"), "{driver}");
+        gw.wait_log("upstream connect failed");
+    }
+}
+
+/// A listener whose accept queue is full, so further SYNs are dropped and connects hang.
+fn unanswering_upstream() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let fillers: Vec<_> = (0..4)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "the accept queue did not fill; cannot make an unanswering upstream"
+    );
+    (l, fillers, addr)
+}
+
+#[test]
+fn unanswered_upstream_connect_times_out_and_is_counted() {
+    let (_listener, _fillers, addr) = unanswering_upstream();
+    for driver in DRIVERS {
+        let gw = start(
+            driver,
+            "",
+            &tcp_connection("slow", addr, "connect_timeout = \"1s\""),
+        );
+        let started = Instant::now();
+        let mut s = connect(gw.addr("slow"));
+        let n = s.read(&mut [0u8; 1]).unwrap_or(0);
+        let took = started.elapsed();
+        assert_eq!(n, 0, "{driver}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(20),
+            "{driver}: closed after {took:?}"
+        );
+        gw.wait_metric(
+            "portcullis_errors_total",
+            "kind=\"upstream_connect_timeout\"",
+            1,
+        );
+        gw.wait_log("no answer within");
     }
 }
 

@@ -237,6 +237,20 @@ impl Gateway {
         }
     }
 
+    /// Waits until the gateway has logged a line containing `needle`: log lines arrive through
+    /// a pipe and a reader thread, a little after the event they describe.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line contains `{needle}`; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
