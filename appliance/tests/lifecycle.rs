@@ -208,3 +208,53 @@ fn help_lists_examples_and_exit_codes() {
     let (code, _, _) = run_portcullis(&["run"]);
     assert_eq!(code, Some(2), "missing --config is a usage error");
 }
+
+#[test]
+fn demo_serves_through_the_gateway_and_stops_on_sigint() {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut relay, mut admin) = (None, None);
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 {
+        let url = line
+            .split("http://")
+            .nth(1)
+            .map(|u| u.trim().trim_end_matches('/').to_owned());
+        if line.contains("relay in front of it") {
+            relay = url;
+        } else if line.contains("admin: health") {
+            admin = url;
+        } else if line.contains("Press Ctrl-C") {
+            break;
+        }
+        line.clear();
+    }
+    let relay: std::net::SocketAddr = relay.expect("demo printed no relay URL").parse().unwrap();
+    let admin: std::net::SocketAddr = admin.expect("demo printed no admin URL").parse().unwrap();
+    let (status, body) = http_get(relay, "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("You reached it through Portcullis"), "{body}");
+    assert_eq!(http_get(admin, "/healthz").0, 200);
+
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "demo did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
