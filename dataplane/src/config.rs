@@ -805,4 +805,27 @@ idle_timeout = "5m"
         );
         assert!(c.connections.iter().any(|c| c.protocol == Protocol::Tcp));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn mutated_example_never_panics_and_errors_point_inside_the_file(
+            at in 0usize..2000,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut bytes = include_str!("../../appliance/examples/portcullis.toml").as_bytes().to_vec();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                if let Err(ConfigError::Invalid { line, column, .. }) = parse(&text) {
+                    proptest::prop_assert!(line >= 1 && line <= text.lines().count() + 1);
+                    proptest::prop_assert!(column >= 1);
+                }
+            }
+        }
+    }
 }
