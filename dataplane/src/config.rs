@@ -820,11 +820,11 @@ idle_timeout = "5m"
             let mut bytes = include_str!("../../appliance/examples/portcullis.toml").as_bytes().to_vec();
             let i = at % bytes.len();
             bytes[i] = byte;
-            if let Ok(text) = String::from_utf8(bytes) {
-                if let Err(ConfigError::Invalid { line, column, .. }) = parse(&text) {
-                    proptest::prop_assert!(line >= 1 && line <= text.lines().count() + 1);
-                    proptest::prop_assert!(column >= 1);
-                }
+            if let Ok(text) = String::from_utf8(bytes)
+                && let Err(ConfigError::Invalid { line, column, .. }) = parse(&text)
+            {
+                proptest::prop_assert!(line >= 1 && line <= text.lines().count() + 1);
+                proptest::prop_assert!(column >= 1);
             }
         }
     }
