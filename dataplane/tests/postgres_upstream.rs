@@ -2,6 +2,13 @@
 //! SCRAM-SHA-256, md5 and cleartext, queries are decoded with the backend decoder, DataRows are
 //! rewritten and decoded back, and a wrong password yields the typed error without the secret.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "the socket-loop helpers are test code: a failure is a failing test"
+)]
+
 mod support;
 
 use std::io::{Read, Write};
@@ -182,15 +189,15 @@ fn scram_login_query_and_rewrite_round_trip() {
     let mut client_bytes = BytesMut::new();
     for m in &messages {
         if let BackendMessage::DataRow(row) = m {
-            rewrite::rewrite_data_row(row, &Limits::default(), &mut client_bytes, |col, v| {
-                match (col, v) {
-                    (2, Some(_)) => CellEdit::Replace(b"***@example.com".as_slice().into()),
-                    (3, Some(card)) => {
-                        let last4 = &card[card.len() - 4..];
-                        CellEdit::Replace([b"************".as_slice(), last4].concat().into())
-                    }
-                    _ => CellEdit::Keep,
+            rewrite::rewrite_data_row(row, &Limits::default(), &mut client_bytes, |col, v| match (
+                col, v,
+            ) {
+                (2, Some(_)) => CellEdit::Replace(b"***@example.com".as_slice().into()),
+                (3, Some(card)) => {
+                    let last4 = &card[card.len() - 4..];
+                    CellEdit::Replace([b"************".as_slice(), last4].concat().into())
                 }
+                _ => CellEdit::Keep,
             })
             .unwrap();
         }
@@ -218,7 +225,10 @@ fn scram_login_query_and_rewrite_round_trip() {
     );
 
     // The harness really logs statements: later tests rely on it to prove what never arrived.
-    assert!(cluster.wait_for_log("SELECT id, name, email, card FROM customers", Duration::from_secs(30)));
+    assert!(cluster.wait_for_log(
+        "SELECT id, name, email, card FROM customers",
+        Duration::from_secs(30)
+    ));
 
     // An error mid-session is decoded, and the session continues.
     let messages = conn.query("SELECT * FROM missing_table");
@@ -233,7 +243,9 @@ fn scram_login_query_and_rewrite_round_trip() {
 
 fn assert_refused_without_secret(cluster: &PgCluster) {
     let wrong = format!("{}-wrong", cluster.password);
-    let (err, sent) = login(cluster, &wrong).err().expect("wrong password must fail");
+    let (err, sent) = login(cluster, &wrong)
+        .err()
+        .expect("wrong password must fail");
     assert!(
         matches!(&err, PgError::UpstreamAuth { user, .. } if user == &cluster.user),
         "{err:?}"
@@ -241,7 +253,10 @@ fn assert_refused_without_secret(cluster: &PgCluster) {
     let shown = format!("{err} {err:?} {:?}", err.to_error_fields());
     assert!(shown.contains("28P01"), "{shown}");
     assert!(!shown.contains(&wrong), "password leaked: {shown}");
-    assert!(!shown.contains(&cluster.password), "password leaked: {shown}");
+    assert!(
+        !shown.contains(&cluster.password),
+        "password leaked: {shown}"
+    );
     // Whatever proof or hash was sent must not be echoed either.
     let sent = String::from_utf8_lossy(&sent).into_owned();
     if let Some(at) = sent.find(",p=") {
@@ -281,7 +296,11 @@ fn md5_and_cleartext_logins() {
 fn psql_works_against_the_harness() {
     let cluster = PgCluster::start();
     let out = cluster.psql("SELECT 'harness ' || version() LIKE 'harness PostgreSQL%'");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
     let out = cluster.psql("SELECT nope");
     assert!(!out.status.success());

@@ -257,14 +257,38 @@ fn malformed(tag: u8) -> PgError {
 }
 
 /// Decodes one server message.
-pub fn decode_message(buf: &mut BytesMut, limits: &Limits) -> Result<Option<BackendFrame>, PgError> {
+pub fn decode_message(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<BackendFrame>, PgError> {
     let Some(header) = codec::peek_header(buf) else {
         return Ok(None);
     };
     if !matches!(
         header.tag,
-        b'R' | b'S' | b'K' | b'Z' | b'T' | b'D' | b'C' | b'I' | b'E' | b'N' | b'G' | b'H' | b'W'
-            | b'd' | b'c' | b'A' | b'1' | b'2' | b'3' | b'n' | b't' | b's' | b'V' | b'v'
+        b'R' | b'S'
+            | b'K'
+            | b'Z'
+            | b'T'
+            | b'D'
+            | b'C'
+            | b'I'
+            | b'E'
+            | b'N'
+            | b'G'
+            | b'H'
+            | b'W'
+            | b'd'
+            | b'c'
+            | b'A'
+            | b'1'
+            | b'2'
+            | b'3'
+            | b'n'
+            | b't'
+            | b's'
+            | b'V'
+            | b'v'
     ) {
         return Err(PgError::upstream(format!(
             "unknown backend message type `{}`",
@@ -308,12 +332,9 @@ fn parse_body(tag: u8, body: Bytes, limits: &Limits) -> Result<BackendMessage, P
         }),
         b'Z' => {
             let status = r.u8().ok_or_else(bad)?;
-            BackendMessage::ReadyForQuery(TransactionStatus::from_byte(status).ok_or_else(|| {
-                PgError::upstream(format!(
-                    "invalid transaction status `{}`",
-                    quote(&[status])
-                ))
-            })?)
+            BackendMessage::ReadyForQuery(TransactionStatus::from_byte(status).ok_or_else(
+                || PgError::upstream(format!("invalid transaction status `{}`", quote(&[status]))),
+            )?)
         }
         b'T' => BackendMessage::RowDescription(parse_row_description(&mut r, limits)?),
         b'D' => {
@@ -455,7 +476,10 @@ fn parse_auth(r: &mut Reader) -> Result<Authentication, PgError> {
     })
 }
 
-fn parse_row_description(r: &mut Reader, limits: &Limits) -> Result<Vec<FieldDescription>, PgError> {
+fn parse_row_description(
+    r: &mut Reader,
+    limits: &Limits,
+) -> Result<Vec<FieldDescription>, PgError> {
     let bad = || malformed(b'T');
     let count = r.u16().ok_or_else(bad)?;
     if usize::from(count) > limits.max_columns {

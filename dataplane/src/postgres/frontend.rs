@@ -97,7 +97,10 @@ fn startup_error(reason: impl Into<String>) -> PgError {
 }
 
 /// Decodes one startup-phase packet.
-pub fn decode_startup(buf: &mut BytesMut, limits: &Limits) -> Result<Option<StartupPacket>, PgError> {
+pub fn decode_startup(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<StartupPacket>, PgError> {
     let Some(word) = buf.get(..4) else {
         return Ok(None);
     };
@@ -121,12 +124,16 @@ pub fn decode_startup(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Star
     }
     let packet = buf.split_to(len).freeze();
     let mut r = Reader::new(packet.slice(4..));
-    let code = r.u32().ok_or_else(|| startup_error("missing request code"))?;
+    let code = r
+        .u32()
+        .ok_or_else(|| startup_error("missing request code"))?;
     let fixed = |expected: usize, what: &str| {
         if len == expected {
             Ok(())
         } else {
-            Err(startup_error(format!("{what} of length {len}, expected {expected}")))
+            Err(startup_error(format!(
+                "{what} of length {len}, expected {expected}"
+            )))
         }
     };
     match code {
@@ -140,8 +147,12 @@ pub fn decode_startup(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Star
         }
         CANCEL_REQUEST_CODE => {
             fixed(16, "CancelRequest")?;
-            let process_id = r.u32().ok_or_else(|| startup_error("short CancelRequest"))?;
-            let secret_key = r.u32().ok_or_else(|| startup_error("short CancelRequest"))?;
+            let process_id = r
+                .u32()
+                .ok_or_else(|| startup_error("short CancelRequest"))?;
+            let secret_key = r
+                .u32()
+                .ok_or_else(|| startup_error("short CancelRequest"))?;
             Ok(Some(StartupPacket::CancelRequest(CancelKey {
                 process_id,
                 secret_key,
@@ -310,17 +321,35 @@ fn tag_char(tag: u8) -> char {
 }
 
 fn malformed(tag: u8) -> PgError {
-    PgError::client(format!("malformed message `{}`", tag_char(tag).escape_default()))
+    PgError::client(format!(
+        "malformed message `{}`",
+        tag_char(tag).escape_default()
+    ))
 }
 
 /// Decodes one tagged client message.
-pub fn decode_message(buf: &mut BytesMut, limits: &Limits) -> Result<Option<FrontendFrame>, PgError> {
+pub fn decode_message(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<FrontendFrame>, PgError> {
     let Some(header) = codec::peek_header(buf) else {
         return Ok(None);
     };
     if !matches!(
         header.tag,
-        b'Q' | b'P' | b'B' | b'D' | b'E' | b'S' | b'H' | b'C' | b'd' | b'c' | b'f' | b'F' | b'X' | b'p'
+        b'Q' | b'P'
+            | b'B'
+            | b'D'
+            | b'E'
+            | b'S'
+            | b'H'
+            | b'C'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'F'
+            | b'X'
+            | b'p'
     ) {
         return Err(PgError::client(format!(
             "invalid frontend message type `{}`",

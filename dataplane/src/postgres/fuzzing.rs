@@ -51,7 +51,8 @@ pub fn backend(data: &[u8]) {
                     super::rewrite::CellEdit::Null
                 });
             }
-            backend::BackendMessage::ErrorResponse(f) | backend::BackendMessage::NoticeResponse(f) => {
+            backend::BackendMessage::ErrorResponse(f)
+            | backend::BackendMessage::NoticeResponse(f) => {
                 let _ = f.message();
             }
             _ => {}

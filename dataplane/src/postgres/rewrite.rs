@@ -200,7 +200,10 @@ mod tests {
             panic!("not a DataRow")
         };
         let values: Vec<_> = data.values().collect();
-        assert_eq!(values, vec![None, Some(bytes::Bytes::from_static(b"****")), None]);
+        assert_eq!(
+            values,
+            vec![None, Some(bytes::Bytes::from_static(b"****")), None]
+        );
         assert!(out.is_empty());
     }
 

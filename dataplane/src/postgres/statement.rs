@@ -82,7 +82,11 @@ impl<T: Clone> StatementTracker<T> {
 
     /// Records a Bind; returns the statement it binds, or `None` when the statement is unknown
     /// (the driver lets the server report that).
-    pub fn bind(&mut self, portal: Bytes, statement: &Bytes) -> Result<Option<&Statement<T>>, PgError> {
+    pub fn bind(
+        &mut self,
+        portal: Bytes,
+        statement: &Bytes,
+    ) -> Result<Option<&Statement<T>>, PgError> {
         let Some(source) = self.statements.get(statement).cloned() else {
             return Ok(None);
         };
@@ -197,16 +201,33 @@ mod tests {
             ..Limits::default()
         };
         let mut t: StatementTracker<&'static str> = StatementTracker::new(&limits);
-        t.parse(Bytes::from_static(b"s1"), Bytes::from_static(b"select 1"), "allow")
-            .unwrap();
-        t.parse(Bytes::from_static(b""), Bytes::from_static(b"select 2"), "observe")
-            .unwrap();
-        assert!(t
-            .parse(Bytes::from_static(b"s3"), Bytes::from_static(b"select 3"), "allow")
-            .is_err());
+        t.parse(
+            Bytes::from_static(b"s1"),
+            Bytes::from_static(b"select 1"),
+            "allow",
+        )
+        .unwrap();
+        t.parse(
+            Bytes::from_static(b""),
+            Bytes::from_static(b"select 2"),
+            "observe",
+        )
+        .unwrap();
+        assert!(
+            t.parse(
+                Bytes::from_static(b"s3"),
+                Bytes::from_static(b"select 3"),
+                "allow"
+            )
+            .is_err()
+        );
         // Replacing an existing name is not growth.
-        t.parse(Bytes::from_static(b""), Bytes::from_static(b"select 4"), "allow")
-            .unwrap();
+        t.parse(
+            Bytes::from_static(b""),
+            Bytes::from_static(b"select 4"),
+            "allow",
+        )
+        .unwrap();
         let bound = t
             .bind(Bytes::from_static(b"p"), &Bytes::from_static(b"s1"))
             .unwrap()
@@ -214,10 +235,11 @@ mod tests {
         assert_eq!(bound.meta, "allow");
         t.close(Target::Statement, b"s1");
         assert_eq!(&t.portal(b"p").unwrap().source.sql[..], b"select 1");
-        assert!(t
-            .bind(Bytes::from_static(b"q"), &Bytes::from_static(b"s1"))
-            .unwrap()
-            .is_none());
+        assert!(
+            t.bind(Bytes::from_static(b"q"), &Bytes::from_static(b"s1"))
+                .unwrap()
+                .is_none()
+        );
         t.transaction_ended();
         assert_eq!(t.portal_count(), 0);
         assert_eq!(t.statement_count(), 1);

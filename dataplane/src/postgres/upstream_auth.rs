@@ -224,21 +224,23 @@ impl UpstreamAuth {
             (State::ExpectAuthRequest, BackendMessage::Authentication(auth)) => {
                 self.answer_request(auth, out)?
             }
-            (State::ExpectSaslContinue(mut scram), BackendMessage::Authentication(
-                Authentication::SaslContinue(data),
-            )) => {
+            (
+                State::ExpectSaslContinue(mut scram),
+                BackendMessage::Authentication(Authentication::SaslContinue(data)),
+            ) => {
                 scram
                     .update(data)
                     .map_err(|_| self.auth_error("invalid SCRAM server-first message"))?;
                 frontend::encode_sasl_response(out, scram.message());
                 State::ExpectSaslFinal(scram)
             }
-            (State::ExpectSaslFinal(mut scram), BackendMessage::Authentication(
-                Authentication::SaslFinal(data),
-            )) => {
-                scram.finish(data).map_err(|_| {
-                    self.auth_error("the server's SCRAM signature did not verify")
-                })?;
+            (
+                State::ExpectSaslFinal(mut scram),
+                BackendMessage::Authentication(Authentication::SaslFinal(data)),
+            ) => {
+                scram
+                    .finish(data)
+                    .map_err(|_| self.auth_error("the server's SCRAM signature did not verify"))?;
                 State::ExpectAuthOk
             }
             (State::ExpectAuthOk, BackendMessage::Authentication(Authentication::Ok)) => {
@@ -299,12 +301,9 @@ impl UpstreamAuth {
                     Some(_) if offers(SCRAM_SHA_256) => {
                         (SCRAM_SHA_256, ChannelBinding::unrequested())
                     }
-                    None if offers(SCRAM_SHA_256) => {
-                        (SCRAM_SHA_256, ChannelBinding::unsupported())
-                    }
+                    None if offers(SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
                     _ => {
-                        let offered: Vec<String> =
-                            mechanisms.iter().map(|m| quote(m)).collect();
+                        let offered: Vec<String> = mechanisms.iter().map(|m| quote(m)).collect();
                         return Err(PgError::UpstreamAuthUnsupported {
                             method: format!("sasl {}", offered.join(", ")),
                         });

@@ -6,7 +6,15 @@
 //! 127.0.0.1 only, logs every statement, creates an application role and database, and stops and
 //! deletes everything on drop. A missing installation fails the test with instructions rather
 //! than skipping it: a skipped real-peer test proves nothing.
-#![allow(dead_code, reason = "each test binary uses a different part of this shared helper")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this shared helper"
+)]
+#![expect(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helper: a cluster that cannot be set up is a failing test, with its message"
+)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -69,16 +77,21 @@ fn find_bindir() -> PathBuf {
         }
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     if let Some(dir) = versions.into_iter().rev().find(|d| has_tools(d)) {
         return dir;
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
-            return dir;
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d))
+    {
+        return dir;
     }
     panic!(
         "PostgreSQL server binaries (initdb, pg_ctl) not found via `pg_config --bindir`, \
@@ -224,7 +237,11 @@ impl PgCluster {
             );
         }
 
-        let encryption = if method == AuthMethod::Md5 { "md5" } else { "scram-sha-256" };
+        let encryption = if method == AuthMethod::Md5 {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
         cluster.admin_sql(
             "postgres",
             &format!(
@@ -261,7 +278,14 @@ impl PgCluster {
     pub fn psql(&self, sql: &str) -> Output {
         Command::new(self.bindir.join("psql"))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &self.host])
-            .args(["-p", &self.port.to_string(), "-U", &self.user, "-d", &self.database])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.user,
+                "-d",
+                &self.database,
+            ])
             .args(["-c", sql])
             .env("PGPASSWORD", &self.password)
             .env("PGCONNECT_TIMEOUT", "30")
@@ -273,7 +297,14 @@ impl PgCluster {
     pub fn admin_sql(&self, database: &str, sql: &str) -> String {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &self.host])
-            .args(["-p", &self.port.to_string(), "-U", &self.admin_user, "-d", database])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                &self.admin_user,
+                "-d",
+                database,
+            ])
             .args(["-c", sql])
             .env("PGPASSWORD", &self.admin_password)
             .env("PGCONNECT_TIMEOUT", "30")

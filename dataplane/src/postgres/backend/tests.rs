@@ -36,7 +36,13 @@ fn data_row() -> Vec<u8> {
 
 fn corpus() -> Vec<u8> {
     let parts = [
-        frame(b'R', &[0, 0, 0, 10, b'S', b'C', b'R', b'A', b'M', b'-', b'S', b'H', b'A', b'-', b'2', b'5', b'6', 0, 0]),
+        frame(
+            b'R',
+            &[
+                0, 0, 0, 10, b'S', b'C', b'R', b'A', b'M', b'-', b'S', b'H', b'A', b'-', b'2',
+                b'5', b'6', 0, 0,
+            ],
+        ),
         frame(b'R', b"\0\0\0\x0br=abc,s=c2FsdA==,i=4096"),
         frame(b'R', b"\0\0\0\x0cv=sig"),
         frame(b'R', b"\0\0\0\x05salt"),

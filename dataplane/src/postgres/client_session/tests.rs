@@ -47,12 +47,16 @@ fn ready_session() -> ClientSession {
     let mut out = BytesMut::new();
     let mut input = startup(&[(b"user", b"alice")], 0);
     input.extend_from_slice(&password(b"tok"));
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Replied));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Replied)
+    );
     assert!(matches!(
         s.read(&mut input, &mut out).unwrap(),
         Some(ClientEvent::Token(_))
     ));
-    s.accept(&mut out, &[], KEY, TransactionStatus::Idle).unwrap();
+    s.accept(&mut out, &[], KEY, TransactionStatus::Idle)
+        .unwrap();
     assert_eq!(s.state(), ClientState::Ready);
     s
 }
@@ -63,13 +67,19 @@ fn tls_startup_token_and_greeting() {
     let mut out = BytesMut::new();
     let mut input = BytesMut::new();
     frontend::encode_ssl_request(&mut input);
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::StartTls));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::StartTls)
+    );
     assert_eq!(&out[..], b"S");
     out.clear();
     s.tls_established();
 
     let mut input = startup(&[(b"user", b"alice"), (b"database", b"orders")], 0);
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Replied));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Replied)
+    );
     assert_eq!(
         replies(&mut out),
         vec![BackendMessage::Authentication(
@@ -95,7 +105,8 @@ fn tls_startup_token_and_greeting() {
         Bytes::from_static(b"server_version"),
         Bytes::from_static(b"15.4"),
     )];
-    s.accept(&mut out, &params, KEY, TransactionStatus::Idle).unwrap();
+    s.accept(&mut out, &params, KEY, TransactionStatus::Idle)
+        .unwrap();
     assert_eq!(
         replies(&mut out),
         vec![
@@ -120,7 +131,10 @@ fn no_tls_configured_answers_n_and_plaintext_is_refused() {
     let mut out = BytesMut::new();
     let mut input = BytesMut::new();
     frontend::encode_ssl_request(&mut input);
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Replied));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Replied)
+    );
     assert_eq!(&out[..], b"N");
     out.clear();
     let mut input = startup(&[(b"user", b"alice")], 0);
@@ -142,7 +156,10 @@ fn gssenc_is_refused_then_startup_proceeds() {
     let mut input = BytesMut::new();
     input.put_u32(8);
     input.put_u32(frontend::GSSENC_REQUEST_CODE);
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Replied));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Replied)
+    );
     assert_eq!(&out[..], b"N");
 }
 
@@ -154,7 +171,10 @@ fn plaintext_after_ssl_request_is_an_injection_attempt() {
     frontend::encode_ssl_request(&mut input);
     input.extend_from_slice(&startup(&[(b"user", b"mallory")], 0));
     let err = s.read(&mut input, &mut out).unwrap_err();
-    assert!(err.to_string().contains("unencrypted data after SSLRequest"));
+    assert!(
+        err.to_string()
+            .contains("unencrypted data after SSLRequest")
+    );
     assert!(out.is_empty());
 }
 
@@ -178,7 +198,10 @@ fn protocol_versions() {
     let mut s = ClientSession::new(config(false, true));
     let mut out = BytesMut::new();
     let mut input = startup(&[(b"user", b"a"), (b"_pq_.compression", b"on")], 2);
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Replied));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Replied)
+    );
     assert_eq!(
         replies(&mut out),
         vec![
@@ -214,7 +237,10 @@ fn missing_user_and_wrong_message_in_password_phase() {
     input.extend_from_slice(b"Q\0\0\0\x05\0");
     s.read(&mut input, &mut out).unwrap();
     let err = s.read(&mut input, &mut out).unwrap_err();
-    assert!(err.to_string().contains("expected a password message"), "{err}");
+    assert!(
+        err.to_string().contains("expected a password message"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -227,8 +253,14 @@ fn extended_error_skips_until_sync() {
     input.extend_from_slice(b"E\0\0\0\x09\0\0\0\0\0");
     input.extend_from_slice(b"S\0\0\0\x04");
     input.extend_from_slice(b"Q\0\0\0\x05\0");
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Skipped));
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Skipped));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Skipped)
+    );
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Skipped)
+    );
     let Some(ClientEvent::Message(sync)) = s.read(&mut input, &mut out).unwrap() else {
         panic!("Sync not forwarded")
     };
@@ -269,7 +301,9 @@ fn copy_in_and_out_follow_the_server() {
     assert_eq!(s.state(), ClientState::InCopyOut);
     s.observe_backend(&BackendMessage::CopyDone);
     assert_eq!(s.state(), ClientState::Ready);
-    s.observe_backend(&BackendMessage::ReadyForQuery(TransactionStatus::InTransaction));
+    s.observe_backend(&BackendMessage::ReadyForQuery(
+        TransactionStatus::InTransaction,
+    ));
     assert_eq!(s.transaction_status(), TransactionStatus::InTransaction);
 }
 
@@ -278,7 +312,10 @@ fn terminate_closes() {
     let mut s = ready_session();
     let mut out = BytesMut::new();
     let mut input = BytesMut::from(&b"X\0\0\0\x04"[..]);
-    assert_eq!(s.read(&mut input, &mut out).unwrap(), Some(ClientEvent::Terminate));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Terminate)
+    );
     assert_eq!(s.state(), ClientState::Closed);
 }
 

@@ -140,7 +140,10 @@ fn split_at_every_byte_boundary_gives_the_same_frames() {
 
 fn startup_corpus() -> Vec<Vec<u8>> {
     let mut startup = BytesMut::new();
-    encode_startup(&mut startup, &[(b"user", b"alice"), (b"database", b"orders")]);
+    encode_startup(
+        &mut startup,
+        &[(b"user", b"alice"), (b"database", b"orders")],
+    );
     let mut ssl = BytesMut::new();
     encode_ssl_request(&mut ssl);
     let mut cancel = BytesMut::new();
@@ -154,7 +157,12 @@ fn startup_corpus() -> Vec<Vec<u8>> {
     let mut gss = BytesMut::new();
     gss.put_u32(8);
     gss.put_u32(GSSENC_REQUEST_CODE);
-    vec![ssl.to_vec(), gss.to_vec(), cancel.to_vec(), startup.to_vec()]
+    vec![
+        ssl.to_vec(),
+        gss.to_vec(),
+        cancel.to_vec(),
+        startup.to_vec(),
+    ]
 }
 
 #[test]
@@ -171,7 +179,10 @@ fn startup_packets_decode_at_every_split() {
             version: ProtocolVersion::V3_0,
             params: vec![
                 (Bytes::from_static(b"user"), Bytes::from_static(b"alice")),
-                (Bytes::from_static(b"database"), Bytes::from_static(b"orders")),
+                (
+                    Bytes::from_static(b"database"),
+                    Bytes::from_static(b"orders"),
+                ),
             ],
         },
     ];
@@ -204,7 +215,10 @@ fn oversized_lengths_are_refused_before_buffering() {
     // A Sync claiming 1 GiB: refused from its header alone.
     let mut buf = BytesMut::from(&b"S\x40\0\0\0"[..]);
     let err = decode_message(&mut buf, &limits).unwrap_err();
-    assert!(matches!(err, PgError::ClientMessageTooLong { tag: 'S', .. }), "{err}");
+    assert!(
+        matches!(err, PgError::ClientMessageTooLong { tag: 'S', .. }),
+        "{err}"
+    );
     // A Query over the configured limit.
     let mut buf = BytesMut::from(&b"Q\0\0\x10\0"[..]);
     let err = decode_message(&mut buf, &limits).unwrap_err();
@@ -244,7 +258,10 @@ fn malformed_messages_get_typed_client_errors() {
     body.extend_from_slice(&[0, 0]);
     let mut buf = BytesMut::from(&frame(b'B', &body)[..]);
     let err = decode_message(&mut buf, &limits).unwrap_err();
-    assert!(err.to_string().contains("2 parameter formats for 3"), "{err}");
+    assert!(
+        err.to_string().contains("2 parameter formats for 3"),
+        "{err}"
+    );
 }
 
 #[test]
