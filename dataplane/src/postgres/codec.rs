@@ -7,6 +7,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// Most bytes reserved ahead of an incomplete frame.
+pub(crate) const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Size of the tag byte plus the length word.
 pub(crate) const HEADER_LEN: usize = 5;
 
@@ -31,9 +34,10 @@ pub(crate) fn peek_header(buf: &[u8]) -> Option<Header> {
 pub(crate) fn split_frame(buf: &mut BytesMut, header: Header) -> Option<(Bytes, Bytes)> {
     let total = header.len.checked_add(1)?;
     if buf.len() < total {
-        // Reserve what this frame still needs (bounded by the limit the caller checked) so the
-        // driver's next read can complete it without repeated regrowth.
-        buf.reserve(total.saturating_sub(buf.len()));
+        // Reserve part of what this frame still needs so the next read does not regrow in small
+        // steps, but never the whole announced length at once: memory then follows bytes the
+        // peer actually sent, not a length it claimed (which may be up to the limit).
+        buf.reserve(total.saturating_sub(buf.len()).min(RESERVE_AHEAD));
         return None;
     }
     let raw = buf.split_to(total).freeze();

@@ -356,3 +356,150 @@ fn message_name(message: &BackendMessage) -> &'static str {
         BackendMessage::NegotiateProtocolVersion { .. } => "NegotiateProtocolVersion",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::backend::Authentication;
+
+    fn start() -> (UpstreamAuth, BytesMut) {
+        let credential = UpstreamCredential {
+            user: "app".into(),
+            password: UpstreamPassword::new("hunter2-secret"),
+            database: "orders".into(),
+        };
+        let mut out = BytesMut::new();
+        let auth = UpstreamAuth::start(
+            &credential,
+            &[(b"application_name", b"portcullis"), (b"user", b"ignored")],
+            None,
+            &mut out,
+        );
+        (auth, out)
+    }
+
+    #[test]
+    fn startup_names_the_configured_user_and_database_only() {
+        let (_, out) = start();
+        let mut buf = out.clone();
+        let packet = frontend::decode_startup(&mut buf, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(&packet.param(b"user").unwrap()[..], b"app");
+        assert_eq!(&packet.param(b"database").unwrap()[..], b"orders");
+        assert_eq!(
+            &packet.param(b"application_name").unwrap()[..],
+            b"portcullis"
+        );
+        let frontend::StartupPacket::Startup { params, .. } = packet else {
+            panic!()
+        };
+        assert_eq!(params.len(), 3, "{params:?}");
+    }
+
+    #[test]
+    fn cleartext_then_ready() {
+        let (mut auth, _) = start();
+        let mut out = BytesMut::new();
+        let step = auth
+            .on_message(
+                &BackendMessage::Authentication(Authentication::CleartextPassword),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(step, AuthProgress::Continue);
+        assert_eq!(&out[..], b"p\0\0\0\x13hunter2-secret\0");
+        for m in [
+            BackendMessage::Authentication(Authentication::Ok),
+            BackendMessage::BackendKeyData(CancelKey {
+                process_id: 5,
+                secret_key: 6,
+            }),
+        ] {
+            assert_eq!(
+                auth.on_message(&m, &mut out).unwrap(),
+                AuthProgress::Continue
+            );
+        }
+        let AuthProgress::Ready(ready) = auth
+            .on_message(
+                &BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+                &mut out,
+            )
+            .unwrap()
+        else {
+            panic!("not ready")
+        };
+        assert_eq!(ready.cancel_key.map(|k| k.process_id), Some(5));
+        assert_eq!(auth.state_name(), "Done");
+    }
+
+    #[test]
+    fn unsupported_methods_and_out_of_order_messages_are_typed() {
+        let (mut auth, _) = start();
+        let mut out = BytesMut::new();
+        let err = auth
+            .on_message(
+                &BackendMessage::Authentication(Authentication::Unsupported(7)),
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "upstream requested unsupported authentication method `gss`"
+        );
+
+        let (mut auth, _) = start();
+        let err = auth
+            .on_message(
+                &BackendMessage::Authentication(Authentication::Sasl {
+                    mechanisms: vec![Bytes::from_static(b"SCRAM-SHA-256-PLUS")],
+                }),
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, PgError::UpstreamAuthUnsupported { .. }),
+            "{err}"
+        );
+
+        let (mut auth, _) = start();
+        let err = auth
+            .on_message(
+                &BackendMessage::ReadyForQuery(TransactionStatus::Idle),
+                &mut out,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "upstream protocol violation: unexpected ReadyForQuery while in ExpectAuthRequest"
+        );
+        assert_eq!(auth.state_name(), "Failed");
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn channel_binding_is_used_when_offered_over_tls() {
+        let credential = UpstreamCredential {
+            user: "app".into(),
+            password: UpstreamPassword::new("pw"),
+            database: "db".into(),
+        };
+        let mut out = BytesMut::new();
+        let mut auth = UpstreamAuth::start(&credential, &[], Some(vec![1; 32]), &mut out);
+        out.clear();
+        auth.on_message(
+            &BackendMessage::Authentication(Authentication::Sasl {
+                mechanisms: vec![
+                    Bytes::from_static(b"SCRAM-SHA-256-PLUS"),
+                    Bytes::from_static(b"SCRAM-SHA-256"),
+                ],
+            }),
+            &mut out,
+        )
+        .unwrap();
+        let sent = String::from_utf8_lossy(&out);
+        assert!(sent.contains("SCRAM-SHA-256-PLUS\0"), "{sent}");
+        assert!(sent.contains("p=tls-server-end-point,,"), "{sent}");
+    }
+}
