@@ -23,10 +23,10 @@ use bytes::BytesMut;
 use dataplane::postgres::backend::{self, BackendMessage};
 use dataplane::postgres::client_session::{ClientConfig, ClientEvent, ClientSession};
 use dataplane::postgres::frontend::{CancelKey, FrontendMessage};
-use dataplane::postgres::reply;
 use dataplane::postgres::rewrite::{self, CellEdit, ColumnInfo};
 use dataplane::postgres::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamPassword};
 use dataplane::postgres::{Limits, PgError};
+use dataplane::postgres::{reply, statement};
 use support::pgcluster::PgCluster;
 
 const TOKEN: &str = "test-token-for-the-relay";
@@ -202,15 +202,26 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
             let event = session.lock().unwrap().read(&mut cin, &mut out);
             match event {
                 Ok(Some(ClientEvent::Message(frame))) => {
-                    let denied = matches!(&frame.message, FrontendMessage::Query { sql }
-                        if String::from_utf8_lossy(sql).to_lowercase().contains("drop table"));
+                    let denied = statement::sql_text(&frame.message).is_some_and(|sql| {
+                        String::from_utf8_lossy(sql)
+                            .to_lowercase()
+                            .contains("drop table")
+                    });
                     if denied {
                         let e = PgError::StatementDenied {
                             rule: "no-drop".into(),
                             message: "dropping tables needs a review".into(),
                         };
-                        let status = session.lock().unwrap().transaction_status();
-                        reply::refuse_simple_query(&mut out, &e.to_error_fields(), status);
+                        let mut s = session.lock().unwrap();
+                        if matches!(frame.message, FrontendMessage::Query { .. }) {
+                            let status = s.transaction_status();
+                            reply::refuse_simple_query(&mut out, &e.to_error_fields(), status);
+                        } else {
+                            // Extended mode: the error now, the rest of the batch skipped, and
+                            // the Sync forwarded so the server's ReadyForQuery ends it.
+                            reply::error_response(&mut out, &e.to_error_fields());
+                            s.enter_extended_error();
+                        }
                         writer.lock().unwrap().send(&out);
                     } else if up.write_all(&frame.raw).is_err() {
                         break 'relay;
@@ -351,6 +362,51 @@ fn psql_and_pgbench_through_the_state_machines() {
             text(&out.stdout)
         );
     }
+
+    // A DROP in extended mode: refused at Parse, the batch skipped up to Sync.
+    let drop_script = cluster.log_path.with_file_name("drop.sql");
+    std::fs::write(&drop_script, "DROP TABLE customers;\n").unwrap();
+    let out = Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "-M",
+            "extended",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-p", &port.to_string(), "-U", "alice", "-f"])
+        .arg(&drop_script)
+        .arg("whatever")
+        .env("PGPASSWORD", TOKEN)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .expect("run pgbench");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("statement denied by rule `no-drop`"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Garbage before startup: an ErrorResponse, then the connection closes.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(TIMEOUT)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).unwrap();
+    let mut answer = BytesMut::from(&answer[..]);
+    let frame = backend::decode_message(&mut answer, &Limits::default())
+        .unwrap()
+        .expect("an ErrorResponse");
+    let BackendMessage::ErrorResponse(fields) = frame.message else {
+        panic!("{:?}", frame.message)
+    };
+    assert_eq!(fields.code(), "54000");
+    assert!(answer.is_empty());
 
     // What reached the server and what the clients saw.
     assert!(cluster.wait_for_log("SELECT id, email FROM customers", Duration::from_secs(30)));
