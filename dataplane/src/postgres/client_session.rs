@@ -287,6 +287,13 @@ impl ClientSession {
             self.state = ClientState::Closed;
             return Ok(ClientEvent::Terminate);
         }
+        // Authentication is over: a late password or SASL message is not forwarded, where it
+        // could only confuse the upstream's own authentication state.
+        if matches!(frame.message, FrontendMessage::AuthResponse(_)) {
+            return Err(PgError::client(
+                "unexpected password message after authentication",
+            ));
+        }
         match self.state {
             ClientState::ExtendedError => {
                 if matches!(frame.message, FrontendMessage::Sync) {

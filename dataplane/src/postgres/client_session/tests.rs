@@ -346,3 +346,13 @@ fn startup_split_at_every_byte_gives_the_same_events() {
         );
     }
 }
+
+#[test]
+fn password_message_after_authentication_is_refused() {
+    let mut s = ready_session();
+    let mut out = BytesMut::new();
+    let mut input = password(b"again");
+    let err = s.read(&mut input, &mut out).unwrap_err();
+    assert_eq!(err.sqlstate().as_str(), "08P01");
+    assert!(err.to_string().contains("after authentication"), "{err}");
+}
