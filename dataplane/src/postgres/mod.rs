@@ -10,6 +10,7 @@
 //!   SQLSTATE each;
 //! - [`rewrite`]: DataRow re-encoding for masking; [`statement`]: SQL text, prepared statements,
 //!   portals, row counts; [`limits`]: every peer-controlled size;
+//! - [`sequencer`]: keeps the gateway's own replies in order among pipelined upstream replies;
 //! - [`fuzzing`]: entry points for fuzz targets and smoke tests.
 //!
 //! The socket driver (monoio tasks, TLS, upstream connect) lives elsewhere and is a thin loop
@@ -25,6 +26,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod reply;
 pub mod rewrite;
+pub mod sequencer;
 pub mod statement;
 pub mod upstream_auth;
 
