@@ -10,6 +10,7 @@
 //!   SQLSTATE each;
 //! - [`rewrite`]: DataRow re-encoding for masking; [`statement`]: SQL text, prepared statements,
 //!   portals, row counts; [`limits`]: every peer-controlled size;
+//! - [`cancel`]: the gateway's own cancel keys, routable to the owning core;
 //! - [`sequencer`]: keeps the gateway's own replies in order among pipelined upstream replies;
 //! - [`fuzzing`]: entry points for fuzz targets and smoke tests.
 //!
@@ -19,6 +20,7 @@
 mod codec;
 
 pub mod backend;
+pub mod cancel;
 pub mod client_session;
 pub mod error;
 pub mod frontend;
