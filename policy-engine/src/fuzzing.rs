@@ -35,7 +35,9 @@ pub fn lexer(data: &[u8]) -> bool {
 /// Compiles arbitrary text as a policy file and, if it compiles, decides a few requests.
 pub fn policy(data: &[u8]) {
     let text = String::from_utf8_lossy(data).into_owned();
-    let Ok(p) = compile_sources(&[(PathBuf::from("fuzz.toml"), text)]) else { return };
+    let Ok(p) = compile_sources(&[(PathBuf::from("fuzz.toml"), text)]) else {
+        return;
+    };
     let p = Arc::new(p);
     let id = Identity {
         subject: "fuzz".into(),
@@ -45,9 +47,18 @@ pub fn policy(data: &[u8]) {
     let session = p.session_unchecked("orders-db", &id);
     let mut scratch = Scratch::new();
     for action in [
-        Action::Sql { dialect: Dialect::Postgres, text: "DELETE FROM orders; SELECT 1" },
-        Action::Http { method: "GET", host: "api", path: "/v1/x" },
-        Action::Ssh { command: "rm -rf /" },
+        Action::Sql {
+            dialect: Dialect::Postgres,
+            text: "DELETE FROM orders; SELECT 1",
+        },
+        Action::Http {
+            method: "GET",
+            host: "api",
+            path: "/v1/x",
+        },
+        Action::Ssh {
+            command: "rm -rf /",
+        },
         Action::TcpConnect,
     ] {
         let _ = session.decide(&action, &mut scratch);

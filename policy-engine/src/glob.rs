@@ -69,9 +69,19 @@ impl Glob {
     pub fn matches(&self, text: &str) -> bool {
         let (p, t) = (self.pattern.as_bytes(), text.as_bytes());
         if self.literal {
-            return if self.case_insensitive { p.eq_ignore_ascii_case(t) } else { p == t };
+            return if self.case_insensitive {
+                p.eq_ignore_ascii_case(t)
+            } else {
+                p == t
+            };
         }
-        let eq = |a: u8, b: u8| if self.case_insensitive { a.eq_ignore_ascii_case(&b) } else { a == b };
+        let eq = |a: u8, b: u8| {
+            if self.case_insensitive {
+                a.eq_ignore_ascii_case(&b)
+            } else {
+                a == b
+            }
+        };
         let (mut pi, mut ti) = (0usize, 0usize);
         let mut star: Option<(usize, usize)> = None;
         while ti < t.len() {

@@ -36,7 +36,9 @@ impl std::str::FromStr for Dialect {
         match s {
             "postgres" | "postgresql" | "pg" => Ok(Self::Postgres),
             "mysql" | "mariadb" => Ok(Self::Mysql),
-            other => Err(format!("unknown dialect `{other}`: use `postgres` or `mysql`")),
+            other => Err(format!(
+                "unknown dialect `{other}`: use `postgres` or `mysql`"
+            )),
         }
     }
 }
@@ -46,7 +48,11 @@ impl std::str::FromStr for Dialect {
 pub enum Action<'a> {
     /// A query string (one or more statements).
     Sql { dialect: Dialect, text: &'a str },
-    Http { method: &'a str, host: &'a str, path: &'a str },
+    Http {
+        method: &'a str,
+        host: &'a str,
+        path: &'a str,
+    },
     Kubernetes {
         verb: &'a str,
         resource: &'a str,

@@ -95,7 +95,9 @@ pub struct CaseResult {
 pub fn test_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for d in [dir.to_owned(), dir.join("tests")] {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
@@ -110,24 +112,33 @@ pub fn test_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Parses one test file.
 pub fn parse_test_file(file: &Path, text: &str) -> Result<Vec<TestCase>, LoadError> {
-    toml::from_str::<RawTestFile>(text).map(|f| f.case).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| memchr::memchr_iter(b'\n', text.as_bytes().get(..s.start).unwrap_or_default()).count() + 1)
-            .unwrap_or(0);
-        LoadError {
-            file: file.to_owned(),
-            line,
-            key: "case".into(),
-            message: e.message().trim().to_owned(),
-            hint: None,
-        }
-    })
+    toml::from_str::<RawTestFile>(text)
+        .map(|f| f.case)
+        .map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| {
+                    memchr::memchr_iter(b'\n', text.as_bytes().get(..s.start).unwrap_or_default())
+                        .count()
+                        + 1
+                })
+                .unwrap_or(0);
+            LoadError {
+                file: file.to_owned(),
+                line,
+                key: "case".into(),
+                message: e.message().trim().to_owned(),
+                hint: None,
+            }
+        })
 }
 
 /// Runs one case against `policy`.
 pub fn run_case(policy: &Arc<Policy>, file: &Path, index: usize, case: &TestCase) -> CaseResult {
-    let name = case.name.clone().unwrap_or_else(|| format!("case {}", index + 1));
+    let name = case
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("case {}", index + 1));
     let fail = |detail: String| CaseResult {
         file: file.to_owned(),
         name: name.clone(),
@@ -203,9 +214,13 @@ pub fn run_case(policy: &Arc<Policy>, file: &Path, index: usize, case: &TestCase
         fail(format!(
             "expected {}{}, got {}{}",
             expected,
-            case.rule.as_ref().map(|r| format!(" by rule `{r}`")).unwrap_or_default(),
+            case.rule
+                .as_ref()
+                .map(|r| format!(" by rule `{r}`"))
+                .unwrap_or_default(),
             verdict,
-            rule.map(|r| format!(" by rule `{r}`")).unwrap_or_else(|| " by default".into())
+            rule.map(|r| format!(" by rule `{r}`"))
+                .unwrap_or_else(|| " by default".into())
         ))
     }
 }

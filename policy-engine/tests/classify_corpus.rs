@@ -8,9 +8,10 @@
 //!   `!k` kind k must be absent from the first statement;
 //! - `\n` in the SQL column stands for a newline.
 
-use policy_engine::sql::{SqlScratch, StatementKind};
 use policy_engine::Dialect;
+use policy_engine::sql::{SqlScratch, StatementKind};
 
+#[expect(clippy::panic, reason = "test helper: a bad corpus line should fail loudly")]
 fn dialect(s: &str) -> Dialect {
     match s {
         "pg" => Dialect::Postgres,
@@ -31,7 +32,8 @@ fn classification_corpus() {
             continue;
         }
         let mut parts = line.splitn(4, " | ");
-        let (Some(d), Some(kinds), Some(attrs), Some(sql)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(d), Some(kinds), Some(attrs), Some(sql)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             panic!("line {}: malformed", ln + 1);
         };
@@ -43,16 +45,22 @@ fn classification_corpus() {
         let mut errs = Vec::new();
         let want: Vec<&str> = kinds.trim().split(';').collect();
         if want.len() != sts.len() && !attrs.contains("n=") {
-            errs.push(format!("expected {} statements, got {}", want.len(), sts.len()));
+            errs.push(format!(
+                "expected {} statements, got {}",
+                want.len(),
+                sts.len()
+            ));
         }
         for (w, st) in want.iter().zip(sts) {
             let names: Vec<&str> = w.split(',').map(str::trim).collect();
-            let primary = StatementKind::from_name(names[0]).unwrap_or_else(|| panic!("line {}: bad kind {}", ln + 1, names[0]));
+            let primary = StatementKind::from_name(names[0])
+                .unwrap_or_else(|| panic!("line {}: bad kind {}", ln + 1, names[0]));
             if st.primary_kind() != primary {
                 errs.push(format!("primary {} != {}", st.primary_kind(), primary));
             }
             for n in &names[1..] {
-                let k = StatementKind::from_name(n).unwrap_or_else(|| panic!("line {}: bad kind {n}", ln + 1));
+                let k = StatementKind::from_name(n)
+                    .unwrap_or_else(|| panic!("line {}: bad kind {n}", ln + 1));
                 if !st.kinds.contains(k) {
                     errs.push(format!("missing kind {k}"));
                 }
@@ -113,13 +121,29 @@ fn classification_corpus() {
         if !errs.is_empty() {
             let got: Vec<String> = sts
                 .iter()
-                .map(|s| s.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","))
+                .map(|s| {
+                    s.kinds
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .collect();
-            failures.push(format!("line {}: {sql:?}: {} (got kinds [{}])", ln + 1, errs.join("; "), got.join(" ; ")));
+            failures.push(format!(
+                "line {}: {sql:?}: {} (got kinds [{}])",
+                ln + 1,
+                errs.join("; "),
+                got.join(" ; ")
+            ));
         }
     }
     assert!(count >= 200, "corpus shrank to {count} cases");
-    assert!(failures.is_empty(), "{} of {count} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -140,12 +164,18 @@ fn normalization_corpus() {
         s.classify(&sql, d).unwrap();
         let got = s.normalized(&sql, d);
         if got != want {
-            failures.push(format!("line {}: {sql:?}\n  want {want:?}\n  got  {got:?}", ln + 1));
+            failures.push(format!(
+                "line {}: {sql:?}\n  want {want:?}\n  got  {got:?}",
+                ln + 1
+            ));
         }
         s.classify(&got, d).unwrap();
         let again = s.normalized(&got, d);
         if again != got {
-            failures.push(format!("line {}: not idempotent: {got:?} -> {again:?}", ln + 1));
+            failures.push(format!(
+                "line {}: not idempotent: {got:?} -> {again:?}",
+                ln + 1
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -20,7 +20,11 @@ fn example_policies_pass_their_own_tests() {
     let mut failures = Vec::new();
     for file in testfile::test_files(&dir) {
         let text = std::fs::read_to_string(&file).unwrap();
-        for (i, case) in testfile::parse_test_file(&file, &text).unwrap().iter().enumerate() {
+        for (i, case) in testfile::parse_test_file(&file, &text)
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
             n += 1;
             let r = testfile::run_case(&policy, &file, i, case);
             if !r.passed {
@@ -49,7 +53,10 @@ decision = "allow"
     .unwrap();
     let r = testfile::run_case(&policy, &dir, 0, &cases[0]);
     assert!(!r.passed);
-    assert_eq!(r.detail.as_deref(), Some("expected allow, got deny by rule `no-ddl`"));
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("expected allow, got deny by rule `no-ddl`")
+    );
 }
 
 const GUARDRAILS: &str = r#"
@@ -95,8 +102,18 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("pg", "/**/DROP/**/TABLE/**/t", "deny", "no-ddl"),
     ("pg", "SELECT 1;DROP TABLE t", "deny", "no-ddl"),
     ("pg", "SELECT 1 -- x\n;DROP TABLE t", "deny", "no-ddl"),
-    ("pg", "SELECT 1 /* /* nested */ */; DROP TABLE t", "deny", "no-ddl"),
-    ("pg", "SELECT 1 /* /* nested */ ; DROP TABLE t */", "allow", ""),
+    (
+        "pg",
+        "SELECT 1 /* /* nested */ */; DROP TABLE t",
+        "deny",
+        "no-ddl",
+    ),
+    (
+        "pg",
+        "SELECT 1 /* /* nested */ ; DROP TABLE t */",
+        "allow",
+        "",
+    ),
     ("pg", "SELECT $$; DROP TABLE t; $$", "allow", ""),
     ("pg", "SELECT $x$ $$ ; $x$; DROP TABLE t", "deny", "no-ddl"),
     ("pg", "SELECT E'\\'; DROP TABLE t; --'", "allow", ""),
@@ -106,44 +123,109 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("pg", "TRUNCATE t", "deny", "no-ddl"),
     ("pg", "ALTER TABLE t ADD c int", "deny", "no-ddl"),
     ("pg", "DELETE FROM t", "deny", "unbounded"),
-    ("pg", "DELETE FROM t WHERE id = 1", "review", "review-deletes"),
+    (
+        "pg",
+        "DELETE FROM t WHERE id = 1",
+        "review",
+        "review-deletes",
+    ),
     ("pg", "delete from t -- where id = 1", "deny", "unbounded"),
-    ("pg", "DELETE FROM t /* WHERE id = 1 */", "deny", "unbounded"),
+    (
+        "pg",
+        "DELETE FROM t /* WHERE id = 1 */",
+        "deny",
+        "unbounded",
+    ),
     ("pg", "UPDATE t SET a = 1", "deny", "unbounded"),
-    ("pg", "UPDATE t SET a = (SELECT 1 FROM u WHERE u.id = 2)", "deny", "unbounded"),
+    (
+        "pg",
+        "UPDATE t SET a = (SELECT 1 FROM u WHERE u.id = 2)",
+        "deny",
+        "unbounded",
+    ),
     ("pg", "UPDATE t SET a = 1 WHERE id = 2", "allow", ""),
-    ("pg", "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", "deny", "unbounded"),
-    ("pg", "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d", "review", "review-deletes"),
+    (
+        "pg",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "deny",
+        "unbounded",
+    ),
+    (
+        "pg",
+        "WITH d AS (DELETE FROM t WHERE id = 1 RETURNING *) SELECT * FROM d",
+        "review",
+        "review-deletes",
+    ),
     ("pg", "EXPLAIN ANALYZE DELETE FROM t", "deny", "unbounded"),
-    ("pg", "EXPLAIN (ANALYZE true) DELETE FROM t WHERE x", "review", "review-deletes"),
+    (
+        "pg",
+        "EXPLAIN (ANALYZE true) DELETE FROM t WHERE x",
+        "review",
+        "review-deletes",
+    ),
     ("pg", "PREPARE p AS DELETE FROM t", "deny", "unbounded"),
     ("pg", "EXECUTE p", "deny", "no-ddl"),
     ("pg", "CALL proc()", "deny", "no-ddl"),
     ("pg", "DO $$ BEGIN DROP TABLE t; END $$", "deny", "no-ddl"),
-    ("pg", "CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u", "deny", "unbounded"),
+    (
+        "pg",
+        "CREATE RULE r AS ON INSERT TO t DO INSTEAD DELETE FROM u",
+        "deny",
+        "unbounded",
+    ),
     ("pg", "COPY t TO PROGRAM 'id'", "deny", "escape"),
     ("pg", "COPY t FROM '/etc/passwd'", "deny", "escape"),
     ("pg", "COPY t TO STDOUT", "allow", ""),
     ("pg", "SELECT pg_terminate_backend(1)", "deny", "escape"),
-    ("pg", "SELECT PG_CATALOG.PG_TERMINATE_BACKEND(1)", "deny", "escape"),
+    (
+        "pg",
+        "SELECT PG_CATALOG.PG_TERMINATE_BACKEND(1)",
+        "deny",
+        "escape",
+    ),
     ("pg", "SELECT \"pg_terminate_backend\"(1)", "deny", "escape"),
     ("pg", "SELECT lo_import('/etc/shadow')", "deny", "escape"),
-    ("pg", "SELECT set_config('role','postgres',false)", "deny", "escape"),
+    (
+        "pg",
+        "SELECT set_config('role','postgres',false)",
+        "deny",
+        "escape",
+    ),
     ("pg", "SET ROLE postgres", "deny", "escape"),
     ("pg", "SET SESSION AUTHORIZATION postgres", "deny", "escape"),
     ("pg", "SET \"role\" TO postgres", "deny", "escape"),
-    ("pg", "ALTER SYSTEM SET log_statement = 'none'", "deny", "no-ddl"),
+    (
+        "pg",
+        "ALTER SYSTEM SET log_statement = 'none'",
+        "deny",
+        "no-ddl",
+    ),
     ("pg", "SELECT * FROM secrets", "deny", "secrets"),
     ("pg", "SELECT * FROM public.secrets", "deny", "secrets"),
     ("pg", "SELECT * FROM \"SECRETS\"", "deny", "secrets"),
-    ("pg", "SELECT * FROM t JOIN secrets s ON s.id = t.id", "deny", "secrets"),
-    ("pg", "SELECT * FROM t WHERE id IN (SELECT id FROM secrets)", "deny", "secrets"),
+    (
+        "pg",
+        "SELECT * FROM t JOIN secrets s ON s.id = t.id",
+        "deny",
+        "secrets",
+    ),
+    (
+        "pg",
+        "SELECT * FROM t WHERE id IN (SELECT id FROM secrets)",
+        "deny",
+        "secrets",
+    ),
     ("pg", "SELECT 'secrets'", "allow", ""),
     ("pg", "SELECT 1 /* unterminated", "deny", "no-ddl"),
     ("pg", "SELECT 'unterminated; DROP TABLE t", "deny", "no-ddl"),
     ("pg", "", "allow", ""),
     ("pg", "-- only a comment", "allow", ""),
-    ("my", "SELECT 1 /*!50000 ; DROP TABLE t */", "deny", "no-ddl"),
+    (
+        "my",
+        "SELECT 1 /*!50000 ; DROP TABLE t */",
+        "deny",
+        "no-ddl",
+    ),
     ("my", "/*!DELETE FROM t*/", "deny", "unbounded"),
     ("my", "SELECT 1 # ; DROP TABLE t", "allow", ""),
     ("my", "SELECT 1 #\n; DROP TABLE t", "deny", "no-ddl"),
@@ -153,17 +235,28 @@ const CASES: &[(&str, &str, &str, &str)] = &[
     ("my", "SELECT 1 --; DROP TABLE t", "deny", "no-ddl"),
     ("my", "SELECT 1 -- ; DROP TABLE t", "allow", ""),
     ("my", "DELETE FROM t LIMIT 5", "deny", "unbounded"),
-    ("my", "SELECT * FROM t INTO OUTFILE '/tmp/x'", "deny", "escape"),
+    (
+        "my",
+        "SELECT * FROM t INTO OUTFILE '/tmp/x'",
+        "deny",
+        "escape",
+    ),
     ("my", "SELECT LOAD_FILE('/etc/passwd')", "deny", "escape"),
     ("my", "SET GLOBAL general_log = 0", "deny", "escape"),
     ("my", "PREPARE s FROM 'DROP TABLE t'", "deny", "no-ddl"),
-    ("my", "CREATE PROCEDURE p() BEGIN DELETE FROM t; END", "deny", "unbounded"),
+    (
+        "my",
+        "CREATE PROCEDURE p() BEGIN DELETE FROM t; END",
+        "deny",
+        "unbounded",
+    ),
     ("my", "SELECT * FROM `db`.`secrets`", "deny", "secrets"),
 ];
 
 #[test]
 fn obfuscation_table() {
-    let policy = Arc::new(compile_sources(&[(PathBuf::from("g.toml"), GUARDRAILS.to_string())]).unwrap());
+    let policy =
+        Arc::new(compile_sources(&[(PathBuf::from("g.toml"), GUARDRAILS.to_string())]).unwrap());
     let id = Identity {
         subject: "x".into(),
         groups: vec!["engineering".into()],
@@ -173,29 +266,49 @@ fn obfuscation_table() {
     let mut scratch = Scratch::new();
     let mut failures = Vec::new();
     for (d, sql, want, rule) in CASES {
-        let dialect = if *d == "my" { Dialect::Mysql } else { Dialect::Postgres };
+        let dialect = if *d == "my" {
+            Dialect::Mysql
+        } else {
+            Dialect::Postgres
+        };
         let dec = session.decide(&Action::Sql { dialect, text: sql }, &mut scratch);
         let got_rule = dec.rule.map(|r| r.as_str()).unwrap_or("");
         if dec.verdict.name() != *want || got_rule != *rule {
-            failures.push(format!("{sql:?}: want {want} {rule:?}, got {} {got_rule:?}", dec.verdict));
+            failures.push(format!(
+                "{sql:?}: want {want} {rule:?}, got {} {got_rule:?}",
+                dec.verdict
+            ));
         }
     }
     assert!(CASES.len() >= 60);
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn a_denied_statement_refuses_the_whole_string_and_names_the_statement() {
-    let policy = Arc::new(compile_sources(&[(PathBuf::from("g.toml"), GUARDRAILS.to_string())]).unwrap());
+    let policy =
+        Arc::new(compile_sources(&[(PathBuf::from("g.toml"), GUARDRAILS.to_string())]).unwrap());
     let session = policy.session_unchecked("db", &Identity::default());
     let mut scratch = Scratch::new();
     let d = session.decide(
-        &Action::Sql { dialect: Dialect::Postgres, text: "SELECT 1; DELETE FROM t WHERE id = 1; DROP TABLE t" },
+        &Action::Sql {
+            dialect: Dialect::Postgres,
+            text: "SELECT 1; DELETE FROM t WHERE id = 1; DROP TABLE t",
+        },
         &mut scratch,
     );
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(d.statement, Some(2));
-    let per: Vec<Verdict> = scratch.statement_results().iter().map(|r| r.verdict).collect();
+    let per: Vec<Verdict> = scratch
+        .statement_results()
+        .iter()
+        .map(|r| r.verdict)
+        .collect();
     assert_eq!(per, vec![Verdict::Allow, Verdict::Review, Verdict::Deny]);
 }
 
@@ -225,9 +338,15 @@ statements = "deny"
     let mut scratch = Scratch::new();
     let lax = policy.session_unchecked("lax", &id);
     let strict = policy.session_unchecked("strict", &id);
-    let sql = |t| Action::Sql { dialect: Dialect::Postgres, text: t };
+    let sql = |t| Action::Sql {
+        dialect: Dialect::Postgres,
+        text: t,
+    };
     let d = lax.decide(&sql("SELECT * FROM orders"), &mut scratch);
-    assert_eq!((d.verdict, d.rule.map(|r| r.as_str())), (Verdict::Observe, Some("watch-orders")));
+    assert_eq!(
+        (d.verdict, d.rule.map(|r| r.as_str())),
+        (Verdict::Observe, Some("watch-orders"))
+    );
     let d = lax.decide(&sql("UPDATE orders SET a = 1 WHERE id = 1"), &mut scratch);
     assert_eq!(d.verdict, Verdict::Review);
     let rv = d.review.unwrap();
@@ -235,7 +354,10 @@ statements = "deny"
     // Observe never admits what the default refuses.
     let d = strict.decide(&sql("INSERT INTO orders VALUES (1)"), &mut scratch);
     assert_eq!((d.verdict, d.rule), (Verdict::Deny, None));
-    assert_eq!(d.message, Some("no rule allows this request on this connection"));
+    assert_eq!(
+        d.message,
+        Some("no rule allows this request on this connection")
+    );
     let d = strict.decide(&sql("SELECT 1"), &mut scratch);
     assert_eq!(d.verdict, Verdict::Allow);
 }
@@ -251,11 +373,19 @@ fn access_windows_grants_and_masks() {
         ..Identity::default()
     };
     // Thursday 2026-11-26 10:00 UTC (11:00 at +01:00) and 22:00 UTC.
-    let day = AccessContext { now: UNIX_EPOCH + Duration::from_secs(1_795_687_200), has_grant: false };
-    let night = AccessContext { now: UNIX_EPOCH + Duration::from_secs(1_795_687_200 + 12 * 3600), has_grant: false };
+    let day = AccessContext {
+        now: UNIX_EPOCH + Duration::from_secs(1_795_687_200),
+        has_grant: false,
+    };
+    let night = AccessContext {
+        now: UNIX_EPOCH + Duration::from_secs(1_795_687_200 + 12 * 3600),
+        has_grant: false,
+    };
     assert!(policy.session_with("prod-orders", &eng, &day).is_ok());
     assert_eq!(
-        policy.session_with("prod-orders", &eng, &night).unwrap_err(),
+        policy
+            .session_with("prod-orders", &eng, &night)
+            .unwrap_err(),
         policy_engine::AccessDenied::OutsideHours
     );
     assert!(policy.session("hr-db", &eng).is_none());
@@ -263,7 +393,10 @@ fn access_windows_grants_and_masks() {
     assert_eq!(masks, vec![0, 1, 2]);
     assert_eq!(policy.mask_rules_for("billing-api", &eng), vec![1, 2]);
     assert_eq!(policy.detector_specs()[0].name, "employee_id");
-    let dba = Identity { groups: vec!["dba".into()], ..Identity::default() };
+    let dba = Identity {
+        groups: vec!["dba".into()],
+        ..Identity::default()
+    };
     assert!(policy.admin_allows(&dba, "reviews.approve"));
     assert!(!policy.admin_allows(&dba, "policy.reload"));
     assert!(!policy.admin_allows(&eng, "reviews.approve"));

@@ -93,8 +93,15 @@ fn fuzz_smoke_on_seed_corpus() {
             }
         }
     }
-    for f in ["00-access.toml", "10-sql-guardrails.toml", "20-http-k8s-ssh.toml", "30-masking.toml"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../appliance/examples/policies").join(f);
+    for f in [
+        "00-access.toml",
+        "10-sql-guardrails.toml",
+        "20-http-k8s-ssh.toml",
+        "30-masking.toml",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../appliance/examples/policies")
+            .join(f);
         let text = std::fs::read(&path).unwrap();
         for cut in (0..text.len()).step_by(7) {
             fuzzing::policy(&text[..cut]);

@@ -1,11 +1,14 @@
 //! The decide path allocates nothing once the scratch has warmed up. A counting allocator
 //! wraps the system one for this test binary only.
-#![expect(unsafe_code, reason = "a GlobalAlloc impl is unsafe by definition; it only counts and delegates")]
+#![expect(
+    unsafe_code,
+    reason = "a GlobalAlloc impl is unsafe by definition; it only counts and delegates"
+)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use policy_engine::policy::compile_sources;
@@ -60,13 +63,37 @@ fn decide_does_not_allocate_after_warm_up() {
     };
     let session = policy.session_unchecked("orders-db", &id);
     let requests = [
-        Action::Sql { dialect: Dialect::Postgres, text: "SELECT * FROM orders WHERE id = 1" },
-        Action::Sql { dialect: Dialect::Postgres, text: "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x; SELECT pg_sleep(1)" },
-        Action::Sql { dialect: Dialect::Mysql, text: "UPDATE `users` SET a = 'x' WHERE id = 1; /*!50000 DROP TABLE t */" },
-        Action::Sql { dialect: Dialect::Postgres, text: "SELECT token FROM public.payment_tokens" },
-        Action::Http { method: "POST", host: "billing", path: "/v1/refunds" },
-        Action::Kubernetes { verb: "get", resource: "secrets", subresource: None, namespace: Some("x"), name: None },
-        Action::Ssh { command: "ls && rm -rf /" },
+        Action::Sql {
+            dialect: Dialect::Postgres,
+            text: "SELECT * FROM orders WHERE id = 1",
+        },
+        Action::Sql {
+            dialect: Dialect::Postgres,
+            text: "WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x; SELECT pg_sleep(1)",
+        },
+        Action::Sql {
+            dialect: Dialect::Mysql,
+            text: "UPDATE `users` SET a = 'x' WHERE id = 1; /*!50000 DROP TABLE t */",
+        },
+        Action::Sql {
+            dialect: Dialect::Postgres,
+            text: "SELECT token FROM public.payment_tokens",
+        },
+        Action::Http {
+            method: "POST",
+            host: "billing",
+            path: "/v1/refunds",
+        },
+        Action::Kubernetes {
+            verb: "get",
+            resource: "secrets",
+            subresource: None,
+            namespace: Some("x"),
+            name: None,
+        },
+        Action::Ssh {
+            command: "ls && rm -rf /",
+        },
     ];
     let mut scratch = Scratch::new();
     for _ in 0..3 {
@@ -88,6 +115,11 @@ fn decide_does_not_allocate_after_warm_up() {
     }
     COUNTING.with(|c| c.set(false));
     let n = ALLOCS.load(Ordering::SeqCst);
-    assert_eq!(n, 0, "{n} allocations in {} decisions (requests {culprits:?})", verdicts.len());
+    assert_eq!(
+        n,
+        0,
+        "{n} allocations in {} decisions (requests {culprits:?})",
+        verdicts.len()
+    );
     assert!(verdicts.contains(&policy_engine::Verdict::Deny));
 }

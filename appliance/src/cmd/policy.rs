@@ -109,7 +109,10 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
     };
     let files = testfile::test_files(dir);
     if files.is_empty() {
-        eprintln!("no test files (*_test.toml) in {} or its tests/ folder", dir.display());
+        eprintln!(
+            "no test files (*_test.toml) in {} or its tests/ folder",
+            dir.display()
+        );
         return ExitCode::from(2);
     }
     let (mut passed, mut failed) = (0usize, 0usize);
@@ -137,15 +140,27 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
                 }
             } else {
                 failed += 1;
-                println!("FAIL: {}: {}: {}", file.display(), r.name, r.detail.unwrap_or_default());
+                println!(
+                    "FAIL: {}: {}: {}",
+                    file.display(),
+                    r.name,
+                    r.detail.unwrap_or_default()
+                );
             }
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
-#[expect(clippy::print_stdout, reason = "the explanation is the command's output")]
+#[expect(
+    clippy::print_stdout,
+    reason = "the explanation is the command's output"
+)]
 fn explain(a: &ExplainArgs) -> ExitCode {
     let policy = match load(&a.policies) {
         Ok(p) => p,
@@ -155,7 +170,11 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         subject: a.subject.clone(),
         email: None,
         groups: a.groups.iter().filter(|g| !g.is_empty()).cloned().collect(),
-        kind: if a.service { IdentityKind::Service } else { IdentityKind::Human },
+        kind: if a.service {
+            IdentityKind::Service
+        } else {
+            IdentityKind::Human
+        },
     };
     let action = if let Some(sql) = &a.sql {
         Action::Sql {

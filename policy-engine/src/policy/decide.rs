@@ -132,7 +132,12 @@ impl SessionPolicy {
         }
     }
 
-    fn decide_sql<'p>(&'p self, dialect: Dialect, text: &str, scratch: &mut Scratch) -> Decision<'p> {
+    fn decide_sql<'p>(
+        &'p self,
+        dialect: Dialect,
+        text: &str,
+        scratch: &mut Scratch,
+    ) -> Decision<'p> {
         if let Err(e) = scratch.sql.classify(text, dialect) {
             return Decision {
                 verdict: Verdict::Deny,
@@ -143,7 +148,9 @@ impl SessionPolicy {
                 reason: Reason::Unclassifiable(e),
             };
         }
-        let Scratch { sql, norm, results, .. } = scratch;
+        let Scratch {
+            sql, norm, results, ..
+        } = scratch;
         let n = sql.statements().len();
         if n == 0 {
             // Only comments or whitespace: nothing runs, so only the default applies.
@@ -173,7 +180,9 @@ impl SessionPolicy {
         let mut best: Option<(Verdict, u32)> = None;
         let mut observe: Option<u32> = None;
         for &ri in self.rule_indices() {
-            let Some(rule) = rules.get(ri as usize) else { continue };
+            let Some(rule) = rules.get(ri as usize) else {
+                continue;
+            };
             if rule.verdict == Verdict::Observe {
                 if observe.is_none() && matches(rule) {
                     observe = Some(ri);
@@ -200,7 +209,10 @@ impl SessionPolicy {
         };
         match best {
             Some((Verdict::Allow, ri)) => allow(Some(ri)),
-            Some((v, ri)) => StatementResult { verdict: v, rule: Some(ri) },
+            Some((v, ri)) => StatementResult {
+                verdict: v,
+                rule: Some(ri),
+            },
             None if self.default_verdict() == Verdict::Allow => allow(None),
             None => StatementResult {
                 verdict: Verdict::Deny,
@@ -221,13 +233,20 @@ impl SessionPolicy {
             },
             review: rule.and_then(|x| x.review.as_ref()),
             statement,
-            reason: if rule.is_some() { Reason::Rule } else { Reason::Default },
+            reason: if rule.is_some() {
+                Reason::Rule
+            } else {
+                Reason::Default
+            },
         }
     }
 }
 
 /// Why `rule` does not match statement `st`, or `None` if it does.
-#[expect(clippy::too_many_arguments, reason = "hot path: plain borrows instead of a context struct")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "hot path: plain borrows instead of a context struct"
+)]
 pub(crate) fn sql_miss(
     rule: &Rule,
     sql: &SqlScratch,
@@ -239,7 +258,11 @@ pub(crate) fn sql_miss(
     normalized: &mut bool,
 ) -> Option<Miss> {
     let Some(m) = &rule.sql else {
-        return if rule.matches_everything() { None } else { Some(Miss::Protocol) };
+        return if rule.matches_everything() {
+            None
+        } else {
+            Some(Miss::Protocol)
+        };
     };
     // What an opaque statement runs is unknown: rules that refuse or hold match it anyway.
     let opaque = st.opaque && rule.verdict != Verdict::Allow;
@@ -275,7 +298,9 @@ pub(crate) fn sql_miss(
     }
     if let Some(schemas) = &m.schemas
         && !opaque
-        && !tables.iter().any(|t: &TableRef| t.schema.is_some_and(|s| schemas.matches(s.of(text))))
+        && !tables
+            .iter()
+            .any(|t: &TableRef| t.schema.is_some_and(|s| schemas.matches(s.of(text))))
     {
         return Some(Miss::Schemas);
     }
@@ -299,8 +324,15 @@ pub(crate) fn non_sql_miss(rule: &Rule, action: &Action<'_>, cmd: &mut String) -
     let severe = rule.verdict != Verdict::Allow;
     match *action {
         Action::Http { method, host, path } => {
-            let Some(m) = &rule.http else { return Some(Miss::Protocol) };
-            if !m.methods.is_empty() && !m.methods.iter().any(|x| x == "*" || x.eq_ignore_ascii_case(method)) {
+            let Some(m) = &rule.http else {
+                return Some(Miss::Protocol);
+            };
+            if !m.methods.is_empty()
+                && !m
+                    .methods
+                    .iter()
+                    .any(|x| x == "*" || x.eq_ignore_ascii_case(method))
+            {
                 return Some(Miss::Method);
             }
             if !m.hosts.matches(strip_port(host)) {
@@ -309,7 +341,7 @@ pub(crate) fn non_sql_miss(rule: &Rule, action: &Action<'_>, cmd: &mut String) -
             let path = path.split_once('?').map_or(path, |(p, _)| p);
             // A path the upstream may resolve differently (dot segments, encoded slashes) is
             // matched by refusing rules whatever it looks like.
-            if !m.paths.matches(path) && !(severe && ambiguous_path(path)) {
+            if !(m.paths.matches(path) || (severe && ambiguous_path(path))) {
                 return Some(Miss::Path);
             }
             None
@@ -321,8 +353,12 @@ pub(crate) fn non_sql_miss(rule: &Rule, action: &Action<'_>, cmd: &mut String) -
             namespace,
             name,
         } => {
-            let Some(m) = &rule.k8s else { return Some(Miss::Protocol) };
-            let check = |set: &Option<crate::glob::GlobSet>, v: &str| set.as_ref().is_none_or(|s| s.matches(v));
+            let Some(m) = &rule.k8s else {
+                return Some(Miss::Protocol);
+            };
+            let check = |set: &Option<crate::glob::GlobSet>, v: &str| {
+                set.as_ref().is_none_or(|s| s.matches(v))
+            };
             if !check(&m.verbs, verb) {
                 return Some(Miss::Verb);
             }
@@ -341,8 +377,14 @@ pub(crate) fn non_sql_miss(rule: &Rule, action: &Action<'_>, cmd: &mut String) -
             None
         }
         Action::Ssh { command } => {
-            let Some(m) = &rule.ssh else { return Some(Miss::Protocol) };
-            if ssh_matches(&m.commands, command, cmd) { None } else { Some(Miss::Command) }
+            let Some(m) = &rule.ssh else {
+                return Some(Miss::Protocol);
+            };
+            if ssh_matches(&m.commands, command, cmd) {
+                None
+            } else {
+                Some(Miss::Command)
+            }
         }
         Action::TcpConnect | Action::Sql { .. } => Some(Miss::Protocol),
     }
@@ -350,7 +392,13 @@ pub(crate) fn non_sql_miss(rule: &Rule, action: &Action<'_>, cmd: &mut String) -
 
 fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
-        Some((h, port)) if !port.is_empty() && port.bytes().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        Some((h, port))
+            if !port.is_empty()
+                && port.bytes().all(|c| c.is_ascii_digit())
+                && !h.ends_with(':') =>
+        {
+            h
+        }
         _ => host,
     }
 }
@@ -366,7 +414,9 @@ fn ambiguous_path(path: &str) -> bool {
         || b.windows(3).any(|w| {
             w.first() == Some(&b'%')
                 && (w.get(1..3).is_some_and(|x| {
-                    x.eq_ignore_ascii_case(b"2e") || x.eq_ignore_ascii_case(b"2f") || x.eq_ignore_ascii_case(b"5c")
+                    x.eq_ignore_ascii_case(b"2e")
+                        || x.eq_ignore_ascii_case(b"2f")
+                        || x.eq_ignore_ascii_case(b"5c")
                 }))
         })
 }
@@ -380,7 +430,12 @@ fn ssh_matches(patterns: &[crate::glob::Glob], line: &str, buf: &mut String) -> 
     if line.trim().is_empty() {
         return patterns.iter().any(|p| p.is_any());
     }
-    let is_sep = |c: char| matches!(c, ';' | '&' | '|' | '\n' | '`' | '(' | ')' | '{' | '}' | '$');
+    let is_sep = |c: char| {
+        matches!(
+            c,
+            ';' | '&' | '|' | '\n' | '`' | '(' | ')' | '{' | '}' | '$'
+        )
+    };
     for simple in line.split(is_sep) {
         buf.clear();
         let mut words = simple.split_whitespace();
@@ -396,7 +451,11 @@ fn ssh_matches(patterns: &[crate::glob::Glob], line: &str, buf: &mut String) -> 
         }
         let prog_name = buf.get(..prog_len).unwrap_or("");
         if patterns.iter().any(|p| {
-            if p.as_str().contains(' ') { p.matches(buf) } else { p.matches(prog_name) }
+            if p.as_str().contains(' ') {
+                p.matches(buf)
+            } else {
+                p.matches(prog_name)
+            }
         }) {
             return true;
         }

@@ -26,7 +26,12 @@ impl std::fmt::Display for Explanation {
 
 impl Policy {
     /// Explains how a request would be decided right now (access check included).
-    pub fn explain(self: &Arc<Self>, connection: &str, identity: &Identity, action: &Action<'_>) -> Explanation {
+    pub fn explain(
+        self: &Arc<Self>,
+        connection: &str,
+        identity: &Identity,
+        action: &Action<'_>,
+    ) -> Explanation {
         self.explain_with(connection, identity, action, &AccessContext::default())
     }
 
@@ -118,10 +123,9 @@ impl Policy {
                     );
                     let mut done = false;
                     for i in 0..self.rules.len() {
-                        let miss = self
-                            .rules
-                            .get(i)
-                            .and_then(|r| sql_miss(r, sql, st, text, dialect, n, &mut norm, &mut done));
+                        let miss = self.rules.get(i).and_then(|r| {
+                            sql_miss(r, sql, st, text, dialect, n, &mut norm, &mut done)
+                        });
                         rule_line(&mut out, i, miss);
                     }
                     if let Some(r) = scratch.statement_results().get(si) {
@@ -140,7 +144,10 @@ impl Policy {
             _ => {
                 let _ = writeln!(out, "request: {action:?}");
                 for i in 0..self.rules.len() {
-                    let miss = self.rules.get(i).and_then(|r| non_sql_miss(r, action, &mut cmd));
+                    let miss = self
+                        .rules
+                        .get(i)
+                        .and_then(|r| non_sql_miss(r, action, &mut cmd));
                     rule_line(&mut out, i, miss);
                 }
             }
@@ -149,7 +156,9 @@ impl Policy {
             out,
             "decision: {}{}{}",
             d.verdict,
-            d.rule.map(|r| format!(" by rule `{r}`")).unwrap_or_else(|| " by default".into()),
+            d.rule
+                .map(|r| format!(" by rule `{r}`"))
+                .unwrap_or_else(|| " by default".into()),
             d.message.map(|m| format!(": {m}")).unwrap_or_default()
         );
         if let Some(rv) = d.review {

@@ -65,19 +65,31 @@ pub struct LoadErrors(pub Vec<LoadError>);
 
 /// Policy files (not test files) in `dir`, sorted by name so rule order is stable.
 pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, LoadErrors> {
-    let rd = std::fs::read_dir(dir).map_err(|e| one(dir, 0, "", format!("cannot read directory: {e}"), None))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| one(dir, 0, "", format!("cannot read directory: {e}"), None))?;
     let mut files = Vec::new();
     for entry in rd {
-        let entry = entry.map_err(|e| one(dir, 0, "", format!("cannot read directory: {e}"), None))?;
+        let entry =
+            entry.map_err(|e| one(dir, 0, "", format!("cannot read directory: {e}"), None))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if path.is_file() && name.ends_with(".toml") && !name.ends_with(TEST_FILE_SUFFIX) && !name.starts_with('.') {
+        if path.is_file()
+            && name.ends_with(".toml")
+            && !name.ends_with(TEST_FILE_SUFFIX)
+            && !name.starts_with('.')
+        {
             files.push(path);
         }
     }
     files.sort();
     if files.len() > MAX_POLICY_FILES {
-        return Err(one(dir, 0, "", format!("more than {MAX_POLICY_FILES} policy files"), None));
+        return Err(one(
+            dir,
+            0,
+            "",
+            format!("more than {MAX_POLICY_FILES} policy files"),
+            None,
+        ));
     }
     Ok(files)
 }
@@ -100,7 +112,13 @@ pub fn load_dir(dir: &Path) -> Result<Policy, LoadErrors> {
     for f in files {
         match std::fs::metadata(&f) {
             Ok(m) if m.len() > MAX_POLICY_FILE_BYTES => {
-                errors.push(err(&f, 0, "", format!("file is larger than {MAX_POLICY_FILE_BYTES} bytes"), None));
+                errors.push(err(
+                    &f,
+                    0,
+                    "",
+                    format!("file is larger than {MAX_POLICY_FILE_BYTES} bytes"),
+                    None,
+                ));
                 continue;
             }
             Err(e) => {
@@ -153,13 +171,23 @@ struct Site<'a> {
 
 impl Site<'_> {
     fn line(&self, offset: usize) -> usize {
-        let upto = self.text.get(..offset.min(self.text.len())).unwrap_or(self.text);
+        let upto = self
+            .text
+            .get(..offset.min(self.text.len()))
+            .unwrap_or(self.text);
         memchr::memchr_iter(b'\n', upto.as_bytes()).count() + 1
     }
 }
 
 impl Builder {
-    fn push(&mut self, site: &Site<'_>, line: usize, key: String, message: String, hint: Option<String>) {
+    fn push(
+        &mut self,
+        site: &Site<'_>,
+        line: usize,
+        key: String,
+        message: String,
+        hint: Option<String>,
+    ) {
         self.errors.push(LoadError {
             file: site.file.to_owned(),
             line,
@@ -217,8 +245,22 @@ impl Builder {
             let line = site.line(m.span().start);
             let m = m.into_inner();
             let key = format!("mask[{i}]");
-            let connections = self.globs(&site, line, &key, "connections", OneOrMany::Many(m.connections.clone()), false);
-            let groups = self.globs(&site, line, &key, "groups", OneOrMany::Many(m.groups.clone()), false);
+            let connections = self.globs(
+                &site,
+                line,
+                &key,
+                "connections",
+                OneOrMany::Many(m.connections.clone()),
+                false,
+            );
+            let groups = self.globs(
+                &site,
+                line,
+                &key,
+                "groups",
+                OneOrMany::Many(m.groups.clone()),
+                false,
+            );
             self.p.masks.push(MaskRule {
                 spec: m,
                 connections,
@@ -229,7 +271,13 @@ impl Builder {
             let line = site.line(d.span().start);
             let d = d.into_inner();
             if self.p.detectors.iter().any(|x| x.name == d.name) {
-                self.push(&site, line, format!("detector[{}]", d.name), "duplicate detector name".into(), None);
+                self.push(
+                    &site,
+                    line,
+                    format!("detector[{}]", d.name),
+                    "duplicate detector name".into(),
+                    None,
+                );
             }
             self.p.detectors.push(d);
         }
@@ -241,16 +289,34 @@ impl Builder {
             let mut ops = Vec::new();
             for op in a.operations.into_vec() {
                 if op != "*" && !ADMIN_OPERATIONS.contains(&op.as_str()) {
-                    let hint = closest(&op, ADMIN_OPERATIONS.iter().copied()).map(|c| format!("did you mean `{c}`?"));
-                    self.push(&site, line, format!("{key}.operations"), format!("unknown operation `{op}`"), hint);
+                    let hint = closest(&op, ADMIN_OPERATIONS.iter().copied())
+                        .map(|c| format!("did you mean `{c}`?"));
+                    self.push(
+                        &site,
+                        line,
+                        format!("{key}.operations"),
+                        format!("unknown operation `{op}`"),
+                        hint,
+                    );
                 }
                 ops.push(op);
             }
-            self.p.admin.push(AdminRule { groups, operations: ops });
+            self.p.admin.push(AdminRule {
+                groups,
+                operations: ops,
+            });
         }
     }
 
-    fn globs(&mut self, site: &Site<'_>, line: usize, key: &str, field: &str, v: OneOrMany, ci: bool) -> GlobSet {
+    fn globs(
+        &mut self,
+        site: &Site<'_>,
+        line: usize,
+        key: &str,
+        field: &str,
+        v: OneOrMany,
+        ci: bool,
+    ) -> GlobSet {
         let mut out = Vec::new();
         for pat in v.into_vec() {
             match Glob::new(&pat, ci) {
@@ -287,7 +353,12 @@ impl Builder {
         let line = site.line(r.span().start);
         let r = r.into_inner();
         let key = format!("rule[{}]", if r.id.is_empty() { "?" } else { &r.id });
-        if r.id.is_empty() || !r.id.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
+        if r.id.is_empty()
+            || !r
+                .id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
             self.push(
                 site,
                 line,
@@ -297,7 +368,13 @@ impl Builder {
             );
         }
         if self.p.rules.iter().any(|x| x.id.0 == r.id) {
-            self.push(site, line, format!("{key}.id"), format!("duplicate rule id `{}`", r.id), None);
+            self.push(
+                site,
+                line,
+                format!("{key}.id"),
+                format!("duplicate rule id `{}`", r.id),
+                None,
+            );
         }
         let connections = self.globs(site, line, &key, "connections", r.connections, false);
         let groups = self.globs(site, line, &key, "groups", r.groups, false);
@@ -310,7 +387,13 @@ impl Builder {
                 let hint = closest(other, ["allow", "deny", "review", "observe"].into_iter())
                     .map(|c| format!("did you mean `{c}`?"))
                     .or_else(|| Some("use `allow`, `deny`, `review` or `observe`".into()));
-                self.push(site, line, format!("{key}.action"), format!("unknown action `{other}`"), hint);
+                self.push(
+                    site,
+                    line,
+                    format!("{key}.action"),
+                    format!("unknown action `{other}`"),
+                    hint,
+                );
                 Verdict::Deny
             }
         };
@@ -318,11 +401,23 @@ impl Builder {
             (Some(rv), _) => {
                 let approvers = rv.approvers.into_vec();
                 if approvers.is_empty() {
-                    self.push(site, line, format!("{key}.review.approvers"), "no approver groups".into(), None);
+                    self.push(
+                        site,
+                        line,
+                        format!("{key}.review.approvers"),
+                        "no approver groups".into(),
+                        None,
+                    );
                 }
                 let approvals = rv.approvals.unwrap_or(1);
                 if approvals == 0 {
-                    self.push(site, line, format!("{key}.review.approvals"), "must be at least 1".into(), None);
+                    self.push(
+                        site,
+                        line,
+                        format!("{key}.review.approvals"),
+                        "must be at least 1".into(),
+                        None,
+                    );
                 }
                 let timeout = match rv.timeout.as_deref().map(parse_duration) {
                     None => Duration::from_secs(15 * 60),
@@ -389,7 +484,12 @@ impl Builder {
         line: usize,
         key: &str,
         m: RawMatch,
-    ) -> (Option<SqlMatch>, Option<HttpMatch>, Option<K8sMatch>, Option<SshMatch>) {
+    ) -> (
+        Option<SqlMatch>,
+        Option<HttpMatch>,
+        Option<K8sMatch>,
+        Option<SshMatch>,
+    ) {
         let mkey = format!("{key}.match");
         let mut kinds = KindSet::EMPTY;
         let statement = m.statement.into_vec();
@@ -409,7 +509,13 @@ impl Builder {
                     let hint = closest(s, StatementKind::ALL.iter().map(|k| k.name()))
                         .map(|c| format!("did you mean `{c}`?"))
                         .or_else(|| Some("see docs/policy.md for the statement kinds".into()));
-                    self.push(site, line, format!("{mkey}.statement"), format!("unknown statement kind `{s}`"), hint);
+                    self.push(
+                        site,
+                        line,
+                        format!("{mkey}.statement"),
+                        format!("unknown statement kind `{s}`"),
+                        hint,
+                    );
                 }
             }
         }
@@ -422,7 +528,9 @@ impl Builder {
             let schema = schema.map(|s| Glob::new(s, true));
             match (schema.transpose(), Glob::new(name, true)) {
                 (Ok(schema), Ok(name)) => table_globs.push(TableGlob { schema, name }),
-                (Err(e), _) | (_, Err(e)) => self.push(site, line, format!("{mkey}.tables"), e.to_string(), None),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.push(site, line, format!("{mkey}.tables"), e.to_string(), None)
+                }
             }
         }
         let schemas = if schemas.is_empty() {
@@ -442,7 +550,10 @@ impl Builder {
             );
             None
         } else {
-            match regex::RegexSetBuilder::new(&regexes).size_limit(REGEX_SIZE_LIMIT).build() {
+            match regex::RegexSetBuilder::new(&regexes)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+            {
                 Ok(set) => Some(set),
                 Err(e) => {
                     self.push(
@@ -450,7 +561,10 @@ impl Builder {
                         line,
                         format!("{mkey}.regex"),
                         format!("invalid regex: {e}"),
-                        Some("regexes run on normalized text: lower-case words, literals as `?`".into()),
+                        Some(
+                            "regexes run on normalized text: lower-case words, literals as `?`"
+                                .into(),
+                        ),
                     );
                     None::<RegexSet>
                 }
@@ -467,7 +581,12 @@ impl Builder {
         let http = m.http.map(|h| {
             let k = format!("{mkey}.http");
             HttpMatch {
-                methods: h.methods.into_vec().into_iter().map(|s| s.to_ascii_uppercase()).collect(),
+                methods: h
+                    .methods
+                    .into_vec()
+                    .into_iter()
+                    .map(|s| s.to_ascii_uppercase())
+                    .collect(),
                 hosts: self.globs(site, line, &k, "hosts", h.hosts, true),
                 paths: self.globs(site, line, &k, "paths", h.paths, false),
             }
@@ -476,7 +595,11 @@ impl Builder {
             let k = format!("{mkey}.kubernetes");
             let opt = |b: &mut Self, f: &str, v: OneOrMany| {
                 let v = v.into_vec();
-                if v.is_empty() { None } else { Some(b.globs(site, line, &k, f, OneOrMany::Many(v), false)) }
+                if v.is_empty() {
+                    None
+                } else {
+                    Some(b.globs(site, line, &k, f, OneOrMany::Many(v), false))
+                }
             };
             K8sMatch {
                 verbs: opt(self, "verbs", h.verbs),
@@ -491,7 +614,13 @@ impl Builder {
             for c in s.commands.into_vec() {
                 match Glob::with_spaces(c.trim()) {
                     Ok(g) => commands.push(g),
-                    Err(e) => self.push(site, line, format!("{mkey}.ssh.commands"), e.to_string(), None),
+                    Err(e) => self.push(
+                        site,
+                        line,
+                        format!("{mkey}.ssh.commands"),
+                        e.to_string(),
+                        None,
+                    ),
                 }
             }
             SshMatch { commands }
@@ -535,7 +664,10 @@ fn content_hash(sources: &[(PathBuf, String)]) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     };
     for (f, text) in sources {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         feed(name.as_bytes());
         feed(text.as_bytes());
     }
@@ -548,7 +680,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut num: Option<u64> = None;
     for c in s.trim().chars() {
         if let Some(d) = c.to_digit(10) {
-            num = Some(num.unwrap_or(0).saturating_mul(10).saturating_add(u64::from(d)));
+            num = Some(
+                num.unwrap_or(0)
+                    .saturating_mul(10)
+                    .saturating_add(u64::from(d)),
+            );
             continue;
         }
         let unit = match c {
@@ -562,7 +698,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         total = total.saturating_add(n.saturating_mul(unit));
     }
     if num.is_some() || total == 0 {
-        return Err(format!("bad duration `{s}`: give a unit (`s`, `m`, `h`, `d`) and a non-zero value"));
+        return Err(format!(
+            "bad duration `{s}`: give a unit (`s`, `m`, `h`, `d`) and a non-zero value"
+        ));
     }
     Ok(Duration::from_secs(total))
 }
@@ -575,7 +713,10 @@ fn unknown_field_hint(message: &str) -> Option<String> {
 }
 
 /// The candidate nearest to `word` by edit distance, if it is near enough to be a typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = edit_distance(&word.to_ascii_lowercase(), c);
@@ -583,7 +724,8 @@ pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>)
             best = Some((d, c));
         }
     }
-    best.filter(|(d, c)| *d <= (c.len() / 3).max(2)).map(|(_, c)| c)
+    best.filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

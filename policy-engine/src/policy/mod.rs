@@ -23,8 +23,9 @@ use regex::RegexSet;
 pub use decide::{Decision, Reason, Scratch, StatementResult};
 pub use explain::Explanation;
 pub use load::{
-    ADMIN_OPERATIONS, LoadError, LoadErrors, MAX_POLICY_FILE_BYTES, MAX_POLICY_FILES, MAX_REGEXES_PER_RULE,
-    TEST_FILE_SUFFIX, compile_sources, load_dir, parse_duration, policy_files,
+    ADMIN_OPERATIONS, LoadError, LoadErrors, MAX_POLICY_FILE_BYTES, MAX_POLICY_FILES,
+    MAX_REGEXES_PER_RULE, TEST_FILE_SUFFIX, compile_sources, load_dir, parse_duration,
+    policy_files,
 };
 pub use time::Hours;
 
@@ -265,13 +266,19 @@ impl Policy {
     /// Whether `[[admin]]` grants `operation` (`reviews.approve`, ...) to this identity.
     pub fn admin_allows(&self, identity: &Identity, operation: &str) -> bool {
         self.admin.iter().any(|a| {
-            groups_match_strict(&a.groups, identity) && a.operations.iter().any(|o| o == "*" || o == operation)
+            groups_match_strict(&a.groups, identity)
+                && a.operations.iter().any(|o| o == "*" || o == operation)
         })
     }
 
     /// The access check for a new session, as of now and without a grant.
-    pub fn session(self: &Arc<Self>, connection: &str, identity: &Identity) -> Option<SessionPolicy> {
-        self.session_with(connection, identity, &AccessContext::default()).ok()
+    pub fn session(
+        self: &Arc<Self>,
+        connection: &str,
+        identity: &Identity,
+    ) -> Option<SessionPolicy> {
+        self.session_with(connection, identity, &AccessContext::default())
+            .ok()
     }
 
     /// The access check for a new session. Access defaults to deny: some `[[access]]` table
@@ -309,7 +316,11 @@ impl Policy {
     }
 
     /// The session's rule list without the access check (for `explain` and tests).
-    pub fn session_unchecked(self: &Arc<Self>, connection: &str, identity: &Identity) -> SessionPolicy {
+    pub fn session_unchecked(
+        self: &Arc<Self>,
+        connection: &str,
+        identity: &Identity,
+    ) -> SessionPolicy {
         let rules: Vec<u32> = self
             .rules
             .iter()
@@ -317,7 +328,11 @@ impl Policy {
             .filter(|(_, r)| r.applies_to(connection, identity))
             .map(|(i, _)| i as u32)
             .collect();
-        let default = if self.defaults.iter().any(|(c, v)| *v == Verdict::Deny && c.matches(connection)) {
+        let default = if self
+            .defaults
+            .iter()
+            .any(|(c, v)| *v == Verdict::Deny && c.matches(connection))
+        {
             Verdict::Deny
         } else {
             Verdict::Allow

@@ -40,7 +40,9 @@ impl Hours {
             return Err(bad(format!("bad hours `{s}`: too many parts")));
         }
         let days = parse_days(days).ok_or_else(|| bad(format!("bad days `{days}`")))?;
-        let (a, b) = range.split_once('-').ok_or_else(|| bad(format!("bad time range `{range}`")))?;
+        let (a, b) = range
+            .split_once('-')
+            .ok_or_else(|| bad(format!("bad time range `{range}`")))?;
         let start_min = parse_hhmm(a).ok_or_else(|| bad(format!("bad time `{a}`")))?;
         let end_min = parse_hhmm(b).ok_or_else(|| bad(format!("bad time `{b}`")))?;
         let offset_secs = parse_zone(zone).ok_or_else(|| {
@@ -126,7 +128,10 @@ fn parse_zone(z: &str) -> Option<i32> {
         return None;
     }
     let (h, m): (i32, i32) = if digits.len() == 4 {
-        (digits.get(..2)?.parse().ok()?, digits.get(2..)?.parse().ok()?)
+        (
+            digits.get(..2)?.parse().ok()?,
+            digits.get(2..)?.parse().ok()?,
+        )
     } else {
         (digits.parse().ok()?, 0)
     };

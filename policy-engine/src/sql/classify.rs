@@ -31,7 +31,11 @@ pub(super) fn run(
     statements: &mut Vec<Statement>,
     tables: &mut Vec<TableRef>,
 ) -> Result<(), ClassifyError> {
-    let cx = Cx { text, toks, dialect };
+    let cx = Cx {
+        text,
+        toks,
+        dialect,
+    };
     let mut start = 0usize;
     let mut block = 0u32;
     let mut i = 0usize;
@@ -40,20 +44,28 @@ pub(super) fn run(
         if is_semi && block == 0 {
             emit(&cx, start, i, false, statements, tables)?;
             start = i + 1;
-        } else if cx.kw(i, "begin")
+        } else if (cx.kw(i, "begin")
             && cx.kw(start, "create")
-            && (dialect == Dialect::Mysql || cx.kw(i + 1, "atomic"))
+            && (dialect == Dialect::Mysql || cx.kw(i + 1, "atomic")))
+            || (block > 0 && cx.kw(i, "case"))
         {
+            // Routine bodies (`BEGIN ... END`, `BEGIN ATOMIC ... END`) hold `;`s that do not
+            // end the statement; `CASE ... END` inside them closes with the same keyword.
             block += 1;
-        } else if block > 0 && cx.kw(i, "case") {
-            block += 1;
-        } else if block > 0 && cx.kw(i, "end") && !cx.kw_any(i + 1, &["if", "loop", "while", "repeat", "for"]) {
+        } else if block > 0
+            && cx.kw(i, "end")
+            && !cx.kw_any(i + 1, &["if", "loop", "while", "repeat", "for"])
+        {
             block -= 1;
         }
         i += 1;
     }
     emit(&cx, start, toks.len(), unterminated, statements, tables)?;
-    if unterminated && !statements.last().is_some_and(|s| s.opaque && s.kinds.contains(K::Unknown)) {
+    if unterminated
+        && !statements
+            .last()
+            .is_some_and(|s| s.opaque && s.kinds.contains(K::Unknown))
+    {
         statements.push(Statement {
             span: Span::default(),
             kinds: [K::Unknown].into_iter().collect(),
@@ -79,7 +91,11 @@ impl Cx<'_> {
 
     fn bytes(&self, i: usize) -> &[u8] {
         match self.toks.get(i) {
-            Some(t) => self.text.as_bytes().get(t.start as usize..t.end as usize).unwrap_or_default(),
+            Some(t) => self
+                .text
+                .as_bytes()
+                .get(t.start as usize..t.end as usize)
+                .unwrap_or_default(),
             None => &[],
         }
     }
@@ -96,7 +112,9 @@ impl Cx<'_> {
     /// Like `kw_any`, but a PostgreSQL quoted identifier spelled exactly the same also counts
     /// (`SET "role" = ...` sets the role).
     fn ident_any(&self, i: usize, ws: &[&str]) -> bool {
-        self.kw_any(i, ws) || (self.kind(i) == Some(T::QuotedIdent) && ws.iter().any(|w| self.bytes(i) == w.as_bytes()))
+        self.kw_any(i, ws)
+            || (self.kind(i) == Some(T::QuotedIdent)
+                && ws.iter().any(|w| self.bytes(i) == w.as_bytes()))
     }
 
     /// The word at `i`, lower-cased into `buf` (empty if not a word or too long to be a keyword).
@@ -108,7 +126,13 @@ impl Cx<'_> {
     }
 
     fn span(&self, i: usize) -> Span {
-        self.toks.get(i).map(|t| Span { start: t.start, end: t.end }).unwrap_or_default()
+        self.toks
+            .get(i)
+            .map(|t| Span {
+                start: t.start,
+                end: t.end,
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -131,18 +155,96 @@ const START_CONTEXT: &[&str] = &[
 fn reserved(w: &str) -> bool {
     matches!(
         w,
-        "where" | "join" | "inner" | "left" | "right" | "full" | "cross" | "natural" | "outer"
-            | "on" | "using" | "set" | "group" | "order" | "limit" | "offset" | "having"
-            | "window" | "union" | "intersect" | "except" | "returning" | "values" | "select"
-            | "for" | "fetch" | "lock" | "with" | "default" | "from" | "into" | "as" | "when"
-            | "then" | "and" | "or" | "not" | "lateral" | "only" | "straight_join" | "force"
-            | "ignore" | "use" | "partition" | "tablesample" | "stdin" | "stdout" | "program"
-            | "to" | "cascade" | "restrict" | "continue" | "restart" | "identity" | "read"
-            | "write" | "low_priority" | "quick" | "do" | "exists" | "if" | "table" | "nowait"
-            | "skip" | "overriding" | "outfile" | "dumpfile" | "high_priority" | "delayed"
-            | "temporary" | "temp" | "unlogged" | "local" | "global" | "schema" | "database"
-            | "function" | "sequence" | "all" | "procedure" | "routine" | "tables" | "in"
-            | "is" | "null" | "case" | "end" | "by" | "matched" | "dual"
+        "where"
+            | "join"
+            | "inner"
+            | "left"
+            | "right"
+            | "full"
+            | "cross"
+            | "natural"
+            | "outer"
+            | "on"
+            | "using"
+            | "set"
+            | "group"
+            | "order"
+            | "limit"
+            | "offset"
+            | "having"
+            | "window"
+            | "union"
+            | "intersect"
+            | "except"
+            | "returning"
+            | "values"
+            | "select"
+            | "for"
+            | "fetch"
+            | "lock"
+            | "with"
+            | "default"
+            | "from"
+            | "into"
+            | "as"
+            | "when"
+            | "then"
+            | "and"
+            | "or"
+            | "not"
+            | "lateral"
+            | "only"
+            | "straight_join"
+            | "force"
+            | "ignore"
+            | "use"
+            | "partition"
+            | "tablesample"
+            | "stdin"
+            | "stdout"
+            | "program"
+            | "to"
+            | "cascade"
+            | "restrict"
+            | "continue"
+            | "restart"
+            | "identity"
+            | "read"
+            | "write"
+            | "low_priority"
+            | "quick"
+            | "do"
+            | "exists"
+            | "if"
+            | "table"
+            | "nowait"
+            | "skip"
+            | "overriding"
+            | "outfile"
+            | "dumpfile"
+            | "high_priority"
+            | "delayed"
+            | "temporary"
+            | "temp"
+            | "unlogged"
+            | "local"
+            | "global"
+            | "schema"
+            | "database"
+            | "function"
+            | "sequence"
+            | "all"
+            | "procedure"
+            | "routine"
+            | "tables"
+            | "in"
+            | "is"
+            | "null"
+            | "case"
+            | "end"
+            | "by"
+            | "matched"
+            | "dual"
     )
 }
 
@@ -315,7 +417,12 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
                     Some(T::LParen) => depth += 1,
                     Some(T::RParen) => depth = depth.saturating_sub(1),
                     _ if depth == 0
-                        && cx.kw_any(i, &["select", "insert", "update", "delete", "merge", "values", "table"]) =>
+                        && cx.kw_any(
+                            i,
+                            &[
+                                "select", "insert", "update", "delete", "merge", "values", "table",
+                            ],
+                        ) =>
                     {
                         main = Some(i);
                         break;
@@ -357,7 +464,11 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
                     Some(T::LParen) => depth += 1,
                     Some(T::RParen) => depth = depth.saturating_sub(1),
                     _ if depth == 0 && cx.kw_any(i, &["from", "to"]) => {
-                        k.insert(if cx.kw(i, "from") { K::Insert } else { K::Select });
+                        k.insert(if cx.kw(i, "from") {
+                            K::Insert
+                        } else {
+                            K::Select
+                        });
                         if cx.kw(i + 1, "program") {
                             k.insert(K::CopyProgram);
                         } else if cx.kind(i + 1) == Some(T::String) {
@@ -395,9 +506,11 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
                 k.insert(K::SetRole);
             } else if cx.kw(f + 1, "password") {
                 k.insert(K::Role);
-            } else if mysql && cx.kw_any(f + 1, &["global", "persist", "persist_only"]) {
-                k.insert(K::AlterSystem);
-            } else if mysql && cx.bytes(f + 1) == b"@@" && cx.kw_any(f + 2, &["global", "persist", "persist_only"]) {
+            } else if mysql
+                && (cx.kw_any(f + 1, &["global", "persist", "persist_only"])
+                    || (cx.bytes(f + 1) == b"@@"
+                        && cx.kw_any(f + 2, &["global", "persist", "persist_only"])))
+            {
                 k.insert(K::AlterSystem);
             } else {
                 k.insert(K::Set);
@@ -416,8 +529,8 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
                         && cx.kw_any(
                             i,
                             &[
-                                "select", "insert", "update", "delete", "merge", "values", "table", "with",
-                                "execute", "create", "declare", "replace",
+                                "select", "insert", "update", "delete", "merge", "values", "table",
+                                "with", "execute", "create", "declare", "replace",
                             ],
                         ) =>
                     {
@@ -433,7 +546,8 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
                 None => st.kinds.insert(K::Show),
             }
         }
-        "begin" | "start" | "commit" | "rollback" | "savepoint" | "release" | "end" | "abort" | "xa" => {
+        "begin" | "start" | "commit" | "rollback" | "savepoint" | "release" | "end" | "abort"
+        | "xa" => {
             k.insert(K::Transaction);
         }
         "call" => {
@@ -461,13 +575,17 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
         "deallocate" | "discard" | "fetch" | "move" | "close" => k.insert(K::Session),
         "declare" => {
             k.insert(K::Session);
-            if let Some(m) = (f + 1..e).find(|&i| cx.kw_any(i, &["select", "values", "with", "table"])) {
+            if let Some(m) =
+                (f + 1..e).find(|&i| cx.kw_any(i, &["select", "values", "with", "table"]))
+            {
                 dispatch(cx, m, e, st, frames);
             }
         }
         "lock" | "unlock" => k.insert(K::Lock),
-        "vacuum" | "analyze" | "analyse" | "reindex" | "cluster" | "checkpoint" | "refresh" | "optimize"
-        | "repair" | "check" | "checksum" | "flush" | "purge" => k.insert(K::Maintenance),
+        "vacuum" | "analyze" | "analyse" | "reindex" | "cluster" | "checkpoint" | "refresh"
+        | "optimize" | "repair" | "check" | "checksum" | "flush" | "purge" => {
+            k.insert(K::Maintenance)
+        }
         "comment" | "security" | "rename" => k.insert(K::Alter),
         "reassign" => k.insert(K::Role),
         "import" => k.insert(K::Create),
@@ -482,7 +600,9 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
                 }
             }
         }
-        "kill" | "shutdown" | "restart" | "install" | "uninstall" | "binlog" => k.insert(K::AdminFunction),
+        "kill" | "shutdown" | "restart" | "install" | "uninstall" | "binlog" => {
+            k.insert(K::AdminFunction)
+        }
         "change" | "reset_master" => k.insert(K::AlterSystem),
         _ => {
             k.insert(K::Unknown);
@@ -515,7 +635,10 @@ fn scan(
                 let subquery = cx.kw_any(i + 1, &["select", "with", "values", "table"]);
                 if depth < 64 {
                     let bit = 1u64 << depth;
-                    if after_name && !subquery && !cx.kw_any(i - 1, &["in", "exists", "as", "any", "all", "some"]) {
+                    if after_name
+                        && !subquery
+                        && !cx.kw_any(i - 1, &["in", "exists", "as", "any", "all", "some"])
+                    {
                         fn_groups |= bit;
                     } else {
                         fn_groups &= !bit;
@@ -549,7 +672,8 @@ fn scan(
                         st.kinds.insert(nk);
                         // Upserts (`ON CONFLICT DO UPDATE SET`, `ON DUPLICATE KEY UPDATE`) touch
                         // only the conflicting row.
-                        let upsert = cx.kw(i - 1, "key") || (nk == K::Update && cx.kw(i + 1, "set"));
+                        let upsert =
+                            cx.kw(i - 1, "key") || (nk == K::Update && cx.kw(i + 1, "set"));
                         if matches!(nk, K::Update | K::Delete) && !upsert {
                             frames.push(depth);
                         }
@@ -564,14 +688,19 @@ fn scan(
                                 || !(cx.kind(i - 1) == Some(T::Comma)
                                     || cx.kw_any(
                                         i - 1,
-                                        &["for", "key", "grant", "on", "before", "after", "of", "or", "revoke"],
+                                        &[
+                                            "for", "key", "grant", "on", "before", "after", "of",
+                                            "or", "revoke",
+                                        ],
                                     ))) =>
                     {
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
                     }
                     "where" => frames.mark_where(depth),
-                    "for" if cx.kw_any(i + 1, &["update", "share", "no", "key"]) => st.kinds.insert(K::Lock),
+                    "for" if cx.kw_any(i + 1, &["update", "share", "no", "key"]) => {
+                        st.kinds.insert(K::Lock)
+                    }
                     "lock" if cx.kw(i + 1, "in") => st.kinds.insert(K::Lock),
                     "from" if !in_fn && !main.contains(K::Revoke) && !main.contains(K::Grant) => {
                         let list = !main.contains(K::Copy);
@@ -599,7 +728,25 @@ fn scan(
                         continue;
                     }
                     "on" if (main.contains(K::Grant) || main.contains(K::Revoke))
-                        && !cx.kw_any(i + 1, &["schema", "database", "function", "sequence", "all", "procedure", "routine", "language", "type", "domain", "foreign", "large", "tablespace", "parameter"]) =>
+                        && !cx.kw_any(
+                            i + 1,
+                            &[
+                                "schema",
+                                "database",
+                                "function",
+                                "sequence",
+                                "all",
+                                "procedure",
+                                "routine",
+                                "language",
+                                "type",
+                                "domain",
+                                "foreign",
+                                "large",
+                                "tablespace",
+                                "parameter",
+                            ],
+                        ) =>
                     {
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
@@ -607,7 +754,9 @@ fn scan(
                     _ => {}
                 }
             }
-            Some(T::QuotedIdent) if cx.kind(i + 1) == Some(T::LParen) && admin_function(cx.bytes(i)) => {
+            Some(T::QuotedIdent)
+                if cx.kind(i + 1) == Some(T::LParen) && admin_function(cx.bytes(i)) =>
+            {
                 st.kinds.insert(K::AdminFunction);
             }
             _ => {}

@@ -202,12 +202,16 @@ impl KindSet {
 
     /// Kinds in the set, in declaration order.
     pub fn iter(self) -> impl Iterator<Item = StatementKind> {
-        StatementKind::ALL.into_iter().filter(move |k| self.contains(*k))
+        StatementKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
     }
 
     /// The most dangerous kind in the set (`Unknown` for an empty set).
     pub fn primary(self) -> StatementKind {
-        self.iter().max_by_key(|k| k.rank()).unwrap_or(StatementKind::Unknown)
+        self.iter()
+            .max_by_key(|k| k.rank())
+            .unwrap_or(StatementKind::Unknown)
     }
 }
 

@@ -68,7 +68,8 @@ pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
         match c {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
             b'-' if at(i + 1) == b'-'
-                && (!mysql || matches!(at(i + 2), 0 | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) =>
+                && (!mysql
+                    || matches!(at(i + 2), 0 | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) =>
             {
                 i = line_end(b, i);
             }
@@ -109,14 +110,24 @@ pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
                 if mysql {
                     push(out, TokenKind::String, i, e);
                 } else {
-                    push(out, TokenKind::QuotedIdent, i + 1, e.saturating_sub(1).max(i + 1));
+                    push(
+                        out,
+                        TokenKind::QuotedIdent,
+                        i + 1,
+                        e.saturating_sub(1).max(i + 1),
+                    );
                 }
                 i = e;
             }
             b'`' if mysql => {
                 let (e, ok) = quoted_end(b, i + 1, b'`', false);
                 unterminated |= !ok;
-                push(out, TokenKind::QuotedIdent, i + 1, e.saturating_sub(1).max(i + 1));
+                push(
+                    out,
+                    TokenKind::QuotedIdent,
+                    i + 1,
+                    e.saturating_sub(1).max(i + 1),
+                );
                 i = e;
             }
             b'$' if !mysql => {
@@ -207,7 +218,12 @@ pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
                         b'"' => {
                             let (end, ok) = quoted_end(b, e + 2, b'"', false);
                             unterminated |= !ok;
-                            push(out, TokenKind::QuotedIdent, e + 2, end.saturating_sub(1).max(e + 2));
+                            push(
+                                out,
+                                TokenKind::QuotedIdent,
+                                e + 2,
+                                end.saturating_sub(1).max(e + 2),
+                            );
                             i = end;
                         }
                         _ => {
@@ -308,13 +324,15 @@ fn dollar_tag_end(b: &[u8], from: usize) -> Option<usize> {
 fn number_end(b: &[u8], from: usize) -> usize {
     let mut i = from;
     while let Some(&c) = b.get(i) {
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
-            i += 1;
-        } else if (c == b'+' || c == b'-')
+        let exponent_sign = (c == b'+' || c == b'-')
             && i > from
             && matches!(b.get(i - 1), Some(b'e' | b'E'))
-            && !b.get(from..i).unwrap_or_default().iter().any(|x| matches!(x, b'x' | b'X'))
-        {
+            && !b
+                .get(from..i)
+                .unwrap_or_default()
+                .iter()
+                .any(|x| matches!(x, b'x' | b'X'));
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || exponent_sign {
             i += 1;
         } else {
             break;
@@ -328,7 +346,19 @@ fn op_end(b: &[u8], from: usize, mysql: bool) -> usize {
     while let Some(&c) = b.get(i) {
         let is_op = matches!(
             c,
-            b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'%' | b'^' | b'&' | b'|'
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
         ) || (c == b'#' && !mysql);
         if !is_op {
             break;
@@ -357,7 +387,10 @@ fn is_ident_continue(c: u8, _mysql: bool) -> bool {
 
 fn string_prefix(word: &[u8], mysql: bool) -> bool {
     if word.len() == 1 {
-        return matches!(word.first(), Some(b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N'));
+        return matches!(
+            word.first(),
+            Some(b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
+        );
     }
     mysql && word.first() == Some(&b'_')
 }

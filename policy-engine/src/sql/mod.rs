@@ -28,7 +28,8 @@ pub struct Span {
 impl Span {
     /// The text this span covers (empty if `text` is not the classified input).
     pub fn of(self, text: &str) -> &str {
-        text.get(self.start as usize..self.end as usize).unwrap_or("")
+        text.get(self.start as usize..self.end as usize)
+            .unwrap_or("")
     }
 }
 
@@ -112,7 +113,9 @@ impl SqlScratch {
 
     /// Tables the statement names.
     pub fn tables(&self, s: &Statement) -> &[TableRef] {
-        self.tables.get(s.tables.0 as usize..s.tables.1 as usize).unwrap_or(&[])
+        self.tables
+            .get(s.tables.0 as usize..s.tables.1 as usize)
+            .unwrap_or(&[])
     }
 
     /// The last input ended inside a string, quoted identifier or comment.
@@ -125,12 +128,18 @@ impl SqlScratch {
     /// Normalizing normalized text gives the same text.
     pub fn normalize_into(&self, text: &str, dialect: Dialect, s: &Statement, out: &mut String) {
         out.clear();
-        let toks = self.tokens.get(s.tokens.0 as usize..s.tokens.1 as usize).unwrap_or(&[]);
+        let toks = self
+            .tokens
+            .get(s.tokens.0 as usize..s.tokens.1 as usize)
+            .unwrap_or(&[]);
         let quote = if dialect == Dialect::Mysql { '`' } else { '"' };
         let mut prev: Option<TokenKind> = None;
         for t in toks {
             let glue = matches!(prev, None | Some(TokenKind::LParen | TokenKind::Dot))
-                || matches!(t.kind, TokenKind::RParen | TokenKind::Comma | TokenKind::Dot);
+                || matches!(
+                    t.kind,
+                    TokenKind::RParen | TokenKind::Comma | TokenKind::Dot
+                );
             if !glue {
                 out.push(' ');
             }
