@@ -11,7 +11,10 @@
 use policy_engine::Dialect;
 use policy_engine::sql::{SqlScratch, StatementKind};
 
-#[expect(clippy::panic, reason = "test helper: a bad corpus line should fail loudly")]
+#[expect(
+    clippy::panic,
+    reason = "test helper: a bad corpus line should fail loudly"
+)]
 fn dialect(s: &str) -> Dialect {
     match s {
         "pg" => Dialect::Postgres,

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use policy_engine::policy::{LoadError, compile_sources};
 
-#[expect(clippy::unwrap_used, reason = "test helper: the source must fail to load")]
+#[expect(
+    clippy::unwrap_used,
+    reason = "test helper: the source must fail to load"
+)]
 fn errors(src: &str) -> Vec<LoadError> {
     compile_sources(&[(PathBuf::from("p.toml"), src.to_string())])
         .unwrap_err()

@@ -72,13 +72,13 @@ impl Policy {
         let mut cmd = String::new();
         let rule_line = |out: &mut String, i: usize, miss: Option<super::decide::Miss>| {
             let Some(r) = self.rules.get(i) else { return };
-            let status = if !in_session.contains(&i) {
-                "skipped: connection or groups do not apply".to_owned()
-            } else {
-                match miss {
-                    None => "MATCHED".to_owned(),
-                    Some(m) => format!("no match: {}", m.describe()),
-                }
+            // Rules for other connections, groups or protocols are counted, not listed.
+            if !in_session.contains(&i) || miss == Some(super::decide::Miss::Protocol) {
+                return;
+            }
+            let status = match miss {
+                None => "MATCHED".to_owned(),
+                Some(m) => format!("no match: {}", m.describe()),
             };
             let _ = writeln!(
                 out,
@@ -90,6 +90,13 @@ impl Policy {
                 status
             );
         };
+        let skipped = self.rules.len() - in_session.len();
+        if skipped > 0 {
+            let _ = writeln!(
+                out,
+                "{skipped} rule(s) skipped: their connections or groups do not apply"
+            );
+        }
         match *action {
             Action::Sql { dialect, text } => {
                 let sql = scratch.sql();
