@@ -162,6 +162,8 @@ fn err(file: &Path, line: usize, key: &str, message: String, hint: Option<String
 struct Builder {
     p: Policy,
     errors: Vec<LoadError>,
+    /// Every rule regex, for the policy-wide prefilter.
+    all_regexes: Vec<String>,
 }
 
 struct Site<'a> {
@@ -554,7 +556,10 @@ impl Builder {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
             {
-                Ok(set) => Some(set),
+                Ok(set) => {
+                    self.all_regexes.extend(regexes.iter().cloned());
+                    Some(set)
+                }
                 Err(e) => {
                     self.push(
                         site,
@@ -642,12 +647,18 @@ impl Builder {
     }
 
     fn finish(mut self, sources: &[(PathBuf, String)]) -> Result<Policy, LoadErrors> {
-        let names: Vec<&str> = self.p.detectors.iter().map(|d| d.name.as_str()).collect();
-        let _ = names;
         if !self.errors.is_empty() {
             return Err(LoadErrors(self.errors));
         }
         self.p.version = content_hash(sources);
+        // One scan answers "does any regex match?" for the common case where none does; if
+        // the combined set is too big it is simply not built and each rule checks its own.
+        if !self.all_regexes.is_empty() {
+            self.p.regex_prefilter = regex::RegexSetBuilder::new(&self.all_regexes)
+                .size_limit(REGEX_SIZE_LIMIT * 8)
+                .build()
+                .ok();
+        }
         Ok(self.p)
     }
 }
