@@ -46,8 +46,7 @@ pub const ADMIN_OPERATIONS: &[&str] = &[
 pub const TEST_FILE_SUFFIX: &str = "_test.toml";
 
 /// One problem in a policy directory.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {key}: {message}{}", file.display(), hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
     pub file: PathBuf,
     /// 1-based line; 0 when the problem is the file as a whole.
@@ -57,6 +56,26 @@ pub struct LoadError {
     pub message: String,
     pub hint: Option<String>,
 }
+
+impl std::fmt::Display for LoadError {
+    /// `file:line: key: message (hint: ...)`, leaving out a zero line and an empty key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
 
 /// Everything wrong with a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
