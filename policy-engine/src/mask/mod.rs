@@ -19,10 +19,11 @@ mod validate;
 
 pub use detect::{DetectorId, MAX_ASSIGNMENT_VALUE, MAX_DETECTORS, MAX_JWT_LEN};
 pub use engine::{
-    ColumnMask, DEFAULT_KEEP, HASH_HEX_LEN, MaskEngine, MaskOutcome, MaskStats, PEM_WINDOW,
+    ColumnMask, DEFAULT_KEEP, HASH_HEX_LEN, MaskCounter, MaskEngine, MaskOutcome, MaskStats, PEM_WINDOW,
     SessionMasker, ValueKind,
 };
 pub use spec::{DetectorSpec, MaskSpec, StrategyName};
+pub use json::MAX_JSON_DEPTH;
 pub use stream::{STREAM_WINDOW, StreamMasker};
 
 /// Why a policy's masking tables could not be compiled. Always the policy author's input.
