@@ -1,7 +1,8 @@
 //! What a user sees after masking: exact masked values per detector and strategy.
 
 use policy_engine::mask::{
-    DetectorSpec, MaskEngine, MaskError, MaskOutcome, MaskSpec, MaskStats, SessionMasker, StrategyName, ValueKind,
+    DetectorSpec, MaskEngine, MaskError, MaskOutcome, MaskSpec, MaskStats, SessionMasker,
+    StrategyName, ValueKind,
 };
 
 fn rule(strategy: StrategyName, detectors: &[&str], columns: &[&str]) -> MaskSpec {
@@ -45,18 +46,30 @@ fn redacts_each_builtin() {
         ("card 4111-1111-1111-1111", "card [CREDIT_CARD]"),
         ("amex 378282246310005", "amex [CREDIT_CARD]"),
         ("ssn 123-45-6789", "ssn [SSN]"),
-        ("call +1 415 555 0100 or (415) 555-0199", "call [PHONE] or [PHONE]"),
-        ("us 415-555-0123, uk 020 7946 0958", "us [PHONE], uk [PHONE]"),
+        (
+            "call +1 415 555 0100 or (415) 555-0199",
+            "call [PHONE] or [PHONE]",
+        ),
+        (
+            "us 415-555-0123, uk 020 7946 0958",
+            "us [PHONE], uk [PHONE]",
+        ),
         ("iban DE89 3704 0044 0532 0130 00 ok", "iban [IBAN] ok"),
         ("iban GB82WEST12345698765432", "iban [IBAN]"),
         ("from 192.168.10.254:5432", "from [IPV4]:5432"),
-        ("v6 2001:db8::8a2e:370:7334 and fe80::1", "v6 [IPV6] and [IPV6]"),
+        (
+            "v6 2001:db8::8a2e:370:7334 and fe80::1",
+            "v6 [IPV6] and [IPV6]",
+        ),
         ("AKIAIOSFODNN7EXAMPLE", "[AWS_ACCESS_KEY]"),
         (
             "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
             "aws_secret_access_key = [AWS_SECRET_KEY]",
         ),
-        ("key=AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe", "key=[GCP_API_KEY]"),
+        (
+            "key=AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+            "key=[GCP_API_KEY]",
+        ),
         ("ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "[GITHUB_TOKEN]"),
         ("glpat-xxxxxxxxxxxxxxxxxxxx", "[GITLAB_TOKEN]"),
         ("xoxb-123456789012-abcdefABCDEF", "[SLACK_TOKEN]"),
@@ -64,7 +77,10 @@ fn redacts_each_builtin() {
             "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
             "Bearer [JWT]",
         ),
-        ("postgres://u?password=hunter2&x=1", "postgres://u?password=[SECRET]&x=1"),
+        (
+            "postgres://u?password=hunter2&x=1",
+            "postgres://u?password=[SECRET]&x=1",
+        ),
         (r#"{"api_key": "abc123def"}"#, r#"{"api_key": "[SECRET]"}"#),
         (
             "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nAAAA\n-----END RSA PRIVATE KEY-----\nb",
@@ -107,7 +123,10 @@ fn strategies() {
         rule(StrategyName::Partial, &["email", "credit_card"], &[]),
         rule(StrategyName::Hash, &["ssn"], &[]),
         rule(StrategyName::Null, &["iban"], &[]),
-        MaskSpec { replacement: Some("<card>".into()), ..rule(StrategyName::Redact, &[], &["card_*"]) },
+        MaskSpec {
+            replacement: Some("<card>".into()),
+            ..rule(StrategyName::Redact, &[], &["card_*"])
+        },
         rule(StrategyName::Partial, &[], &["last4"]),
     ];
     let e = MaskEngine::compile(&specs, &[], b"secret key").unwrap();
@@ -119,7 +138,10 @@ fn strategies() {
     assert!(h1.bytes().all(|b| b.is_ascii_hexdigit()));
     // Stable across sessions (and engines built with the same key) so values still join.
     let e2 = MaskEngine::compile(&specs, &[], b"secret key").unwrap();
-    assert_eq!(text(&e2.session(&[1]), "ssn 123-45-6789"), format!("ssn {h1}"));
+    assert_eq!(
+        text(&e2.session(&[1]), "ssn 123-45-6789"),
+        format!("ssn {h1}")
+    );
     let e3 = MaskEngine::compile(&specs, &[], b"other key").unwrap();
     assert_ne!(text(&e3.session(&[1]), "123-45-6789"), h1);
     assert_eq!(text(&s, "DE89370400440532013000"), "NULL");
@@ -127,24 +149,54 @@ fn strategies() {
     let mut out = Vec::new();
     let mut st = MaskStats::default();
     let col = s.column("CARD_NUMBER");
-    assert_eq!(s.mask_value(&col, ValueKind::Text, b"anything", &mut out, &mut st), MaskOutcome::Rewritten);
+    assert_eq!(
+        s.mask_value(&col, ValueKind::Text, b"anything", &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
     assert_eq!(out, b"<card>");
     out.clear();
-    assert_eq!(s.mask_value(&s.column("last4"), ValueKind::Text, b"ABCD-1234", &mut out, &mut st), MaskOutcome::Rewritten);
+    assert_eq!(
+        s.mask_value(
+            &s.column("last4"),
+            ValueKind::Text,
+            b"ABCD-1234",
+            &mut out,
+            &mut st
+        ),
+        MaskOutcome::Rewritten
+    );
     assert_eq!(out, b"****-1234");
     // A rewritten number would not be a number: NULL instead.
     out.clear();
-    assert_eq!(s.mask_value(&col, ValueKind::Numeric, b"42", &mut out, &mut st), MaskOutcome::Null);
-    let note = s.column("note");
     assert_eq!(
-        s.mask_value(&note, ValueKind::Numeric, b"4111111111111111", &mut out, &mut st),
+        s.mask_value(&col, ValueKind::Numeric, b"42", &mut out, &mut st),
         MaskOutcome::Null
     );
-    assert_eq!(s.mask_value(&note, ValueKind::Other, b"10.0.0.1", &mut out, &mut st), MaskOutcome::Unchanged);
+    let note = s.column("note");
+    assert_eq!(
+        s.mask_value(
+            &note,
+            ValueKind::Numeric,
+            b"4111111111111111",
+            &mut out,
+            &mut st
+        ),
+        MaskOutcome::Null
+    );
+    assert_eq!(
+        s.mask_value(&note, ValueKind::Other, b"10.0.0.1", &mut out, &mut st),
+        MaskOutcome::Unchanged
+    );
     assert!(out.is_empty());
     // Binary values are rewritten in place: any bytes are a valid bytea.
     assert_eq!(
-        s.mask_value(&note, ValueKind::Binary, b"\x00\xffjane@example.com", &mut out, &mut st),
+        s.mask_value(
+            &note,
+            ValueKind::Binary,
+            b"\x00\xffjane@example.com",
+            &mut out,
+            &mut st
+        ),
         MaskOutcome::Rewritten
     );
     assert_eq!(out, b"\x00\xff****@example.com");
@@ -154,17 +206,26 @@ fn strategies() {
 
 #[test]
 fn column_scoped_detectors_and_stats() {
-    let specs = [rule(StrategyName::Redact, &["email"], &["notes"]), rule(StrategyName::Redact, &["ssn"], &[])];
+    let specs = [
+        rule(StrategyName::Redact, &["email"], &["notes"]),
+        rule(StrategyName::Redact, &["ssn"], &[]),
+    ];
     let e = MaskEngine::compile(&specs, &[], b"k").unwrap();
     let s = e.session(&[0, 1]);
     assert!(!s.is_empty());
     let mut st = MaskStats::default();
     let mut out = Vec::new();
     let v = b"a@example.com 123-45-6789";
-    assert_eq!(s.mask_value(&s.column("notes"), ValueKind::Text, v, &mut out, &mut st), MaskOutcome::Rewritten);
+    assert_eq!(
+        s.mask_value(&s.column("notes"), ValueKind::Text, v, &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
     assert_eq!(out, b"[EMAIL] [SSN]");
     out.clear();
-    assert_eq!(s.mask_value(&s.column("other"), ValueKind::Text, v, &mut out, &mut st), MaskOutcome::Rewritten);
+    assert_eq!(
+        s.mask_value(&s.column("other"), ValueKind::Text, v, &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
     assert_eq!(out, b"a@example.com [SSN]");
     let named: Vec<(&str, u64)> = st.named(&e).collect();
     assert_eq!(named, vec![("email", 1), ("ssn", 2)]);
@@ -175,7 +236,12 @@ fn column_scoped_detectors_and_stats() {
 #[test]
 fn custom_detectors() {
     let det = [
-        DetectorSpec { name: "employee_id".into(), regex: r"EMP-[0-9]{6}".into(), validator: None, label: None },
+        DetectorSpec {
+            name: "employee_id".into(),
+            regex: r"EMP-[0-9]{6}".into(),
+            validator: None,
+            label: None,
+        },
         DetectorSpec {
             name: "acct".into(),
             regex: r"\b[0-9]{16}\b".into(),
@@ -183,32 +249,67 @@ fn custom_detectors() {
             label: Some("<acct>".into()),
         },
     ];
-    let e = MaskEngine::compile(&[rule(StrategyName::Redact, &["employee_id", "acct"], &[])], &det, b"k").unwrap();
+    let e = MaskEngine::compile(
+        &[rule(StrategyName::Redact, &["employee_id", "acct"], &[])],
+        &det,
+        b"k",
+    )
+    .unwrap();
     let s = e.session(&[0]);
-    assert_eq!(text(&s, "EMP-123456 4111111111111111 4111111111111112"), "[EMPLOYEE_ID] <acct> 4111111111111112");
+    assert_eq!(
+        text(&s, "EMP-123456 4111111111111111 4111111111111112"),
+        "[EMPLOYEE_ID] <acct> 4111111111111112"
+    );
 
     let bad = |d: DetectorSpec| MaskEngine::compile(&[], &[d], b"k").unwrap_err();
     assert!(matches!(
-        bad(DetectorSpec { name: "x".into(), regex: "(".into(), validator: None, label: None }),
+        bad(DetectorSpec {
+            name: "x".into(),
+            regex: "(".into(),
+            validator: None,
+            label: None
+        }),
         MaskError::BadRegex { .. }
     ));
     assert_eq!(
-        bad(DetectorSpec { name: "x".into(), regex: "a".into(), validator: Some("crc".into()), label: None }),
-        MaskError::UnknownValidator { name: "x".into(), validator: "crc".into() }
+        bad(DetectorSpec {
+            name: "x".into(),
+            regex: "a".into(),
+            validator: Some("crc".into()),
+            label: None
+        }),
+        MaskError::UnknownValidator {
+            name: "x".into(),
+            validator: "crc".into()
+        }
     );
     assert_eq!(
-        bad(DetectorSpec { name: "email".into(), regex: "a".into(), validator: None, label: None }),
-        MaskError::DuplicateDetector { name: "email".into() }
+        bad(DetectorSpec {
+            name: "email".into(),
+            regex: "a".into(),
+            validator: None,
+            label: None
+        }),
+        MaskError::DuplicateDetector {
+            name: "email".into()
+        }
     );
-    let err = MaskEngine::compile(&[rule(StrategyName::Redact, &["emali"], &[])], &[], b"k").unwrap_err();
+    let err =
+        MaskEngine::compile(&[rule(StrategyName::Redact, &["emali"], &[])], &[], b"k").unwrap_err();
     assert_eq!(err.to_string(), "mask rule 0: unknown detector `emali`");
 }
 
 #[test]
 fn json_fields_and_detectors() {
     let specs = [
-        MaskSpec { fields: vec!["*.ssn".into(), "card".into()], ..rule(StrategyName::Redact, &[], &[]) },
-        MaskSpec { fields: vec!["user.secret".into()], ..rule(StrategyName::Null, &[], &[]) },
+        MaskSpec {
+            fields: vec!["*.ssn".into(), "card".into()],
+            ..rule(StrategyName::Redact, &[], &[])
+        },
+        MaskSpec {
+            fields: vec!["user.secret".into()],
+            ..rule(StrategyName::Null, &[], &[])
+        },
         rule(StrategyName::Redact, &["email"], &[]),
     ];
     let e = MaskEngine::compile(&specs, &[], b"k").unwrap();
@@ -228,9 +329,15 @@ fn json_fields_and_detectors() {
 
     // Not JSON: detectors still apply.
     let mut out = Vec::new();
-    assert_eq!(s.mask_json(b"{oops a@example.com", &mut out, &mut st), MaskOutcome::Rewritten);
+    assert_eq!(
+        s.mask_json(b"{oops a@example.com", &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
     assert_eq!(out, b"{oops [EMAIL]");
     out.clear();
-    assert_eq!(s.mask_json(br#"{"a":"nothing here"}"#, &mut out, &mut st), MaskOutcome::Unchanged);
+    assert_eq!(
+        s.mask_json(br#"{"a":"nothing here"}"#, &mut out, &mut st),
+        MaskOutcome::Unchanged
+    );
     assert!(out.is_empty());
 }

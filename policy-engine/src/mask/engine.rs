@@ -364,6 +364,14 @@ impl MaskEngine {
     }
 }
 
+/// One detector match: `value[start..end]` is what would be masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finding {
+    pub start: usize,
+    pub end: usize,
+    pub detector: DetectorId,
+}
+
 /// For one result-set column: the whole-value rule (if any) and the detectors that run.
 #[derive(Debug, Clone)]
 pub struct ColumnMask {
@@ -489,6 +497,19 @@ impl SessionMasker {
     /// says whether anything changed. A body that is not valid JSON is masked as a stream.
     pub fn mask_json(&self, body: &[u8], out: &mut Vec<u8>, stats: &mut MaskStats) -> MaskOutcome {
         super::json::mask_json(self, body, out, stats)
+    }
+
+    /// Where the session-wide detectors find something in `value` (non-overlapping, in
+    /// order), without masking: for dry runs (`observe`), policy tests and accuracy reports.
+    pub fn find(&self, value: &[u8], findings: &mut Vec<Finding>) {
+        let mut hits = Vec::new();
+        self.inner
+            .resolve(&self.global, &mut PemState::default(), value, &mut hits);
+        findings.extend(hits.iter().map(|h| Finding {
+            start: h.start,
+            end: h.end,
+            detector: h.det,
+        }));
     }
 
     pub(crate) fn field_rule(&self, path: &[u8]) -> Option<&Rule> {

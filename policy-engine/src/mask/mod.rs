@@ -8,6 +8,7 @@
 //! Deliberately not here: deciding which rules apply to a session (the policy does that and
 //! passes rule indices), protocol framing, and NLP-style free-text entity recognition.
 
+pub mod corpus;
 mod detect;
 mod engine;
 pub mod fuzzing;
@@ -19,11 +20,11 @@ mod validate;
 
 pub use detect::{DetectorId, MAX_ASSIGNMENT_VALUE, MAX_DETECTORS, MAX_JWT_LEN};
 pub use engine::{
-    ColumnMask, DEFAULT_KEEP, HASH_HEX_LEN, MaskCounter, MaskEngine, MaskOutcome, MaskStats, PEM_WINDOW,
-    SessionMasker, ValueKind,
+    ColumnMask, DEFAULT_KEEP, Finding, HASH_HEX_LEN, MaskCounter, MaskEngine, MaskOutcome,
+    MaskStats, PEM_WINDOW, SessionMasker, ValueKind,
 };
-pub use spec::{DetectorSpec, MaskSpec, StrategyName};
 pub use json::MAX_JSON_DEPTH;
+pub use spec::{DetectorSpec, MaskSpec, StrategyName};
 pub use stream::{STREAM_WINDOW, StreamMasker};
 
 /// Why a policy's masking tables could not be compiled. Always the policy author's input.
