@@ -18,11 +18,13 @@ fn rule(strategy: StrategyName, detectors: &[&str], columns: &[&str]) -> MaskSpe
     }
 }
 
+#[expect(clippy::unwrap_used, reason = "test helper: a panic is a failing test")]
 fn redact_all() -> SessionMasker {
     let e = MaskEngine::compile(&[rule(StrategyName::Redact, &["all"], &[])], &[], b"k").unwrap();
     e.session(&[0])
 }
 
+#[expect(clippy::unwrap_used, reason = "test helper: a panic is a failing test")]
 fn text(s: &SessionMasker, v: &str) -> String {
     let col = s.column("note");
     let mut out = Vec::new();
