@@ -329,6 +329,22 @@ fn json_fields_and_detectors() {
     assert_eq!(v["user"]["mail"], "[EMAIL]");
     assert_eq!(st.total(), 4);
 
+    // Secrets named by their key, at any depth.
+    let e =
+        MaskEngine::compile(&[rule(StrategyName::Redact, &["secrets"], &[])], &[], b"k").unwrap();
+    let s2 = e.session(&[0]);
+    let mut out = Vec::new();
+    let body =
+        br#"{"db":{"db_password":"p@ss w0rd","password_hint":"pet name","auth":{"api_key":"k1"}}}"#;
+    assert_eq!(
+        s2.mask_json(body, &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"db":{"db_password":"[SECRET]","password_hint":"pet name","auth":{"api_key":"[SECRET]"}}}"#
+    );
+
     // Not JSON: detectors still apply.
     let mut out = Vec::new();
     assert_eq!(

@@ -427,8 +427,8 @@ fn assignment_at(hay: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
         return None;
     }
     let mut i = e;
-    // Allow a suffix that keeps it the same key (`password_hash` is not, `db_password1` is
-    // rare enough): only closing quotes and spaces may sit between key and separator.
+    // The separator must follow the keyword (after an optional closing quote and spaces),
+    // so `password_hint = ...` is not taken for a password.
     if matches!(hay.get(i), Some(b'"' | b'\'')) {
         i += 1;
     }
@@ -487,6 +487,42 @@ fn assignment_at(hay: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
         return None;
     }
     Some((vs, vs + n))
+}
+
+/// For a JSON object key that names a secret (`password`, `db_password`, `api_key`, ...):
+/// which detector its string value belongs to. Same keywords and left boundary as the
+/// in-text assignment detector; the keyword must end the key.
+pub fn secret_key_kind(key: &[u8], value: &[u8]) -> Option<DetectorId> {
+    let named = |kw: &str| {
+        let n = kw.len();
+        key.len() >= n
+            && key
+                .get(key.len() - n..)
+                .is_some_and(|k| k.eq_ignore_ascii_case(kw.as_bytes()))
+            && (key.len() == n
+                || !key
+                    .get(key.len() - n - 1)
+                    .is_some_and(u8::is_ascii_alphanumeric))
+    };
+    let mut found = None;
+    for &(kw, anchor) in ANCHORS {
+        match anchor {
+            Anchor::Keyword if named(kw) => found = found.or(Some(Builtin::Credential)),
+            Anchor::AwsSecretKeyword if named(kw) => {
+                let aws = value.len() == 40
+                    && value
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+');
+                found = Some(if aws {
+                    Builtin::AwsSecretKey
+                } else {
+                    Builtin::Credential
+                });
+            }
+            _ => {}
+        }
+    }
+    found.map(|d| d as u8)
 }
 
 // ---------------------------------------------------------------------------------------

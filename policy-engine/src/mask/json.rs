@@ -9,7 +9,7 @@
 //! [`MAX_JSON_DEPTH`]) is masked with the detectors as plain bytes instead.
 
 use super::MaskStats;
-use super::detect::Hit;
+use super::detect::{self, Hit};
 use super::engine::{MaskOutcome, PemState, Rule, SessionMasker};
 
 /// Deepest object/array nesting walked structurally.
@@ -51,7 +51,7 @@ pub(crate) fn mask_json(
         scratch: Vec::new(),
         changed: false,
     };
-    let ok = w.value(0, None).is_ok() && {
+    let ok = w.value(0, None, None).is_ok() && {
         w.ws();
         w.i == body.len()
     };
@@ -112,7 +112,12 @@ impl Walker<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize, rule: Option<&Rule>) -> Result<(), Invalid> {
+    fn value(
+        &mut self,
+        depth: usize,
+        rule: Option<&Rule>,
+        key: Option<(usize, usize)>,
+    ) -> Result<(), Invalid> {
         if depth > MAX_JSON_DEPTH {
             return Err(Invalid);
         }
@@ -150,7 +155,7 @@ impl Walker<'_> {
                         None if self.track_path => s.field_rule(&self.path),
                         None => None,
                     };
-                    self.value(depth + 1, child)?;
+                    self.value(depth + 1, child, Some((ks, ke)))?;
                     self.path.truncate(mark);
                     self.ws();
                     match self.peek() {
@@ -171,7 +176,7 @@ impl Walker<'_> {
                     return Ok(());
                 }
                 loop {
-                    self.value(depth + 1, rule)?;
+                    self.value(depth + 1, rule, None)?;
                     self.ws();
                     match self.peek() {
                         Some(b',') => self.i += 1,
@@ -200,12 +205,29 @@ impl Walker<'_> {
                         self.cursor = ce;
                     }
                 } else if self.s.global.set != 0 {
-                    self.s.inner.resolve(
-                        &self.s.global,
-                        &mut PemState::default(),
-                        content,
-                        &mut self.hits,
-                    );
+                    // `"password": "..."`: the key and the value are separate strings, so
+                    // the key-value detectors look at the key here.
+                    let by_key = key
+                        .and_then(|(ks, ke)| {
+                            detect::secret_key_kind(self.body.get(ks..ke)?, content)
+                        })
+                        .filter(|&d| self.s.global.set & (1u64 << d) != 0);
+                    match by_key {
+                        Some(det) if !content.is_empty() => {
+                            self.hits.clear();
+                            self.hits.push(Hit {
+                                start: 0,
+                                end: content.len(),
+                                det,
+                            });
+                        }
+                        _ => self.s.inner.resolve(
+                            &self.s.global,
+                            &mut PemState::default(),
+                            content,
+                            &mut self.hits,
+                        ),
+                    }
                     if !self.hits.is_empty() {
                         self.edit_at(cs);
                         self.scratch.clear();
