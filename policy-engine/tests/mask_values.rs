@@ -49,6 +49,24 @@ fn redacts_each_builtin() {
         ("amex 378282246310005", "amex [CREDIT_CARD]"),
         ("ssn 123-45-6789", "ssn [SSN]"),
         (
+            "o'brien@example.ie, 'quoted@example.com'",
+            "[EMAIL], '[EMAIL]'",
+        ),
+        ("José.Núñez@correo.example.es;", "[EMAIL];"),
+        (
+            "x@bücher.de and y@xn--bcher-kva.example",
+            "[EMAIL] and [EMAIL]",
+        ),
+        ("<mailto:ADMIN@EXAMPLE.COM>", "<mailto:[EMAIL]>"),
+        (
+            "4242424242424242 5555555555554444 2223003122003222 6011111111111117",
+            "[CREDIT_CARD] [CREDIT_CARD] [CREDIT_CARD] [CREDIT_CARD]",
+        ),
+        (
+            "jcb 3530111333300000 diners 30569309025904 up 6200000000000005",
+            "jcb [CREDIT_CARD] diners [CREDIT_CARD] up [CREDIT_CARD]",
+        ),
+        (
             "call +1 415 555 0100 or (415) 555-0199",
             "call [PHONE] or [PHONE]",
         ),

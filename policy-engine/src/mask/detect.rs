@@ -549,7 +549,11 @@ fn scan_emails(hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
 
 #[inline]
 fn is_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+    // RFC 5322 atext minus the symbols that more often delimit an address than belong to it
+    // (`=`, `/`, `|`, ...); bytes that can occur in UTF-8 for internationalised addresses (RFC 6531).
+    b.is_ascii_alphanumeric()
+        || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')
+        || (0x80..=0xF4).contains(&b)
 }
 
 fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
@@ -563,13 +567,23 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
     if n == 0 || n > 64 {
         return None;
     }
-    let s = at - n;
+    let mut s = at - n;
+    // A quote or dot before the name (`'jane@...'`) is not part of it; one inside is.
+    while s < at
+        && hay
+            .get(s)
+            .is_some_and(|&b| matches!(b, b'.' | b'\'' | b'-' | b'+' | b'%'))
+    {
+        s += 1;
+    }
     let local = hay.get(s..at)?;
     let after = hay.get(at + 1..)?;
     let mut dl = after
         .iter()
         .take(254)
-        .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        .take_while(|&&b| {
+            b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || (0x80..=0xF4).contains(&b)
+        })
         .count();
     // A sentence-ending dot is not part of the domain.
     while dl > 0 && after.get(dl - 1) == Some(&b'.') {

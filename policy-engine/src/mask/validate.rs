@@ -211,7 +211,12 @@ pub fn email_domain_ok(d: &[u8]) -> bool {
         labels += 1;
         last = label;
     }
-    labels >= 2 && last.len() >= 2 && last.iter().all(u8::is_ascii_alphabetic)
+    let tld_ok = last.iter().all(|&b| b.is_ascii_alphabetic() || b >= 0x80)
+        || (last.len() > 4
+            && last
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--")));
+    labels >= 2 && last.len() >= 2 && tld_ok
 }
 
 /// The local part of an email (dot-atom form): no leading, trailing or doubled dot.
