@@ -49,6 +49,10 @@ fn redacts_each_builtin() {
         ("amex 378282246310005", "amex [CREDIT_CARD]"),
         ("ssn 123-45-6789", "ssn [SSN]"),
         (
+            "1 2 3 4 5 6 7 8 9 10 11 4111 1111 1111 1111 12",
+            "1 2 3 4 5 6 7 8 9 10 11 [CREDIT_CARD] 12",
+        ),
+        (
             "o'brien@example.ie, 'quoted@example.com'",
             "[EMAIL], '[EMAIL]'",
         ),

@@ -702,6 +702,11 @@ fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
     }
     let tok = Token::parse(hay, s);
     tok.detect(hay, set, hits);
+    if tok.truncated {
+        // The run goes on past the group limit: restart a few groups back so a value that
+        // straddles the limit is still seen whole (duplicates are resolved later).
+        return tok.groups.get(MAX_GROUPS - 5).map_or(tok.end, |g| g.0);
+    }
     tok.end
 }
 
@@ -713,6 +718,8 @@ struct Token {
     end: usize,
     /// The byte after the token does not glue a word to it.
     end_ok: bool,
+    /// Stopped at `MAX_GROUPS` with more groups following.
+    truncated: bool,
 }
 
 impl Token {
@@ -723,6 +730,7 @@ impl Token {
             n: 0,
             end: s,
             end_ok: true,
+            truncated: false,
         };
         let mut i = s;
         loop {
@@ -748,8 +756,11 @@ impl Token {
             }
             break;
         }
-        // A run glued to letters (`abc123`, `123abc`) or continuing past the group limit
-        // (`1.2.3.4.5...`) is an identifier, not a value.
+        t.truncated = t.n == MAX_GROUPS
+            && matches!(hay.get(t.end), Some(b' ' | b'-' | b'.'))
+            && hay.get(t.end + 1).is_some_and(u8::is_ascii_digit);
+        // A run glued to letters (`abc123`, `123abc`) or running on past the group limit
+        // is not a value that ends here.
         let glued = hay.get(t.end).copied().is_some_and(is_word);
         let runs_on = hay.get(t.end).is_some_and(|&b| matches!(b, b'.' | b'-'))
             && hay.get(t.end + 1).is_some_and(u8::is_ascii_digit);
