@@ -226,6 +226,11 @@ impl Scanner {
         let Some(region) = hay.get(..to) else {
             return;
         };
+        let set = if to.saturating_sub(from) <= GATE_MAX {
+            set & gate(region.get(from..).unwrap_or_default())
+        } else {
+            set
+        };
         if set & LITERAL_SET != 0 {
             self.scan_anchors(region, from, set, hits);
         }
@@ -323,6 +328,62 @@ impl Scanner {
             }
         }
     }
+}
+
+/// Values up to this length go through [`gate`] first: for a short result-set cell the fixed
+/// cost of entering four scanners dominates, and most cells lack the bytes they need.
+const GATE_MAX: usize = 256;
+
+const C_DIGIT: u8 = 1;
+const C_AT: u8 = 2;
+const C_COLON: u8 = 4;
+/// A byte every literal-anchored match needs one of: `A` (AWS, GCP), `_` (GitHub), `-`
+/// (GitLab, Slack, PEM), `J` (JWT `eyJ`), `=`/`:` (key-value assignments).
+const C_ANCHOR: u8 = 8;
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: a bad index fails the build, never the gateway"
+)]
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = C_DIGIT;
+        d += 1;
+    }
+    t[b'@' as usize] = C_AT;
+    t[b':' as usize] = C_COLON | C_ANCHOR;
+    t[b'A' as usize] = C_ANCHOR;
+    t[b'_' as usize] = C_ANCHOR;
+    t[b'-' as usize] = C_ANCHOR;
+    t[b'J' as usize] = C_ANCHOR;
+    t[b'=' as usize] = C_ANCHOR;
+    t
+};
+
+/// Which detectors could possibly match in `v`, from the byte classes present. Conservative:
+/// a detector is dropped only when a byte every one of its matches contains is absent.
+fn gate(v: &[u8]) -> u64 {
+    let mut c = 0u8;
+    for &b in v {
+        c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+    }
+    let mut set =
+        !(LITERAL_SET | DIGIT_SET | (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8));
+    if c & C_ANCHOR != 0 {
+        set |= LITERAL_SET;
+    }
+    if c & C_DIGIT != 0 {
+        set |= DIGIT_SET;
+    }
+    if c & C_AT != 0 {
+        set |= 1 << Builtin::Email as u8;
+    }
+    if c & C_COLON != 0 {
+        set |= 1 << Builtin::Ipv6 as u8;
+    }
+    set
 }
 
 #[inline]
