@@ -714,7 +714,6 @@ fn on(set: u64, d: Builtin) -> bool {
 
 /// Examines the digit run starting at `s` and the token it belongs to; returns where the
 /// scan may resume.
-#[cold]
 fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
     let prev = if s > 0 { hay.get(s - 1).copied() } else { None };
     if on(set, Builtin::Iban)
