@@ -63,6 +63,14 @@ fn redacts_each_builtin() {
         ),
         ("<mailto:ADMIN@EXAMPLE.COM>", "<mailto:[EMAIL]>"),
         (
+            r#"to "john doe"@example.com and ops@[192.0.2.1]"#,
+            "to [EMAIL] and [EMAIL]",
+        ),
+        (
+            "x@[IPv6:2001:db8::1] first.m.last@sub.example.museum.",
+            "[EMAIL] [EMAIL].",
+        ),
+        (
             "4242424242424242 5555555555554444 2223003122003222 6011111111111117",
             "[CREDIT_CARD] [CREDIT_CARD] [CREDIT_CARD] [CREDIT_CARD]",
         ),

@@ -619,26 +619,48 @@ fn is_local(b: u8) -> bool {
 
 fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
     let before = hay.get(..at)?;
-    let n = before
-        .iter()
-        .rev()
-        .take(65)
-        .take_while(|&&b| is_local(b))
-        .count();
-    if n == 0 || n > 64 {
-        return None;
-    }
-    let mut s = at - n;
-    // A quote or dot before the name (`'jane@...'`) is not part of it; one inside is.
-    while s < at
-        && hay
-            .get(s)
-            .is_some_and(|&b| matches!(b, b'.' | b'\'' | b'-' | b'+' | b'%'))
-    {
-        s += 1;
-    }
-    let local = hay.get(s..at)?;
+    // Quoted local part: `"john doe"@example.com`.
+    let (s, local_ok) = if before.last() == Some(&b'"') {
+        let inner = before.get(..at - 1)?;
+        let q = inner
+            .iter()
+            .rev()
+            .take(64)
+            .position(|&b| b == b'"' || b == b'\n')?;
+        let open = at - 1 - q - 1;
+        (open, q > 0 && hay.get(open) == Some(&b'"'))
+    } else {
+        let n = before
+            .iter()
+            .rev()
+            .take(65)
+            .take_while(|&&b| is_local(b))
+            .count();
+        if n == 0 || n > 64 {
+            return None;
+        }
+        let mut s = at - n;
+        // A quote or dot before the name (`'jane@...'`) is not part of it; one inside is.
+        while s < at
+            && hay
+                .get(s)
+                .is_some_and(|&b| matches!(b, b'.' | b'\'' | b'-' | b'+' | b'%'))
+        {
+            s += 1;
+        }
+        (s, validate::email_local_ok(hay.get(s..at)?))
+    };
     let after = hay.get(at + 1..)?;
+    // Address literal: `user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`.
+    if after.first() == Some(&b'[') {
+        let close = after.iter().take(64).position(|&b| b == b']')?;
+        let lit = std::str::from_utf8(after.get(1..close)?).ok()?;
+        let ip_ok = lit.parse::<std::net::Ipv4Addr>().is_ok()
+            || lit
+                .strip_prefix("IPv6:")
+                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+        return (local_ok && ip_ok).then_some((s, at + 1 + close + 1));
+    }
     let mut dl = after
         .iter()
         .take(254)
@@ -652,7 +674,7 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
     }
     let domain = after.get(..dl)?;
     let e = at + 1 + dl;
-    if !validate::email_local_ok(local)
+    if !local_ok
         || !validate::email_domain_ok(domain)
         || hay.get(e).is_some_and(|&b| b == b'@' || b == b'_')
     {
