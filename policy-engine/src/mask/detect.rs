@@ -979,11 +979,10 @@ impl Token {
         }
         if on(set, Builtin::Phone) {
             let len = |k: usize| self.g(hay, k).len();
-            let nanp = |k: usize| {
-                let a = self.g(hay, k);
-                let x = self.g(hay, k + 1);
-                a.first().is_some_and(|&d| d >= b'2') && x.first().is_some_and(|&d| d >= b'2')
-            };
+            // Area codes never start with 0 or 1. Exchanges do not either, but test and
+            // fictional numbers (`555-123-4567`) often break that rule and are still
+            // someone's data, so it is not checked.
+            let nanp = |k: usize| self.g(hay, k).first().is_some_and(|&d| d >= b'2');
             // NANP ddd-ddd-dddd / ddd.ddd.dddd / ddd ddd dddd, optional leading `1`.
             let lead = usize::from(self.g(hay, i) == b"1" && i + 3 < n);
             let k = i + lead;
@@ -1059,11 +1058,7 @@ fn paren_phone_at(hay: &[u8], s: usize) -> Option<usize> {
     if hay.get(i) == Some(&b' ') {
         i += 1;
     }
-    if !d(i, 3)
-        || hay.get(i).is_some_and(|&b| b < b'2')
-        || !matches!(hay.get(i + 3), Some(b'-' | b'.' | b' '))
-        || !d(i + 4, 4)
-    {
+    if !d(i, 3) || !matches!(hay.get(i + 3), Some(b'-' | b'.' | b' ')) || !d(i + 4, 4) {
         return None;
     }
     let end = i + 8;
