@@ -341,7 +341,7 @@ pub fn command_rows(b: &RecordBatch) -> Result<Vec<CommandRow>, RecorderError> {
         u64_col(b, "seq", p)?,
     );
     let (at, action, text) = (
-        ts_col(b, "at", p)?,
+        ts_col(b, "ts", p)?,
         str_col(b, "action", p)?,
         str_col(b, "text", p)?,
     );
@@ -393,7 +393,7 @@ pub fn frame_rows(b: &RecordBatch) -> Result<Vec<FrameRow>, RecorderError> {
         u64_col(b, "seq", p)?,
     );
     let (at, dir, payload) = (
-        ts_col(b, "at", p)?,
+        ts_col(b, "ts", p)?,
         str_col(b, "direction", p)?,
         bin_col(b, "payload", p)?,
     );
@@ -419,7 +419,7 @@ pub fn review_rows(b: &RecordBatch) -> Result<Vec<ReviewRow>, RecorderError> {
     );
     let (cseq, at, event) = (
         u64_col(b, "command_seq", p)?,
-        ts_col(b, "at", p)?,
+        ts_col(b, "ts", p)?,
         str_col(b, "event", p)?,
     );
     let (conn, req, actor) = (

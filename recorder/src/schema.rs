@@ -55,7 +55,7 @@ impl Table {
     pub fn time_column(self) -> &'static str {
         match self {
             Table::Sessions => "started_at",
-            _ => "at",
+            _ => "ts",
         }
     }
 
@@ -108,7 +108,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("protocol", DataType::Utf8, false),
             f("subject", DataType::Utf8, false),
             f("seq", DataType::UInt64, false),
-            f("at", ts(), false),
+            f("ts", ts(), false),
             f("action", DataType::Utf8, false),
             f("text", DataType::Utf8, true),
             f("decision", DataType::Utf8, false),
@@ -125,7 +125,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("schema_version", DataType::UInt16, false),
             f("session_id", DataType::Utf8, false),
             f("seq", DataType::UInt64, false),
-            f("at", ts(), false),
+            f("ts", ts(), false),
             f("direction", DataType::Utf8, false),
             f("payload", DataType::Binary, false),
         ],
@@ -134,7 +134,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("review_id", DataType::Utf8, false),
             f("session_id", DataType::Utf8, true),
             f("command_seq", DataType::UInt64, true),
-            f("at", ts(), false),
+            f("ts", ts(), false),
             f("event", DataType::Utf8, false),
             f("connection", DataType::Utf8, false),
             f("requester", DataType::Utf8, false),
