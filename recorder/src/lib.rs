@@ -15,6 +15,8 @@ pub mod schema;
 pub mod seal;
 mod writer;
 
+/// Re-exported so callers build record payloads with the same `Bytes` type.
+pub use bytes::Bytes;
 pub use config::{OnFull, RecorderConfig};
 pub use error::RecorderError;
 pub use handoff::{Producer, Recorder, RecorderStats, Refused};

@@ -79,7 +79,7 @@ fn duckdb_answers_auditor_queries_over_parquet_and_arrow() {
     let alice = common::session(1, "alice", "prod-db");
     let bob = common::session(2, "bob", "prod-db");
     let alice_stage = common::session(3, "alice", "staging-db");
-    let mut cmd = |s: &Arc<recorder::SessionInfo>, seq: u64, d: Decision, text: &str, dur: u64| {
+    let cmd = |s: &Arc<recorder::SessionInfo>, seq: u64, d: Decision, text: &str, dur: u64| {
         let mut c: CommandRecord = common::command(s, seq, d, text);
         c.at = Micros(now - 1_000_000 + seq as i64);
         c.duration_us = dur;

@@ -1,5 +1,9 @@
 //! Record builders shared by the integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] fns: a panic is a failing test"
+)]
 
 use std::path::Path;
 use std::sync::Arc;
