@@ -107,7 +107,12 @@ impl TokenCache {
     /// The identity cached for exactly `token`, if it is still valid at `now` and was verified
     /// under key-set `generation`.
     #[inline]
-    pub fn get(&mut self, token: &[u8], now: UnixSeconds, generation: u64) -> Option<Arc<Identity>> {
+    pub fn get(
+        &mut self,
+        token: &[u8],
+        now: UnixSeconds,
+        generation: u64,
+    ) -> Option<Arc<Identity>> {
         let key = self.key(token);
         let hit = match self.map.get(&key) {
             Some(e) if e.generation == generation && now < e.valid_until && *e.token == *token => {

@@ -44,7 +44,9 @@ impl std::str::FromStr for KeyAlg {
         match s.to_ascii_lowercase().as_str() {
             "ed25519" | "eddsa" => Ok(KeyAlg::Ed25519),
             "es256" | "p-256" | "p256" => Ok(KeyAlg::Es256),
-            _ => Err(format!("`{s}` is not a key algorithm: use ed25519 or es256")),
+            _ => Err(format!(
+                "`{s}` is not a key algorithm: use ed25519 or es256"
+            )),
         }
     }
 }
@@ -188,16 +190,18 @@ pub fn keygen(dir: &Path, alg: KeyAlg) -> Result<KeygenOutput, IssuerError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(&key_path)
-        .map_err(io_err(format!("creating `{}` (an existing key is never overwritten)", key_path.display())))?;
+    let mut f = opts.open(&key_path).map_err(io_err(format!(
+        "creating `{}` (an existing key is never overwritten)",
+        key_path.display()
+    )))?;
     f.write_all(pem_encode(der.as_ref()).as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(io_err(format!("writing `{}`", key_path.display())))?;
 
     let jwks_path = dir.join(JWKS_FILE);
     let jwks = serde_json::to_vec_pretty(&signer.jwks()?)?;
-    std::fs::write(&jwks_path, jwks).map_err(io_err(format!("writing `{}`", jwks_path.display())))?;
+    std::fs::write(&jwks_path, jwks)
+        .map_err(io_err(format!("writing `{}`", jwks_path.display())))?;
     Ok(KeygenOutput {
         key_path,
         jwks_path,

@@ -107,7 +107,11 @@ impl std::fmt::Debug for VerifyKey {
             .field("kty", &self.kty)
             .field(
                 "algs",
-                &self.parsed.iter().map(|(a, _)| a.name()).collect::<Vec<_>>(),
+                &self
+                    .parsed
+                    .iter()
+                    .map(|(a, _)| a.name())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

@@ -127,7 +127,10 @@ impl JwksRefresher {
         let set = KeySet::from_jwks_json(&doc)?;
         let n = set.keys().len();
         if set.skipped() > 0 {
-            tracing::info!(skipped = set.skipped(), "jwks keys not usable for signatures were skipped");
+            tracing::info!(
+                skipped = set.skipped(),
+                "jwks keys not usable for signatures were skipped"
+            );
         }
         self.store.replace(set);
         self.last_document = doc;
@@ -259,7 +262,10 @@ fn jwks_uri_of(meta: &[u8], url: &str, issuer: &str) -> Result<String, JwksError
     // one issuer could be served for another.
     let claimed = v.get("issuer").and_then(|i| i.as_str()).unwrap_or_default();
     if claimed.trim_end_matches('/') != issuer.trim_end_matches('/') {
-        return Err(bad(&format!("`issuer` is `{}`, expected `{issuer}`", super::error::quote(claimed))));
+        return Err(bad(&format!(
+            "`issuer` is `{}`, expected `{issuer}`",
+            super::error::quote(claimed)
+        )));
     }
     v.get("jwks_uri")
         .and_then(|u| u.as_str())

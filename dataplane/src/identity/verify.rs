@@ -152,7 +152,11 @@ fn truthy(v: Option<&Value>) -> bool {
 /// The subject claimed by an unverified token, for the audit record of a failed authentication.
 /// Best effort: `None` when the token cannot be decoded. Never returns the token itself; the
 /// value is truncated and stripped of control characters.
-pub fn presented_subject(token: &[u8], subject_claim: &str, max_token_bytes: usize) -> Option<String> {
+pub fn presented_subject(
+    token: &[u8],
+    subject_claim: &str,
+    max_token_bytes: usize,
+) -> Option<String> {
     if token.len() > max_token_bytes {
         return None;
     }
@@ -274,8 +278,8 @@ impl Verifier {
             // No extension is understood, so any critical one must be refused (RFC 7515 4.1.11).
             return Err(AuthError::Malformed("header names critical extensions"));
         }
-        let alg =
-            Alg::from_name(&header.alg).ok_or_else(|| AuthError::AlgNotAllowed(quote(&header.alg)))?;
+        let alg = Alg::from_name(&header.alg)
+            .ok_or_else(|| AuthError::AlgNotAllowed(quote(&header.alg)))?;
         let signature = decode(parts.signature, "signature is not base64url")?;
 
         let keys = self.inner.keys.snapshot();
