@@ -5,6 +5,13 @@
 //!
 //! Needs node and `npm ci --prefix dataplane/tests/oidc`. Without them the test is skipped
 //! locally and fails in CI (env `CI` set), saying what to install.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions: a panic there is a failing test"
+)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;

@@ -1,6 +1,12 @@
 //! Token verification end to end through the public API: keys from JWKS documents, tokens
 //! signed by real keys of every supported type, and every rejection path asserted on the error
 //! kind audit records and the message the client sees.
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions: a panic there is a failing test"
+)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
