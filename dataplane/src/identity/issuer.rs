@@ -176,7 +176,8 @@ pub fn keygen(dir: &Path, alg: KeyAlg) -> Result<KeygenOutput, IssuerError> {
     std::fs::create_dir_all(dir).map_err(io_err(format!("creating `{}`", dir.display())))?;
     let rng = SystemRandom::new();
     let der = match alg {
-        KeyAlg::Ed25519 => Ed25519KeyPair::generate_pkcs8(&rng),
+        // PKCS#8 v1: the form `openssl genpkey` writes and every tool reads.
+        KeyAlg::Ed25519 => Ed25519KeyPair::generate_pkcs8v1(&rng),
         KeyAlg::Es256 => EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng),
     }
     .map_err(|_| IssuerError::Crypto)?;
