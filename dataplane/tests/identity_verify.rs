@@ -502,6 +502,17 @@ fn service_accounts_are_recognised() {
             .kind,
         IdentityKind::Service
     );
+    // A marker that must have a given value (tokens of every kind carry the claim).
+    let mut cfg = config();
+    cfg.service_claim = Some("idtyp".into());
+    cfg.service_value = Some("app".into());
+    let v = Verifier::new(cfg, store(&[ed.jwk("ed", None)]));
+    for (idtyp, kind) in [("app", IdentityKind::Service), ("user", IdentityKind::Human)] {
+        let mut c = claims(now);
+        c["idtyp"] = json!(idtyp);
+        let id = v.verify(token(&ed, "EdDSA", None, &c).as_bytes(), now).unwrap();
+        assert_eq!(id.kind, kind, "{idtyp}");
+    }
 }
 
 #[test]
@@ -680,4 +691,29 @@ fn unknown_kid_triggers_a_refresh_from_the_jwks_file() {
     assert!(check.refresh_now().is_err());
     assert!(v.verify(tok.as_bytes(), now).is_ok());
     thread.shutdown();
+}
+
+#[test]
+fn jwks_documents_keep_only_usable_signing_keys() {
+    let ed = Key::ed();
+    let doc = jwks(&[
+        json!({ "kty": "oct", "kid": "hmac", "k": "c2VjcmV0" }),
+        json!({ "kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB" }),
+        json!({ "kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "AAAA" }),
+        json!({ "kty": "EC", "crv": "P-256", "kid": "odd", "x": 7, "y": null }),
+        json!({ "kty": "OKP", "crv": "Ed25519", "kid": "lying", "alg": "RS256", "x": "AAAA" }),
+        ed.jwk("good", None),
+    ]);
+    let set = KeySet::from_jwks_json(&doc).unwrap();
+    assert_eq!(set.keys().len(), 1);
+    assert_eq!(set.skipped(), 5);
+    assert!(set.find("good").is_some() && set.find("hmac").is_none());
+
+    let only_bad = jwks(&[json!({ "kty": "oct", "k": "c2VjcmV0" })]);
+    let err = KeySet::from_jwks_json(&only_bad).unwrap_err();
+    assert_eq!(err.to_string(), "jwks has no usable signing key");
+    let many: Vec<Value> = (0..65).map(|i| ed.jwk(&format!("k{i}"), None)).collect();
+    let err = KeySet::from_jwks_json(&jwks(&many)).unwrap_err();
+    assert!(err.to_string().contains("65 keys"), "{err}");
+    assert!(KeySet::from_jwks_json(b"not json").is_err());
 }

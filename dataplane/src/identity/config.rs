@@ -52,6 +52,10 @@ pub struct IdentityConfig {
     /// Without it, a token whose `client_id` or `azp` equals its subject is a service account.
     #[serde(default)]
     pub service_claim: Option<String>,
+    /// With `service_claim`: the value (or one of the array's values) that marks a service
+    /// account, for issuers that tag every token (`idtyp = "app"`).
+    #[serde(default)]
+    pub service_value: Option<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     #[serde(default = "default_leeway_secs")]
     pub leeway_secs: u64,
@@ -85,6 +89,7 @@ impl IdentityConfig {
             email_claim: default_email_claim(),
             groups_claim: default_groups_claim(),
             service_claim: None,
+            service_value: None,
             leeway_secs: default_leeway_secs(),
             max_token_bytes: default_max_token_bytes(),
             refresh_secs: default_refresh_secs(),

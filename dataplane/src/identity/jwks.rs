@@ -139,7 +139,9 @@ pub struct KeySet {
 
 #[derive(Deserialize)]
 struct RawJwks {
-    keys: Vec<RawJwk>,
+    /// Kept as raw values so one odd key (a number where a string belongs) is skipped rather
+    /// than failing the whole set.
+    keys: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -251,7 +253,12 @@ impl KeySet {
             });
         }
         let total = raw.keys.len();
-        let keys: Vec<VerifyKey> = raw.keys.iter().filter_map(RawJwk::parse).collect();
+        let keys: Vec<VerifyKey> = raw
+            .keys
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<RawJwk>(v).ok())
+            .filter_map(|k| k.parse())
+            .collect();
         if keys.is_empty() {
             return Err(JwksError::NoUsableKeys);
         }

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -58,6 +59,9 @@ pub struct JwksRefresher {
     /// The last document loaded: an unchanged document does not replace the key set, so
     /// periodic refreshes do not flush the workers' caches.
     last_document: Vec<u8>,
+    /// Set when the [`RefresherThread`] is dropped: the wake-up message may not fit in the
+    /// one-slot channel, the flag always does.
+    stop: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for JwksRefresher {
@@ -93,6 +97,7 @@ impl JwksRefresher {
             rx,
             agent,
             last_document: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -165,11 +170,13 @@ impl JwksRefresher {
     /// schedules a refresh at its end rather than being lost).
     pub fn spawn(mut self) -> std::io::Result<RefresherThread> {
         let tx = self.tx.clone();
+        let stop = Arc::clone(&self.stop);
         let join = std::thread::Builder::new()
             .name("jwks-refresh".to_owned())
             .spawn(move || self.run())?;
         Ok(RefresherThread {
             tx,
+            stop,
             join: Some(join),
         })
     }
@@ -181,7 +188,11 @@ impl JwksRefresher {
         let mut next = last + period;
         loop {
             let wait = next.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
+            let msg = self.rx.recv_timeout(wait);
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            match msg {
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Msg::UnknownKid) => {
                     let earliest = last + min_gap;
@@ -205,6 +216,7 @@ impl JwksRefresher {
 #[derive(Debug)]
 pub struct RefresherThread {
     tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
     join: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -223,6 +235,7 @@ impl RefresherThread {
 impl Drop for RefresherThread {
     fn drop(&mut self) {
         if self.join.is_some() {
+            self.stop.store(true, Ordering::Release);
             let _ = self.tx.try_send(Msg::Shutdown);
         }
     }

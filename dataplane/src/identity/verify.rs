@@ -141,7 +141,16 @@ fn groups_of(v: Option<&Value>, name: &str) -> Result<Vec<String>, AuthError> {
     Ok(out)
 }
 
-fn truthy(v: Option<&Value>) -> bool {
+/// Whether a service-marker claim marks a service account: equal to (or, for an array,
+/// containing) `expected` when given, otherwise `true` or a non-empty string other than `false`.
+fn marks_service(v: Option<&Value>, expected: Option<&str>) -> bool {
+    if let Some(want) = expected {
+        return match v {
+            Some(Value::String(s)) => s == want,
+            Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(want)),
+            _ => false,
+        };
+    }
     match v {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => !s.is_empty() && s != "false",
@@ -375,7 +384,7 @@ impl Verifier {
         let groups = groups_of(claim(claims, &cfg.groups_claim), &cfg.groups_claim)?;
         let kind = match &cfg.service_claim {
             Some(path) => {
-                if truthy(claim(claims, path)) {
+                if marks_service(claim(claims, path), cfg.service_value.as_deref()) {
                     IdentityKind::Service
                 } else {
                     IdentityKind::Human
