@@ -169,8 +169,10 @@ pub async fn run<T: Target>(
             s.warmup.reset();
             s.measured.reset();
         }
-        let in_warmup = now <= measure_start;
-        let tick = progress(now.duration_since(start), in_warmup, &warm, &meas);
+        // An interval that began before the end of warm-up is labelled warm-up as a whole.
+        let in_warmup = interval_start < measure_start;
+        let length = now.saturating_duration_since(interval_start);
+        let tick = progress(now.duration_since(start), length, in_warmup, &warm, &meas);
         if let Some(log) = log.as_mut()
             && !meas.latency_us.is_empty()
         {
@@ -218,7 +220,13 @@ fn schedule_for(plan: &Plan, idx: usize) -> anyhow::Result<Schedule> {
 }
 
 /// Prints one progress line to stderr and returns the same figures for the timeline.
-fn progress(since_start: Duration, in_warmup: bool, warm: &Interval, meas: &Interval) -> Tick {
+fn progress(
+    since_start: Duration,
+    length: Duration,
+    in_warmup: bool,
+    warm: &Interval,
+    meas: &Interval,
+) -> Tick {
     let mut shown = Interval::new(&meas.latency_us);
     shown.reset();
     shown.absorb(warm);
@@ -242,11 +250,13 @@ fn progress(since_start: Duration, in_warmup: bool, warm: &Interval, meas: &Inte
             .collect::<Vec<_>>()
             .join(", ")
     };
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    let per_second = tick.requests as f64 / length.as_secs_f64().max(1e-3);
     eprintln!(
-        "{:>6.1}s{} {:>9} req  p50 {:>9.3} ms  p99 {:>9.3} ms  errors {errors}",
+        "{:>6.1}s{} {:>10.1} req/s  p50 {:>9.3} ms  p99 {:>9.3} ms  errors {errors}",
         tick.t_s,
         if in_warmup { " warmup" } else { "       " },
-        tick.requests,
+        per_second,
         us_to_ms(tick.p50_us),
         us_to_ms(tick.p99_us),
     );

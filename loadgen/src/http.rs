@@ -425,7 +425,7 @@ impl crate::engine::Target for Target {
                 break (status, keep_alive && n != 0);
             }
         };
-        if !(keep_alive && self.keep_alive) || !conn.buf.is_empty() {
+        if !(keep_alive && self.keep_alive && conn.buf.is_empty()) {
             // Leftover bytes mean the server sent more than one response: resync by reconnecting.
             conn.stream = None;
         }
