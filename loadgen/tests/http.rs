@@ -67,3 +67,35 @@ fn refused_connections_are_connect_errors() {
         run.json["results"]["errors"]
     );
 }
+
+/// Coordinated-omission correction: one request stalls for a second at 100/s on one
+/// connection. Requests that should have been sent during the stall are late by up to a
+/// second, and the open-loop percentiles must show it; timing only the requests actually sent
+/// would report a single slow sample and a p90 of about a millisecond.
+#[test]
+fn open_loop_latency_counts_the_time_requests_waited_behind_a_stall() {
+    let server = HttpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}/stall-once", server.port);
+    let run = loadgen(
+        dir.path(),
+        &["-c", "1", "-R", "100", "-d", "3s", "http", &url],
+        &[],
+    );
+    assert!(run.output.status.success(), "{}", run.stderr());
+    assert_eq!(run.errors_total(), 0, "{}", run.json["results"]["errors"]);
+    let n = run.requests();
+    assert!(
+        (290..=301).contains(&n),
+        "the backlog is sent after the stall: {n} requests"
+    );
+    let l = &run.json["results"]["latency_us"];
+    assert!(
+        l["max"].as_u64().unwrap() >= 950_000,
+        "the stalled request itself: {l}"
+    );
+    assert!(
+        l["p90"].as_u64().unwrap() >= 300_000,
+        "about a third of the schedule fell inside the stall, so p90 is hundreds of ms: {l}"
+    );
+}

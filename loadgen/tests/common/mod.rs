@@ -268,8 +268,9 @@ pub fn loadgen(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
-/// A Python HTTP/1.1 keep-alive server: `/` answers 200, `/fail` 500, `/stats` returns
-/// `<requests> <connections>` seen so far (not counting `/stats` itself).
+/// A Python HTTP/1.1 keep-alive server: `/` answers 200, `/fail` 500, `/stall-once` 200 but
+/// the first time only after a one-second stall, `/stats` returns `<requests> <connections>`
+/// seen so far (not counting `/stats` itself).
 pub struct HttpServer {
     pub port: u16,
     child: Child,
@@ -278,7 +279,8 @@ pub struct HttpServer {
 const HTTP_SERVER: &str = r#"
 import http.server, sys, threading
 lock = threading.Lock()
-seen = {"requests": 0, "connections": 0}
+import time
+seen = {"requests": 0, "connections": 0, "stalled": False}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
@@ -292,6 +294,9 @@ class H(http.server.BaseHTTPRequestHandler):
         else:
             with lock: seen["requests"] += 1
             code = 500 if self.path.startswith("/fail") else 200
+            if self.path == "/stall-once" and not seen["stalled"]:
+                seen["stalled"] = True
+                time.sleep(1.0)
             body = b"hello from a real server\n" * 40
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
