@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -93,7 +93,10 @@ pub async fn run<T: Target>(
     let mut tasks = JoinSet::new();
     let mut all_stats = Vec::with_capacity(plan.connections);
     let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel::<()>(plan.connections);
+    let mut slots = Vec::with_capacity(plan.connections);
     for idx in 0..plan.connections {
+        let slot = Arc::new(Semaphore::new(0));
+        slots.push(Arc::clone(&slot));
         let stats = Arc::new(Mutex::new(TaskStats::new(&empty)));
         all_stats.push(Arc::clone(&stats));
         let schedule = schedule_for(&plan, idx)?;
@@ -104,6 +107,7 @@ pub async fn run<T: Target>(
             plan.clone(),
             start_rx.clone(),
             connected_tx.clone(),
+            slot,
         ));
     }
     drop(connected_tx);
@@ -119,6 +123,15 @@ pub async fn run<T: Target>(
     let measure_start = start + plan.warmup;
     let end = measure_start + plan.duration;
     start_tx.send_replace(Some(start));
+    let pacer = match plan.rate {
+        Some(rate) => {
+            let step = Duration::try_from_secs_f64(1.0 / rate)
+                .with_context(|| format!("`--rate {rate}` is out of range"))?;
+            let (from, to) = (start.into_std(), end.into_std());
+            Some(std::thread::spawn(move || pace(from, to, step, &slots)))
+        }
+        None => None,
+    };
 
     let mut log_file = match hdr_log {
         Some(path) => Some(std::io::BufWriter::new(
@@ -189,6 +202,9 @@ pub async fn run<T: Target>(
         next_tick += REPORT_EVERY;
     }
     drop(log);
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
     if let Some(mut file) = log_file {
         file.flush().context("flushing the HdrHistogram log")?;
     }
@@ -202,6 +218,38 @@ pub async fn run<T: Target>(
         },
         ticks,
     ))
+}
+
+/// Open loop's clock: releases send slot `j` (due at `start + j·step`) to connection `j mod N`,
+/// which makes connection `i`'s `k`-th send due at `start + i/R + k·N/R`. It runs on its own
+/// thread because the runtime's timers tick in whole milliseconds, which would make every send
+/// up to a millisecond late and bill that lateness to the target; a thread sleep is accurate to
+/// the kernel's timer slack (tens of µs). A connection still busy when its slot comes keeps the
+/// permit and sends as soon as it is free: that is the late send the latency must include.
+fn pace(
+    start: std::time::Instant,
+    end: std::time::Instant,
+    step: Duration,
+    slots: &[Arc<Semaphore>],
+) {
+    let mut due = start;
+    'schedule: while due < end {
+        for slot in slots {
+            let now = std::time::Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            slot.add_permits(1);
+            due = match due.checked_add(step) {
+                Some(next) if next < end => next,
+                _ => break 'schedule,
+            };
+        }
+    }
+    // Slots not yet taken at the end are never sent: the run is over.
+    for slot in slots {
+        slot.close();
+    }
 }
 
 fn schedule_for(plan: &Plan, idx: usize) -> anyhow::Result<Schedule> {
@@ -278,6 +326,7 @@ async fn connection_task<T: Target>(
     plan: Plan,
     mut start_rx: watch::Receiver<Option<Instant>>,
     connected: tokio::sync::mpsc::Sender<()>,
+    slot: Arc<Semaphore>,
 ) {
     let record_error = |measured: bool, kind: ErrorKind| {
         let mut s = stats.lock().unwrap_or_else(PoisonError::into_inner);
@@ -332,7 +381,12 @@ async fn connection_task<T: Target>(
             break;
         }
         k = k.saturating_add(1);
-        tokio::time::sleep_until(intended).await;
+        if let Schedule::Open { .. } = schedule {
+            match slot.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => break,
+            }
+        }
         let measured = intended >= measure_start;
         let c = match conn.as_mut() {
             Some(c) => c,

@@ -360,7 +360,10 @@ impl Target {
 #[derive(Debug)]
 pub struct HttpConn {
     stream: Option<TcpStream>,
+    /// Response bytes not yet consumed by the reader.
     buf: Vec<u8>,
+    /// Landing area for each socket read, kept across requests.
+    chunk: Vec<u8>,
 }
 
 impl crate::engine::Target for Target {
@@ -371,6 +374,7 @@ impl crate::engine::Target for Target {
         Ok(HttpConn {
             stream: Some(stream),
             buf: Vec::with_capacity(READ_BUF_BYTES),
+            chunk: vec![0; READ_BUF_BYTES],
         })
     }
 
@@ -393,10 +397,9 @@ impl crate::engine::Target for Target {
             .await
             .map_err(|_| lost(ErrorKind::Protocol))?;
         let mut reader = ResponseReader::new(self.head_request);
-        let mut chunk = vec![0u8; READ_BUF_BYTES];
         let (status, keep_alive) = loop {
             let n = stream
-                .read(&mut chunk)
+                .read(&mut conn.chunk)
                 .await
                 .map_err(|_| lost(ErrorKind::Protocol))?;
             let progress = if n == 0 {
@@ -414,7 +417,7 @@ impl crate::engine::Target for Target {
                 }
             } else {
                 conn.buf
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    .extend_from_slice(conn.chunk.get(..n).unwrap_or_default());
                 let (used, progress) = reader
                     .advance(&conn.buf)
                     .map_err(|_| lost(ErrorKind::Protocol))?;
