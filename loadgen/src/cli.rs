@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Upper bound on `--connections`: each is a task with its own histogram, and a typo such as
 /// `-c 1000000` should fail fast rather than exhaust file descriptors.
 pub const MAX_CONNECTIONS: usize = 65_536;
+/// Longest `--duration`, `--warmup` or `--timeout`: keeps every deadline computed from them far
+/// from `Instant` overflow.
+pub const MAX_SPAN: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -168,6 +171,18 @@ impl Common {
             && !(rate.is_finite() && rate > 0.0)
         {
             bail!("`--rate {rate}` must be a positive number of requests per second");
+        }
+        for (flag, span) in [
+            ("duration", self.duration),
+            ("warmup", self.warmup),
+            ("timeout", self.timeout),
+        ] {
+            if span > MAX_SPAN {
+                bail!(
+                    "`--{flag}` must be at most {}",
+                    humantime::format_duration(MAX_SPAN)
+                );
+            }
         }
         if self.duration.is_zero() {
             bail!("`--duration` must be more than zero");
