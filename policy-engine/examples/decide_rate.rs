@@ -47,7 +47,12 @@ fn main() {
         }
     }
     samples.sort_unstable();
-    let q = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    let q = |p: f64| {
+        samples
+            .get(((samples.len() - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     let t = Instant::now();
     for _ in 0..rounds {
         for sql in corpus {
