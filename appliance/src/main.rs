@@ -4,22 +4,77 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+mod admin;
 mod cmd;
+mod serve;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const AFTER_HELP: &str = "\
+Examples:
+  portcullis demo                                   try it: a relay in front of a local server
+  portcullis config check /etc/portcullis/portcullis.toml
+  portcullis run --config /etc/portcullis/portcullis.toml
+  portcullis --driver epoll --log-format json run --config gw.toml
+
+Exit codes:
+  0  success (including a clean shutdown on SIGTERM/SIGINT)
+  1  runtime error (cannot bind, cannot start a worker, ...)
+  2  usage or configuration error";
+
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about = "Portcullis access gateway")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Portcullis access gateway",
+    after_help = AFTER_HELP
+)]
 struct Cli {
+    /// Log output format (logs go to stderr; filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// IO driver for the workers: io_uring where available (auto), or forced.
+    #[arg(long, global = true, value_enum, default_value_t = Driver::Auto)]
+    driver: Driver,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Driver {
+    Auto,
+    Iouring,
+    Epoll,
+}
+
+impl From<Driver> for dataplane::runtime::DriverChoice {
+    fn from(d: Driver) -> Self {
+        match d {
+            Driver::Auto => Self::Auto,
+            Driver::Iouring => Self::IoUring,
+            Driver::Epoll => Self::Epoll,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway until SIGTERM/SIGINT.
+    Run(cmd::run::RunArgs),
+    /// Configuration files: check.
+    #[command(subcommand)]
+    Config(cmd::config::ConfigCommand),
+    /// Start a self-contained demo on free local ports and print what to try.
+    Demo,
     /// Policy files: check, test, explain.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -33,9 +88,27 @@ enum Command {
     Token(cmd::token::TokenCommand),
 }
 
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let driver = cli.driver.into();
     match cli.command {
+        Command::Run(a) => cmd::run::run(a, driver),
+        Command::Config(c) => cmd::config::run(c),
+        Command::Demo => cmd::demo::run(driver),
         Command::Policy(c) => cmd::policy::run(c),
         Command::Recordings(c) => cmd::recordings::run(c),
         Command::Replay(a) => cmd::recordings::replay(a),

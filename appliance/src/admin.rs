@@ -1,0 +1,237 @@
+//! The management listener: a small blocking HTTP/1.1 server on its own thread, never on a
+//! worker core. It answers `GET /healthz`, `GET /readyz` and `GET /metrics`; later features
+//! register more routes with [`Router::route`] (the `/api/...` endpoints).
+//!
+//! It serves one request per connection, one connection at a time, with short socket timeouts:
+//! the callers are probes, scrapers and operators, not traffic. It does not authenticate yet;
+//! bind it to a management address only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataplane::metrics::Metrics;
+
+/// Largest request head accepted; the admin API takes no bodies yet.
+pub const MAX_ADMIN_REQUEST_BYTES: usize = 16 * 1024;
+/// Most headers parsed in one request.
+pub const MAX_ADMIN_HEADERS: usize = 32;
+/// A client that sends nothing for this long is dropped.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a handler sees of a request.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Without the query string.
+    pub path: &'a str,
+}
+
+/// What a handler returns.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into().into_bytes(),
+        }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: value.to_string().into_bytes(),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Response {
+        Response::json(status, &serde_json::json!({ "error": message }))
+    }
+}
+
+type Handler = Box<dyn Fn(&Request<'_>) -> Response + Send + Sync>;
+
+/// Exact-path routing, method checked per route. Enough for a management API; a path with
+/// parameters can match on a prefix inside its handler.
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<(&'static str, &'static str, Handler)>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.routes.iter().map(|(m, p, _)| format!("{m} {p}")))
+            .finish()
+    }
+}
+
+impl Router {
+    pub fn route(
+        mut self,
+        method: &'static str,
+        path: &'static str,
+        handler: impl Fn(&Request<'_>) -> Response + Send + Sync + 'static,
+    ) -> Router {
+        self.routes.push((method, path, Box::new(handler)));
+        self
+    }
+
+    pub fn handle(&self, req: &Request<'_>) -> Response {
+        let mut path_known = false;
+        for (method, path, handler) in &self.routes {
+            if *path == req.path {
+                path_known = true;
+                if *method == req.method {
+                    return handler(req);
+                }
+            }
+        }
+        if path_known {
+            Response::error(
+                405,
+                &format!("method `{}` not allowed on `{}`", req.method, req.path),
+            )
+        } else {
+            Response::error(404, &format!("no such endpoint `{}`", req.path))
+        }
+    }
+}
+
+/// The routes every build serves.
+pub fn base_router(metrics: Arc<Metrics>) -> Router {
+    let ready = metrics.clone();
+    Router::default()
+        .route("GET", "/healthz", |_| Response::text(200, "ok\n"))
+        .route("GET", "/readyz", move |_| {
+            if ready.ready() {
+                Response::text(200, "ready\n")
+            } else {
+                Response::text(503, "not ready: not every worker is listening\n")
+            }
+        })
+        .route("GET", "/metrics", move |_| Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: metrics.render().into_bytes(),
+        })
+}
+
+/// Binds `addr` now (so a bad address fails start) and serves `router` on a new thread.
+pub fn spawn(addr: SocketAddr, router: Router) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("portcullis-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        if let Err(e) = serve_one(s, &router) {
+                            tracing::debug!(error = %e, "admin request failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(local)
+}
+
+fn serve_one(mut s: TcpStream, router: &Router) -> std::io::Result<()> {
+    s.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    s.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let mut buf = vec![0u8; MAX_ADMIN_REQUEST_BYTES];
+    let mut filled = 0;
+    let response = loop {
+        let Some(space) = buf.get_mut(filled..) else {
+            break Response::error(431, "request head too large");
+        };
+        if space.is_empty() {
+            break Response::error(431, "request head too large");
+        }
+        let n = s.read(space)?;
+        if n == 0 {
+            return Ok(());
+        }
+        filled += n;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_ADMIN_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf.get(..filled).unwrap_or_default()) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(_)) => {
+                let method = req.method.unwrap_or("GET");
+                let target = req.path.unwrap_or("/");
+                let path = target.split_once('?').map_or(target, |(p, _)| p);
+                break router.handle(&Request { method, path });
+            }
+            Err(e) => break Response::error(400, &format!("bad request: {e}")),
+        }
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(&response.body)?;
+    s.flush()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_errors() {
+        let r = base_router(Arc::new(Metrics::new(1, vec!["web".into()])));
+        let get = |path| {
+            r.handle(&Request {
+                method: "GET",
+                path,
+            })
+        };
+        assert_eq!(get("/healthz").status, 200);
+        assert_eq!(get("/readyz").status, 503);
+        let m = get("/metrics");
+        assert!(
+            String::from_utf8(m.body)
+                .unwrap()
+                .contains("portcullis_connections_accepted_total")
+        );
+        let nf = get("/nope");
+        assert_eq!(nf.status, 404);
+        assert_eq!(nf.content_type, "application/json");
+        let post = r.handle(&Request {
+            method: "POST",
+            path: "/healthz",
+        });
+        assert_eq!(post.status, 405);
+    }
+}
