@@ -1,1 +1,32 @@
-//! PostgreSQL protocol: sans-IO codec, session state machine, upstream authentication.
+//! PostgreSQL protocol: everything of the gateway's PostgreSQL module that does not touch a
+//! socket.
+//!
+//! - [`frontend`] / [`backend`]: incremental, zero-copy decoders for both directions (and the
+//!   few encoders the gateway needs as a client of the upstream);
+//! - [`client_session`]: the client-side state machine (startup, TLS answer, token, COPY,
+//!   skip-to-Sync);
+//! - [`upstream_auth`]: authenticating to the upstream with the held credential;
+//! - [`reply`]: what the gateway itself writes to clients; [`error`]: typed errors and their one
+//!   SQLSTATE each;
+//! - [`rewrite`]: DataRow re-encoding for masking; [`statement`]: SQL text, prepared statements,
+//!   portals, row counts; [`limits`]: every peer-controlled size;
+//! - [`fuzzing`]: entry points for fuzz targets and smoke tests.
+//!
+//! The socket driver (monoio tasks, TLS, upstream connect) lives elsewhere and is a thin loop
+//! over these pieces.
+
+mod codec;
+
+pub mod backend;
+pub mod client_session;
+pub mod error;
+pub mod frontend;
+pub mod fuzzing;
+pub mod limits;
+pub mod reply;
+pub mod rewrite;
+pub mod statement;
+pub mod upstream_auth;
+
+pub use error::{PgError, Side};
+pub use limits::Limits;
