@@ -24,9 +24,10 @@ use dataplane::postgres::backend::{self, BackendMessage};
 use dataplane::postgres::client_session::{ClientConfig, ClientEvent, ClientSession};
 use dataplane::postgres::frontend::{CancelKey, FrontendMessage};
 use dataplane::postgres::rewrite::{self, CellEdit, ColumnInfo};
+use dataplane::postgres::sequencer::ResponseSequencer;
 use dataplane::postgres::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamPassword};
 use dataplane::postgres::{Limits, PgError};
-use dataplane::postgres::{reply, statement};
+use dataplane::postgres::{frontend, reply, statement};
 use support::pgcluster::PgCluster;
 
 const TOKEN: &str = "test-token-for-the-relay";
@@ -152,39 +153,48 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
         .unwrap();
     writer.send(&cout.split());
 
-    let session = Arc::new(Mutex::new(session));
-    let writer = Arc::new(Mutex::new(writer));
+    // One lock over the session, the sequencer and the client writer: an injected reply and
+    // the upstream's answers are ordered and written under it, so neither overtakes the other.
+    let shared = Arc::new(Mutex::new(Shared {
+        session,
+        seq: ResponseSequencer::new(),
+        writer,
+    }));
 
-    // Upstream → client: follow the state, mask `email`, forward.
-    let (s2, w2, mut up_read) = (session.clone(), writer.clone(), up.try_clone().unwrap());
+    // Upstream → client: follow the state, mask `email`, release injected replies, forward.
+    let (sh2, mut up_read) = (shared.clone(), up.try_clone().unwrap());
     let pump = std::thread::spawn(move || {
         let mut columns: Vec<ColumnInfo> = Vec::new();
         loop {
-            let mut out = BytesMut::new();
-            while let Ok(Some(frame)) = backend::decode_message(&mut uin, &limits) {
-                s2.lock().unwrap().observe_backend(&frame.message);
-                match &frame.message {
-                    BackendMessage::RowDescription(fields) => {
-                        columns = rewrite::columns(fields);
-                        out.extend_from_slice(&frame.raw);
+            {
+                let mut sh = sh2.lock().unwrap();
+                let mut out = BytesMut::new();
+                while let Ok(Some(frame)) = backend::decode_message(&mut uin, &limits) {
+                    sh.session.observe_backend(&frame.message);
+                    match &frame.message {
+                        BackendMessage::RowDescription(fields) => {
+                            columns = rewrite::columns(fields);
+                            out.extend_from_slice(&frame.raw);
+                        }
+                        BackendMessage::DataRow(row) => {
+                            rewrite::rewrite_data_row(row, &limits, &mut out, |col, value| {
+                                let masked = columns
+                                    .get(col)
+                                    .is_some_and(|c| c.rewritable && c.name == "email");
+                                match value {
+                                    Some(_) if masked => CellEdit::Replace(Cow::Borrowed(b"***")),
+                                    _ => CellEdit::Keep,
+                                }
+                            })
+                            .unwrap();
+                        }
+                        _ => out.extend_from_slice(&frame.raw),
                     }
-                    BackendMessage::DataRow(row) => {
-                        rewrite::rewrite_data_row(row, &limits, &mut out, |col, value| {
-                            let masked = columns
-                                .get(col)
-                                .is_some_and(|c| c.rewritable && c.name == "email");
-                            match value {
-                                Some(_) if masked => CellEdit::Replace(Cow::Borrowed(b"***")),
-                                _ => CellEdit::Keep,
-                            }
-                        })
-                        .unwrap();
-                    }
-                    _ => out.extend_from_slice(&frame.raw),
+                    sh.seq.on_backend(&frame.message, &mut out);
                 }
-            }
-            if !out.is_empty() {
-                w2.lock().unwrap().send(&out);
+                if !out.is_empty() {
+                    sh.writer.send(&out);
+                }
             }
             if !read_more(&mut up_read, &mut uin) {
                 return;
@@ -192,14 +202,15 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
         }
     });
 
-    // Client → upstream: decide each Query, forward the rest.
+    // Client → upstream: decide each statement, forward the rest.
     'relay: loop {
         if !read_more(&mut client, &mut cin) {
             break;
         }
         loop {
             let mut out = BytesMut::new();
-            let event = session.lock().unwrap().read(&mut cin, &mut out);
+            let mut sh = shared.lock().unwrap();
+            let event = sh.session.read(&mut cin, &mut out);
             match event {
                 Ok(Some(ClientEvent::Message(frame))) => {
                     let denied = statement::sql_text(&frame.message).is_some_and(|sql| {
@@ -212,19 +223,25 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
                             rule: "no-drop".into(),
                             message: "dropping tables needs a review".into(),
                         };
-                        let mut s = session.lock().unwrap();
+                        let mut denial = BytesMut::new();
                         if matches!(frame.message, FrontendMessage::Query { .. }) {
-                            let status = s.transaction_status();
-                            reply::refuse_simple_query(&mut out, &e.to_error_fields(), status);
+                            let status = sh.session.transaction_status();
+                            reply::refuse_simple_query(&mut denial, &e.to_error_fields(), status);
                         } else {
-                            // Extended mode: the error now, the rest of the batch skipped, and
-                            // the Sync forwarded so the server's ReadyForQuery ends it.
-                            reply::error_response(&mut out, &e.to_error_fields());
-                            s.enter_extended_error();
+                            // Extended mode: the error, the rest of the batch skipped, and the
+                            // Sync forwarded so the server's ReadyForQuery ends it.
+                            reply::error_response(&mut denial, &e.to_error_fields());
+                            sh.session.enter_extended_error();
                         }
-                        writer.lock().unwrap().send(&out);
-                    } else if up.write_all(&frame.raw).is_err() {
-                        break 'relay;
+                        sh.seq.inject(denial.freeze(), &mut out).unwrap();
+                        if !out.is_empty() {
+                            sh.writer.send(&out);
+                        }
+                    } else {
+                        sh.seq.forwarded(&frame.message).unwrap();
+                        if up.write_all(&frame.raw).is_err() {
+                            break 'relay;
+                        }
                     }
                 }
                 Ok(Some(ClientEvent::Terminate)) => {
@@ -234,8 +251,8 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
-                    session.lock().unwrap().refuse(&e, &mut out);
-                    writer.lock().unwrap().send(&out);
+                    sh.session.refuse(&e, &mut out);
+                    sh.writer.send(&out);
                     break 'relay;
                 }
             }
@@ -243,6 +260,64 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
     }
     let _ = up.shutdown(std::net::Shutdown::Both);
     let _ = pump.join();
+}
+
+/// What both relay threads touch.
+struct Shared {
+    session: ClientSession,
+    seq: ResponseSequencer,
+    writer: ClientWriter,
+}
+
+/// Logs in through the relay with a raw socket and returns it ready for queries.
+fn raw_client(port: u16) -> (TcpStream, BytesMut) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut out = BytesMut::new();
+    frontend::encode_startup(&mut out, &[(b"user", b"alice"), (b"database", b"whatever")]);
+    frontend::encode_password(&mut out, TOKEN.as_bytes());
+    c.write_all(&out).unwrap();
+    let mut input = BytesMut::new();
+    let messages = read_until_ready(&mut c, &mut input);
+    assert!(
+        matches!(messages.last(), Some(BackendMessage::ReadyForQuery(_))),
+        "{messages:?}"
+    );
+    (c, input)
+}
+
+fn read_until_ready(c: &mut TcpStream, input: &mut BytesMut) -> Vec<BackendMessage> {
+    let mut messages = Vec::new();
+    loop {
+        while let Some(frame) = backend::decode_message(input, &Limits::default()).unwrap() {
+            let done = matches!(frame.message, BackendMessage::ReadyForQuery(_));
+            messages.push(frame.message);
+            if done {
+                return messages;
+            }
+        }
+        assert!(read_more(c, input), "relay closed: {messages:?}");
+    }
+}
+
+fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn extended(sql: &str) -> Vec<u8> {
+    let parse = [b"\0", sql.as_bytes(), b"\0\0\0"].concat();
+    [
+        tagged(b'P', &parse),
+        tagged(b'B', b"\0\0\0\0\0\0\0\0"),
+        // Describe the portal, as libpq does: column rules need the RowDescription. (Execute
+        // without it gives the gateway no column names; see docs/postgres.md.)
+        tagged(b'D', b"P\0"),
+        tagged(b'E', b"\0\0\0\0\0"),
+    ]
+    .concat()
 }
 
 fn psql(port: u16, token: &str, sql: &str, stdin: &str) -> std::process::Output {
@@ -391,6 +466,59 @@ fn psql_and_pgbench_through_the_state_machines() {
         "{}",
         text(&out.stderr)
     );
+
+    // Pipelined: an allowed statement, a denied one and Sync in one write. The denial must
+    // come after the first statement's answers, the rest of its batch is skipped, and the
+    // server's ReadyForQuery ends the batch.
+    let (mut c, mut input) = raw_client(port);
+    let batch = [
+        extended("SELECT email FROM customers WHERE id = 1"),
+        extended("DROP TABLE customers"),
+        tagged(b'S', b""),
+    ]
+    .concat();
+    c.write_all(&batch).unwrap();
+    let messages = read_until_ready(&mut c, &mut input);
+    let kinds: Vec<String> = messages
+        .iter()
+        .map(|m| match m {
+            BackendMessage::ErrorResponse(f) => format!("Error {}", f.code()),
+            BackendMessage::DataRow(row) => format!(
+                "DataRow {:?}",
+                row.values()
+                    .map(|v| v.map(|b| text(&b)))
+                    .collect::<Vec<_>>()
+            ),
+            other => format!("{other:?}")
+                .split([' ', '(', '{'])
+                .next()
+                .unwrap()
+                .to_string(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ParseComplete",
+            "BindComplete",
+            "RowDescription",
+            "DataRow [Some(\"***\")]",
+            "CommandComplete",
+            "Error 42501",
+            "ReadyForQuery"
+        ]
+    );
+    // The session is usable afterwards.
+    c.write_all(&[extended("SELECT 7"), tagged(b'S', b"")].concat())
+        .unwrap();
+    let messages = read_until_ready(&mut c, &mut input);
+    assert!(
+        messages.iter().any(
+            |m| matches!(m, BackendMessage::CommandComplete { tag } if &tag[..] == b"SELECT 1")
+        ),
+        "{messages:?}"
+    );
+    drop(c);
 
     // Garbage before startup: an ErrorResponse, then the connection closes.
     let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -10,6 +10,8 @@
 //!   SQLSTATE each;
 //! - [`rewrite`]: DataRow re-encoding for masking; [`statement`]: SQL text, prepared statements,
 //!   portals, row counts; [`limits`]: every peer-controlled size;
+//! - [`cancel`]: the gateway's own cancel keys, routable to the owning core;
+//! - [`sequencer`]: keeps the gateway's own replies in order among pipelined upstream replies;
 //! - [`fuzzing`]: entry points for fuzz targets and smoke tests.
 //!
 //! The socket driver (monoio tasks, TLS, upstream connect) lives elsewhere and is a thin loop
@@ -18,6 +20,7 @@
 mod codec;
 
 pub mod backend;
+pub mod cancel;
 pub mod client_session;
 pub mod error;
 pub mod frontend;
@@ -25,6 +28,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod reply;
 pub mod rewrite;
+pub mod sequencer;
 pub mod statement;
 pub mod upstream_auth;
 
