@@ -1,10 +1,210 @@
-//! `portcullis policy check|test|explain`.
+//! `portcullis policy check|test|explain`. Thin: loading, matching and reporting live in
+//! `policy-engine`; this parses arguments, prints, and maps outcomes to exit codes
+//! (0 ok, 1 failures, 2 usage or load error).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use policy_engine::policy::{AccessContext, Policy};
+use policy_engine::request::{Action, Dialect, Identity, IdentityKind};
+use policy_engine::testfile;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum PolicyCommand {}
+pub enum PolicyCommand {
+    /// Load and validate a policy directory; print every error with file:line and a hint.
+    Check {
+        /// Policy directory.
+        dir: PathBuf,
+    },
+    /// Run the policy's test files (`*_test.toml` in DIR and DIR/tests).
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+        /// Print passing cases too.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Show how a request would be classified and decided, and which rules matched and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Policy directory.
+    #[arg(long)]
+    policies: PathBuf,
+    /// Connection name.
+    #[arg(long)]
+    connection: String,
+    /// Caller's groups, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    groups: Vec<String>,
+    /// Caller's subject.
+    #[arg(long, default_value = "explain")]
+    subject: String,
+    /// Treat the caller as a service identity.
+    #[arg(long)]
+    service: bool,
+    /// Caller holds an approved just-in-time grant.
+    #[arg(long)]
+    grant: bool,
+    /// SQL dialect for `--sql`.
+    #[arg(long, default_value = "postgres")]
+    dialect: Dialect,
+    /// A SQL query string.
+    #[arg(long, group = "request")]
+    sql: Option<String>,
+    /// An HTTP request: `METHOD HOST PATH`.
+    #[arg(long, group = "request", num_args = 3, value_names = ["METHOD", "HOST", "PATH"])]
+    http: Option<Vec<String>>,
+    /// A Kubernetes request: `VERB RESOURCE[/SUBRESOURCE] [NAMESPACE [NAME]]`.
+    #[arg(long, group = "request", num_args = 2..=4)]
+    kubernetes: Option<Vec<String>>,
+    /// An SSH command line.
+    #[arg(long, group = "request")]
+    ssh: Option<String>,
+}
 
 pub fn run(cmd: PolicyCommand) -> ExitCode {
-    match cmd {}
+    match cmd {
+        PolicyCommand::Check { dir } => check(&dir),
+        PolicyCommand::Test { dir, verbose } => test(&dir, verbose),
+        PolicyCommand::Explain(a) => explain(&a),
+    }
+}
+
+fn load(dir: &std::path::Path) -> Result<Arc<Policy>, ExitCode> {
+    Policy::load_dir(dir).map(Arc::new).map_err(|errs| {
+        for e in &errs.0 {
+            eprintln!("{e}");
+        }
+        eprintln!("{} error(s) in {}", errs.0.len(), dir.display());
+        ExitCode::from(2)
+    })
+}
+
+#[expect(clippy::print_stdout, reason = "the summary is the command's output")]
+fn check(dir: &std::path::Path) -> ExitCode {
+    match load(dir) {
+        Ok(p) => {
+            println!(
+                "ok: {} rules, {} mask rules, {} detectors; version {}",
+                p.rules().len(),
+                p.mask_specs().len(),
+                p.detector_specs().len(),
+                p.version()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "test results are the command's output")]
+fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
+    let policy = match load(dir) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let files = testfile::test_files(dir);
+    if files.is_empty() {
+        eprintln!(
+            "no test files (*_test.toml) in {} or its tests/ folder",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in &files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        let cases = match testfile::parse_test_file(file, &text) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        for (i, case) in cases.iter().enumerate() {
+            let r = testfile::run_case(&policy, file, i, case);
+            if r.passed {
+                passed += 1;
+                if verbose {
+                    println!("PASS: {}: {}", file.display(), r.name);
+                }
+            } else {
+                failed += 1;
+                println!(
+                    "FAIL: {}: {}: {}",
+                    file.display(),
+                    r.name,
+                    r.detail.unwrap_or_default()
+                );
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[expect(
+    clippy::print_stdout,
+    reason = "the explanation is the command's output"
+)]
+fn explain(a: &ExplainArgs) -> ExitCode {
+    let policy = match load(&a.policies) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let identity = Identity {
+        subject: a.subject.clone(),
+        email: None,
+        groups: a.groups.iter().filter(|g| !g.is_empty()).cloned().collect(),
+        kind: if a.service {
+            IdentityKind::Service
+        } else {
+            IdentityKind::Human
+        },
+    };
+    let action = if let Some(sql) = &a.sql {
+        Action::Sql {
+            dialect: a.dialect,
+            text: sql,
+        }
+    } else if let Some([method, host, path]) = a.http.as_deref() {
+        Action::Http { method, host, path }
+    } else if let Some(k) = &a.kubernetes {
+        let (resource, subresource) = match k.get(1).map(|r| r.split_once('/')) {
+            Some(Some((r, s))) => (r, Some(s)),
+            _ => (k.get(1).map_or("", String::as_str), None),
+        };
+        Action::Kubernetes {
+            verb: k.first().map_or("", String::as_str),
+            resource,
+            subresource,
+            namespace: k.get(2).map(String::as_str),
+            name: k.get(3).map(String::as_str),
+        }
+    } else if let Some(c) = &a.ssh {
+        Action::Ssh { command: c }
+    } else {
+        Action::TcpConnect
+    };
+    let cx = AccessContext {
+        has_grant: a.grant,
+        ..AccessContext::default()
+    };
+    let e = policy.explain_with(&a.connection, &identity, &action, &cx);
+    print!("{e}");
+    ExitCode::SUCCESS
 }

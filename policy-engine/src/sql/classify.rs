@@ -1,0 +1,853 @@
+//! Token-level classifier: statement boundaries, kinds, tables and WHERE presence.
+//!
+//! Works on the lexer's token slice with random access; it does not build a syntax tree. Rules
+//! of thumb it follows, all documented for users:
+//! - a DML keyword in a position where a statement may start (after `(`, `AS`, `DO`, `INSTEAD`,
+//!   `ALSO`, `BEGIN`, `ATOMIC`, `THEN`, `ELSE`, `LOOP`, `;` inside a routine body, or MySQL's
+//!   `ON DUPLICATE KEY`) adds its kind: this catches data-modifying CTEs, rule bodies,
+//!   `PREPARE ... AS`, upserts and routine bodies;
+//! - `EXPLAIN` (with or without `ANALYZE`) carries the kinds of the statement it explains;
+//! - anything it cannot see into is marked opaque.
+
+use super::kind::{KindSet, StatementKind as K};
+use super::lexer::{Token, TokenKind as T};
+use super::{ClassifyError, Span, Statement, TableRef};
+use crate::request::Dialect;
+
+/// Largest query string classified; longer ones are refused before lexing.
+pub const MAX_SQL_BYTES: usize = 4 << 20;
+/// Most statements in one query string.
+pub const MAX_STATEMENTS: usize = 1024;
+/// Most table references in one query string.
+pub const MAX_TABLES: usize = 8192;
+/// Nesting depth of UPDATE/DELETE tracked for WHERE presence; deeper ones count as unbounded.
+const MAX_DML_FRAMES: usize = 16;
+
+pub(super) fn run(
+    text: &str,
+    dialect: Dialect,
+    toks: &[Token],
+    unterminated: bool,
+    statements: &mut Vec<Statement>,
+    tables: &mut Vec<TableRef>,
+) -> Result<(), ClassifyError> {
+    let cx = Cx {
+        text,
+        toks,
+        dialect,
+    };
+    let mut start = 0usize;
+    let mut block = 0u32;
+    let mut i = 0usize;
+    while i < toks.len() {
+        let is_semi = toks.get(i).map(|t| t.kind) == Some(T::Semicolon);
+        if is_semi && block == 0 {
+            emit(&cx, start, i, false, statements, tables)?;
+            start = i + 1;
+        } else if (cx.kw(i, "begin")
+            && cx.kw(start, "create")
+            && (dialect == Dialect::Mysql || cx.kw(i + 1, "atomic")))
+            || (block > 0 && cx.kw(i, "case"))
+        {
+            // Routine bodies (`BEGIN ... END`, `BEGIN ATOMIC ... END`) hold `;`s that do not
+            // end the statement; `CASE ... END` inside them closes with the same keyword.
+            block += 1;
+        } else if block > 0
+            && cx.kw(i, "end")
+            && !cx.kw_any(i + 1, &["if", "loop", "while", "repeat", "for"])
+        {
+            block -= 1;
+        }
+        i += 1;
+    }
+    emit(&cx, start, toks.len(), unterminated, statements, tables)?;
+    if unterminated
+        && !statements
+            .last()
+            .is_some_and(|s| s.opaque && s.kinds.contains(K::Unknown))
+    {
+        statements.push(Statement {
+            span: Span::default(),
+            kinds: [K::Unknown].into_iter().collect(),
+            without_where: false,
+            opaque: true,
+            tables: (0, 0),
+            tokens: (0, 0),
+        });
+    }
+    Ok(())
+}
+
+struct Cx<'a> {
+    text: &'a str,
+    toks: &'a [Token],
+    dialect: Dialect,
+}
+
+impl Cx<'_> {
+    fn kind(&self, i: usize) -> Option<T> {
+        self.toks.get(i).map(|t| t.kind)
+    }
+
+    fn bytes(&self, i: usize) -> &[u8] {
+        match self.toks.get(i) {
+            Some(t) => self
+                .text
+                .as_bytes()
+                .get(t.start as usize..t.end as usize)
+                .unwrap_or_default(),
+            None => &[],
+        }
+    }
+
+    /// Token `i` is the unquoted word `w` (given in lower case).
+    fn kw(&self, i: usize, w: &str) -> bool {
+        self.kind(i) == Some(T::Word) && self.bytes(i).eq_ignore_ascii_case(w.as_bytes())
+    }
+
+    fn kw_any(&self, i: usize, ws: &[&str]) -> bool {
+        ws.iter().any(|w| self.kw(i, w))
+    }
+
+    /// Like `kw_any`, but a PostgreSQL quoted identifier spelled exactly the same also counts
+    /// (`SET "role" = ...` sets the role).
+    fn ident_any(&self, i: usize, ws: &[&str]) -> bool {
+        self.kw_any(i, ws)
+            || (self.kind(i) == Some(T::QuotedIdent)
+                && ws.iter().any(|w| self.bytes(i) == w.as_bytes()))
+    }
+
+    /// The word at `i`, lower-cased into `buf` (empty if not a word or too long to be a keyword).
+    fn lower<'b>(&self, i: usize, buf: &'b mut [u8; 24]) -> &'b str {
+        if self.kind(i) != Some(T::Word) {
+            return "";
+        }
+        lower_into(self.bytes(i), buf)
+    }
+
+    fn span(&self, i: usize) -> Span {
+        self.toks
+            .get(i)
+            .map(|t| Span {
+                start: t.start,
+                end: t.end,
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn lower_into<'b>(src: &[u8], buf: &'b mut [u8; 24]) -> &'b str {
+    if src.len() > buf.len() {
+        return "";
+    }
+    for (d, s) in buf.iter_mut().zip(src) {
+        *d = s.to_ascii_lowercase();
+    }
+    std::str::from_utf8(buf.get(..src.len()).unwrap_or_default()).unwrap_or("")
+}
+
+/// Words after which a DML keyword starts a (sub)statement.
+const START_CONTEXT: &[&str] = &[
+    "as", "do", "instead", "also", "begin", "atomic", "then", "else", "loop", "key",
+];
+
+/// Words that end a table reference list or cannot be a table or alias name.
+fn reserved(w: &str) -> bool {
+    matches!(
+        w,
+        "where"
+            | "join"
+            | "inner"
+            | "left"
+            | "right"
+            | "full"
+            | "cross"
+            | "natural"
+            | "outer"
+            | "on"
+            | "using"
+            | "set"
+            | "group"
+            | "order"
+            | "limit"
+            | "offset"
+            | "having"
+            | "window"
+            | "union"
+            | "intersect"
+            | "except"
+            | "returning"
+            | "values"
+            | "select"
+            | "for"
+            | "fetch"
+            | "lock"
+            | "with"
+            | "default"
+            | "from"
+            | "into"
+            | "as"
+            | "when"
+            | "then"
+            | "and"
+            | "or"
+            | "not"
+            | "lateral"
+            | "only"
+            | "straight_join"
+            | "force"
+            | "ignore"
+            | "use"
+            | "partition"
+            | "tablesample"
+            | "stdin"
+            | "stdout"
+            | "program"
+            | "to"
+            | "cascade"
+            | "restrict"
+            | "continue"
+            | "restart"
+            | "identity"
+            | "read"
+            | "write"
+            | "low_priority"
+            | "quick"
+            | "do"
+            | "exists"
+            | "if"
+            | "table"
+            | "nowait"
+            | "skip"
+            | "overriding"
+            | "outfile"
+            | "dumpfile"
+            | "high_priority"
+            | "delayed"
+            | "temporary"
+            | "temp"
+            | "unlogged"
+            | "local"
+            | "global"
+            | "schema"
+            | "database"
+            | "function"
+            | "sequence"
+            | "all"
+            | "procedure"
+            | "routine"
+            | "tables"
+            | "in"
+            | "is"
+            | "null"
+            | "case"
+            | "end"
+            | "by"
+            | "matched"
+            | "dual"
+    )
+}
+
+/// Functions that act on the server rather than on data.
+fn admin_function(name: &[u8]) -> bool {
+    let mut buf = [0u8; 24];
+    let name = lower_into(name, &mut buf);
+    matches!(
+        name,
+        "pg_terminate_backend"
+            | "pg_cancel_backend"
+            | "pg_reload_conf"
+            | "pg_rotate_logfile"
+            | "pg_promote"
+            | "pg_switch_wal"
+            | "pg_read_file"
+            | "pg_read_binary_file"
+            | "pg_ls_dir"
+            | "pg_stat_file"
+            | "pg_file_write"
+            | "pg_file_unlink"
+            | "pg_file_rename"
+            | "lo_import"
+            | "lo_export"
+            | "lo_from_bytea"
+            | "lo_put"
+            | "set_config"
+            | "dblink"
+            | "dblink_exec"
+            | "dblink_connect"
+            | "pg_create_restore_point"
+            | "pg_backup_start"
+            | "pg_start_backup"
+            | "pg_drop_replication_slot"
+            | "load_file"
+            | "sys_exec"
+            | "sys_eval"
+    )
+}
+
+/// Classifies tokens `[s, e)` and appends the statement (skipped when it has no tokens).
+fn emit(
+    cx: &Cx<'_>,
+    s: usize,
+    e: usize,
+    unterminated: bool,
+    statements: &mut Vec<Statement>,
+    tables: &mut Vec<TableRef>,
+) -> Result<(), ClassifyError> {
+    if s >= e {
+        return Ok(());
+    }
+    if statements.len() >= MAX_STATEMENTS {
+        return Err(ClassifyError::TooManyStatements);
+    }
+    let first_table = tables.len();
+    let mut st = Statement {
+        span: Span {
+            start: cx.span(s).start,
+            end: cx.span(e - 1).end,
+        },
+        kinds: KindSet::EMPTY,
+        without_where: false,
+        opaque: unterminated,
+        tables: (0, 0),
+        tokens: (s as u32, e as u32),
+    };
+    if unterminated {
+        st.kinds.insert(K::Unknown);
+    }
+    let mut f = s;
+    while cx.kind(f) == Some(T::LParen) {
+        f += 1;
+    }
+    let mut frames = Frames::default();
+    dispatch(cx, f, e, &mut st, &mut frames);
+    scan(cx, s, e, &mut st, &mut frames, tables)?;
+    st.without_where |= frames.close_all();
+    if st.kinds.is_empty() {
+        st.kinds.insert(K::Unknown);
+        st.opaque = true;
+    }
+    st.tables = (first_table as u32, tables.len() as u32);
+    statements.push(st);
+    Ok(())
+}
+
+/// UPDATE/DELETE statements still open, with the paren depth they started at.
+#[derive(Default)]
+struct Frames {
+    open: [(u32, bool); MAX_DML_FRAMES],
+    len: usize,
+    overflow: bool,
+}
+
+impl Frames {
+    fn push(&mut self, depth: u32) {
+        match self.open.get_mut(self.len) {
+            Some(slot) => {
+                *slot = (depth, false);
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn mark_where(&mut self, depth: u32) {
+        if let Some(top) = self.len.checked_sub(1).and_then(|i| self.open.get_mut(i))
+            && top.0 == depth
+        {
+            top.1 = true;
+        }
+    }
+
+    /// Closes frames deeper than `depth`; true if one of them had no WHERE.
+    fn close_above(&mut self, depth: u32) -> bool {
+        let mut unbounded = false;
+        while let Some(top) = self.len.checked_sub(1).and_then(|i| self.open.get(i)) {
+            if top.0 <= depth {
+                break;
+            }
+            unbounded |= !top.1;
+            self.len -= 1;
+        }
+        unbounded
+    }
+
+    fn close_all(&mut self) -> bool {
+        let mut unbounded = self.overflow;
+        while let Some(top) = self.len.checked_sub(1).and_then(|i| self.open.get(i)) {
+            unbounded |= !top.1;
+            self.len -= 1;
+        }
+        unbounded
+    }
+}
+
+/// Sets the kinds implied by the statement's leading keyword at `f`.
+fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Frames) {
+    let mut buf = [0u8; 24];
+    let first = cx.lower(f, &mut buf);
+    let mysql = cx.dialect == Dialect::Mysql;
+    let k = &mut st.kinds;
+    match first {
+        "select" => {
+            k.insert(K::Select);
+            let mut depth = 0u32;
+            for i in f..e {
+                match cx.kind(i) {
+                    Some(T::LParen) => depth += 1,
+                    Some(T::RParen) => depth = depth.saturating_sub(1),
+                    _ if depth == 0 && cx.kw(i, "into") => {
+                        if cx.kw_any(i + 1, &["outfile", "dumpfile"]) {
+                            k.insert(K::CopyFile);
+                        } else if !mysql {
+                            // PostgreSQL `SELECT ... INTO t` creates table t.
+                            k.insert(K::Create);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        "values" | "table" | "handler" => k.insert(K::Select),
+        "with" => {
+            let mut depth = 0u32;
+            let mut main = None;
+            for i in f + 1..e {
+                match cx.kind(i) {
+                    Some(T::LParen) => depth += 1,
+                    Some(T::RParen) => depth = depth.saturating_sub(1),
+                    _ if depth == 0
+                        && cx.kw_any(
+                            i,
+                            &[
+                                "select", "insert", "update", "delete", "merge", "values", "table",
+                            ],
+                        ) =>
+                    {
+                        main = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match main {
+                Some(m) => dispatch(cx, m, e, st, frames),
+                None => {
+                    st.kinds.insert(K::Unknown);
+                    st.opaque = true;
+                }
+            }
+        }
+        "insert" => k.insert(K::Insert),
+        "replace" => {
+            k.insert(K::Insert);
+            k.insert(K::Delete);
+        }
+        "update" => {
+            k.insert(K::Update);
+            frames.push(0);
+        }
+        "delete" => {
+            k.insert(K::Delete);
+            frames.push(0);
+        }
+        "merge" => {
+            for x in [K::Merge, K::Insert, K::Update, K::Delete] {
+                k.insert(x);
+            }
+        }
+        "copy" => {
+            k.insert(K::Copy);
+            let mut depth = 0u32;
+            for i in f + 1..e {
+                match cx.kind(i) {
+                    Some(T::LParen) => depth += 1,
+                    Some(T::RParen) => depth = depth.saturating_sub(1),
+                    _ if depth == 0 && cx.kw_any(i, &["from", "to"]) => {
+                        k.insert(if cx.kw(i, "from") {
+                            K::Insert
+                        } else {
+                            K::Select
+                        });
+                        if cx.kw(i + 1, "program") {
+                            k.insert(K::CopyProgram);
+                        } else if cx.kind(i + 1) == Some(T::String) {
+                            k.insert(K::CopyFile);
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        "create" | "alter" | "drop" => {
+            k.insert(match first {
+                "create" => K::Create,
+                "alter" => K::Alter,
+                _ => K::Drop,
+            });
+            if first == "alter" && cx.kw(f + 1, "system") {
+                k.insert(K::AlterSystem);
+            }
+            // `CREATE OR REPLACE USER`, `DROP ROLE IF EXISTS`, `ALTER USER`, ...
+            if (f + 1..(f + 4).min(e)).any(|i| cx.kw_any(i, &["role", "user", "group"])) {
+                k.insert(K::Role);
+            }
+        }
+        "truncate" => k.insert(K::Truncate),
+        "grant" => k.insert(K::Grant),
+        "revoke" => k.insert(K::Revoke),
+        "set" | "reset" => {
+            let set_role = cx.ident_any(f + 1, &["role", "default", "session_authorization"])
+                || (cx.kw_any(f + 1, &["session", "local"])
+                    && cx.kw_any(f + 2, &["authorization", "role", "session"]))
+                || (first == "reset" && cx.kw_any(f + 1, &["all", "session"]));
+            if set_role {
+                k.insert(K::SetRole);
+            } else if cx.kw(f + 1, "password") {
+                k.insert(K::Role);
+            } else if mysql
+                && (cx.kw_any(f + 1, &["global", "persist", "persist_only"])
+                    || (cx.bytes(f + 1) == b"@@"
+                        && cx.kw_any(f + 2, &["global", "persist", "persist_only"])))
+            {
+                k.insert(K::AlterSystem);
+            } else {
+                k.insert(K::Set);
+            }
+        }
+        "show" | "describe" | "desc" | "help" => k.insert(K::Show),
+        "explain" => {
+            k.insert(K::Explain);
+            let mut depth = 0u32;
+            let mut inner = None;
+            for i in f + 1..e {
+                match cx.kind(i) {
+                    Some(T::LParen) => depth += 1,
+                    Some(T::RParen) => depth = depth.saturating_sub(1),
+                    _ if depth == 0
+                        && cx.kw_any(
+                            i,
+                            &[
+                                "select", "insert", "update", "delete", "merge", "values", "table",
+                                "with", "execute", "create", "declare", "replace",
+                            ],
+                        ) =>
+                    {
+                        inner = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match inner {
+                Some(m) => dispatch(cx, m, e, st, frames),
+                // MySQL `EXPLAIN t` describes a table.
+                None => st.kinds.insert(K::Show),
+            }
+        }
+        "begin" | "start" | "commit" | "rollback" | "savepoint" | "release" | "end" | "abort"
+        | "xa" => {
+            k.insert(K::Transaction);
+        }
+        "call" => {
+            k.insert(K::Call);
+            st.opaque = true;
+        }
+        "do" => {
+            k.insert(K::Do);
+            // PostgreSQL `DO` runs procedural code; MySQL `DO expr` only evaluates expressions.
+            st.opaque |= !mysql;
+        }
+        "prepare" => {
+            if cx.kw(f + 1, "transaction") {
+                k.insert(K::Transaction);
+            } else {
+                k.insert(K::Prepare);
+                // MySQL prepares from a string or variable whose text is not visible here.
+                st.opaque |= mysql || !(f..e).any(|i| cx.kw(i, "as"));
+            }
+        }
+        "execute" | "exec" => {
+            k.insert(K::Execute);
+            st.opaque = true;
+        }
+        "deallocate" | "discard" | "fetch" | "move" | "close" => k.insert(K::Session),
+        "declare" => {
+            k.insert(K::Session);
+            if let Some(m) =
+                (f + 1..e).find(|&i| cx.kw_any(i, &["select", "values", "with", "table"]))
+            {
+                dispatch(cx, m, e, st, frames);
+            }
+        }
+        "lock" | "unlock" => k.insert(K::Lock),
+        "vacuum" | "analyze" | "analyse" | "reindex" | "cluster" | "checkpoint" | "refresh"
+        | "optimize" | "repair" | "check" | "checksum" | "flush" | "purge" => {
+            k.insert(K::Maintenance)
+        }
+        "comment" | "security" | "rename" => k.insert(K::Alter),
+        "reassign" => k.insert(K::Role),
+        "import" => k.insert(K::Create),
+        "listen" | "notify" | "unlisten" => k.insert(K::Notify),
+        "use" => k.insert(K::Use),
+        "load" => {
+            k.insert(K::Load);
+            if cx.kw_any(f + 1, &["data", "xml"]) {
+                k.insert(K::Insert);
+                if !cx.kw(f + 2, "local") && !cx.kw(f + 3, "local") {
+                    k.insert(K::CopyFile);
+                }
+            }
+        }
+        "kill" | "shutdown" | "restart" | "install" | "uninstall" | "binlog" => {
+            k.insert(K::AdminFunction)
+        }
+        "change" | "reset_master" => k.insert(K::AlterSystem),
+        _ => {
+            k.insert(K::Unknown);
+            st.opaque = true;
+        }
+    }
+}
+
+/// One pass over all tokens: nested DML, admin functions, FOR UPDATE, tables, WHERE presence.
+fn scan(
+    cx: &Cx<'_>,
+    s: usize,
+    e: usize,
+    st: &mut Statement,
+    frames: &mut Frames,
+    tables: &mut Vec<TableRef>,
+) -> Result<(), ClassifyError> {
+    let mut depth = 0u32;
+    // Bit d set: the paren group at depth d is a function's argument list (`extract(x FROM y)`).
+    let mut fn_groups = 0u64;
+    let main = st.kinds;
+    let mut buf = [0u8; 24];
+    let mut i = s;
+    while i < e {
+        let kind = cx.kind(i);
+        match kind {
+            Some(T::LParen) => {
+                depth += 1;
+                let after_name = i > s && matches!(cx.kind(i - 1), Some(T::Word | T::QuotedIdent));
+                let subquery = cx.kw_any(i + 1, &["select", "with", "values", "table"]);
+                if depth < 64 {
+                    let bit = 1u64 << depth;
+                    if after_name
+                        && !subquery
+                        && !cx.kw_any(i - 1, &["in", "exists", "as", "any", "all", "some"])
+                    {
+                        fn_groups |= bit;
+                    } else {
+                        fn_groups &= !bit;
+                    }
+                }
+                if after_name && (admin_function(cx.bytes(i - 1))) {
+                    st.kinds.insert(K::AdminFunction);
+                }
+            }
+            Some(T::RParen) => {
+                depth = depth.saturating_sub(1);
+                st.without_where |= frames.close_above(depth);
+            }
+            Some(T::Word) => {
+                let w = cx.lower(i, &mut buf);
+                let prev_starts = i == s
+                    || matches!(cx.kind(i - 1), Some(T::LParen | T::Semicolon))
+                    || (START_CONTEXT.iter().any(|c| cx.kw(i - 1, c))
+                        && (!cx.kw(i - 1, "key") || cx.kw(i.wrapping_sub(2), "duplicate")));
+                let in_fn = depth > 0 && depth < 64 && fn_groups & (1u64 << depth) != 0;
+                match w {
+                    "select" | "insert" | "update" | "delete" | "merge" if prev_starts && i > s => {
+                        // A nested or body statement: `(DELETE ...`, `AS DELETE`, `DO INSTEAD`.
+                        let nk = match w {
+                            "select" => K::Select,
+                            "insert" => K::Insert,
+                            "update" => K::Update,
+                            "delete" => K::Delete,
+                            _ => K::Merge,
+                        };
+                        st.kinds.insert(nk);
+                        // Upserts (`ON CONFLICT DO UPDATE SET`, `ON DUPLICATE KEY UPDATE`) touch
+                        // only the conflicting row.
+                        let upsert =
+                            cx.kw(i - 1, "key") || (nk == K::Update && cx.kw(i + 1, "set"));
+                        if matches!(nk, K::Update | K::Delete) && !upsert {
+                            frames.push(depth);
+                        }
+                        if nk == K::Update && !upsert {
+                            i = table_list(cx, i + 1, e, true, tables)?;
+                            continue;
+                        }
+                    }
+                    "update"
+                        if !cx.kw(i + 1, "set")
+                            && (i == s
+                                || !(cx.kind(i - 1) == Some(T::Comma)
+                                    || cx.kw_any(
+                                        i - 1,
+                                        &[
+                                            "for", "key", "grant", "on", "before", "after", "of",
+                                            "or", "revoke",
+                                        ],
+                                    ))) =>
+                    {
+                        i = table_list(cx, i + 1, e, true, tables)?;
+                        continue;
+                    }
+                    "where" => frames.mark_where(depth),
+                    "for" if cx.kw_any(i + 1, &["update", "share", "no", "key"]) => {
+                        st.kinds.insert(K::Lock)
+                    }
+                    "lock" if cx.kw(i + 1, "in") => st.kinds.insert(K::Lock),
+                    "from" if !in_fn && !main.contains(K::Revoke) && !main.contains(K::Grant) => {
+                        let list = !main.contains(K::Copy);
+                        i = table_list(cx, i + 1, e, list, tables)?;
+                        continue;
+                    }
+                    "join" | "straight_join" | "into" => {
+                        i = table_list(cx, i + 1, e, false, tables)?;
+                        continue;
+                    }
+                    "using" if main.contains(K::Delete) || main.contains(K::Merge) => {
+                        i = table_list(cx, i + 1, e, true, tables)?;
+                        continue;
+                    }
+                    "table" | "tables" if !cx.kw(i.wrapping_sub(1), "returns") => {
+                        i = table_list(cx, i + 1, e, true, tables)?;
+                        continue;
+                    }
+                    "truncate" | "lock" | "describe" | "desc" | "handler" if i == s => {
+                        i = table_list(cx, i + 1, e, true, tables)?;
+                        continue;
+                    }
+                    "copy" if i == s => {
+                        i = table_list(cx, i + 1, e, false, tables)?;
+                        continue;
+                    }
+                    "on" if (main.contains(K::Grant) || main.contains(K::Revoke))
+                        && !cx.kw_any(
+                            i + 1,
+                            &[
+                                "schema",
+                                "database",
+                                "function",
+                                "sequence",
+                                "all",
+                                "procedure",
+                                "routine",
+                                "language",
+                                "type",
+                                "domain",
+                                "foreign",
+                                "large",
+                                "tablespace",
+                                "parameter",
+                            ],
+                        ) =>
+                    {
+                        i = table_list(cx, i + 1, e, true, tables)?;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            Some(T::QuotedIdent)
+                if cx.kind(i + 1) == Some(T::LParen) && admin_function(cx.bytes(i)) =>
+            {
+                st.kinds.insert(K::AdminFunction);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Reads table references starting at `i` (`[ONLY] [IF [NOT] EXISTS] name [[AS] alias] [, ...]`)
+/// and returns the index of the first token it did not consume.
+fn table_list(
+    cx: &Cx<'_>,
+    mut i: usize,
+    e: usize,
+    list: bool,
+    tables: &mut Vec<TableRef>,
+) -> Result<usize, ClassifyError> {
+    let mut buf = [0u8; 24];
+    loop {
+        // Modifiers before the name.
+        loop {
+            let w = cx.lower(i, &mut buf);
+            match w {
+                "only" | "lateral" | "table" | "low_priority" | "quick" | "ignore" | "delayed"
+                | "high_priority" | "temporary" | "temp" | "unlogged" => i += 1,
+                "if" => {
+                    i += 1;
+                    if cx.kw(i, "not") {
+                        i += 1;
+                    }
+                    if cx.kw(i, "exists") {
+                        i += 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if i >= e {
+            return Ok(i);
+        }
+        let Some(name_start) = name_part(cx, i) else {
+            return Ok(i);
+        };
+        let mut parts = [name_start, name_start, name_start];
+        let mut n = 1usize;
+        let mut j = i + 1;
+        while cx.kind(j) == Some(T::Dot) && name_part(cx, j + 1).is_some() {
+            parts = [parts[1], parts[2], cx.span(j + 1)];
+            n += 1;
+            j += 2;
+        }
+        // `FROM f(...)` is a function call, not a table; `INTO t (a, b)` keeps t.
+        let is_call = cx.kind(j) == Some(T::LParen) && !list;
+        let is_call = is_call && i > 0 && cx.kw_any(i - 1, &["from", "join"]);
+        if !is_call {
+            if tables.len() >= MAX_TABLES {
+                return Err(ClassifyError::TooManyTables);
+            }
+            tables.push(TableRef {
+                schema: if n > 1 { Some(parts[1]) } else { None },
+                name: parts[2],
+            });
+        }
+        // Alias and the PostgreSQL inheritance star.
+        if cx.bytes(j) == b"*" {
+            j += 1;
+        }
+        if cx.kw(j, "as") {
+            j += 1;
+        }
+        if matches!(cx.kind(j), Some(T::Word | T::QuotedIdent)) && name_part(cx, j).is_some() {
+            j += 1;
+        }
+        if list && cx.kind(j) == Some(T::Comma) {
+            i = j + 1;
+            continue;
+        }
+        return Ok(j);
+    }
+}
+
+/// The span of a name part at `i`: a non-reserved word or a quoted identifier.
+fn name_part(cx: &Cx<'_>, i: usize) -> Option<Span> {
+    match cx.kind(i) {
+        Some(T::QuotedIdent) => Some(cx.span(i)),
+        Some(T::Word) => {
+            let mut buf = [0u8; 24];
+            let w = cx.lower(i, &mut buf);
+            if reserved(w) { None } else { Some(cx.span(i)) }
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,396 @@
+//! SQL lexer for the PostgreSQL and MySQL dialects: turns statement text into tokens with byte
+//! spans, the way the server's own scanner would split it.
+//!
+//! It knows where strings, quoted identifiers, comments and dollar quotes begin and end (so a `;`
+//! or keyword hidden inside one is never seen as code), and treats MySQL `/*! ... */` comments
+//! as code because the server executes them. It deliberately does not parse: it neither checks
+//! syntax nor decodes escapes; the classifier above it reads the token stream.
+//!
+//! Assumptions, documented in `docs/policy.md`: PostgreSQL runs with
+//! `standard_conforming_strings = on` (the default since 9.1) and MySQL without `ANSI_QUOTES`
+//! or `NO_BACKSLASH_ESCAPES`.
+
+use crate::request::Dialect;
+
+/// What a token is; the classifier only needs coarse kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Unquoted identifier or keyword.
+    Word,
+    /// `"ident"` or `` `ident` ``; the span excludes the quotes.
+    QuotedIdent,
+    /// Any string literal form, including dollar-quoted bodies.
+    String,
+    Number,
+    /// `$1` (PostgreSQL) or `?` (MySQL, and PostgreSQL's jsonb operator, printed the same).
+    Param,
+    LParen,
+    RParen,
+    Comma,
+    Semicolon,
+    Dot,
+    /// A run of operator characters.
+    Op,
+}
+
+/// One token: its kind and byte span in the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    pub kind: TokenKind,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// Lexes `text` into `out` (cleared first). Returns `true` when the input ends inside a string,
+/// quoted identifier or comment: the server would reject or wait for more, and the classifier
+/// treats such input as the most dangerous kind.
+///
+/// Inputs longer than `u32::MAX` bytes are never passed here (the classifier refuses them).
+pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
+    out.clear();
+    let b = text.as_bytes();
+    let n = b.len();
+    let mysql = dialect == Dialect::Mysql;
+    let mut i = 0usize;
+    let mut unterminated = false;
+    // Inside a MySQL executable comment `/*! ... */`: its closing `*/` is skipped as well.
+    let mut in_exec_comment = false;
+    let at = |k: usize| b.get(k).copied().unwrap_or(0);
+    let push = |out: &mut Vec<Token>, kind, s: usize, e: usize| {
+        out.push(Token {
+            kind,
+            start: s as u32,
+            end: e as u32,
+        });
+    };
+    while i < n {
+        let c = at(i);
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
+            b'-' if at(i + 1) == b'-'
+                && (!mysql
+                    || matches!(at(i + 2), 0 | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)) =>
+            {
+                i = line_end(b, i);
+            }
+            b'#' if mysql => i = line_end(b, i),
+            b'/' if at(i + 1) == b'*' => {
+                if mysql && at(i + 2) == b'!' {
+                    // Executable comment: skip the marker and optional version digits, then
+                    // lex the body as code.
+                    i += 3;
+                    while at(i).is_ascii_digit() {
+                        i += 1;
+                    }
+                    in_exec_comment = true;
+                    continue;
+                }
+                match block_comment_end(b, i, !mysql) {
+                    Some(e) => i = e,
+                    None => {
+                        unterminated = true;
+                        i = n;
+                    }
+                }
+            }
+            b'*' if in_exec_comment && at(i + 1) == b'/' => {
+                in_exec_comment = false;
+                i += 2;
+            }
+            b'\'' => {
+                let (e, ok) = quoted_end(b, i + 1, b'\'', mysql);
+                unterminated |= !ok;
+                push(out, TokenKind::String, i, e);
+                i = e;
+            }
+            b'"' => {
+                // MySQL (without ANSI_QUOTES) reads "..." as a string.
+                let (e, ok) = quoted_end(b, i + 1, b'"', mysql);
+                unterminated |= !ok;
+                if mysql {
+                    push(out, TokenKind::String, i, e);
+                } else {
+                    push(
+                        out,
+                        TokenKind::QuotedIdent,
+                        i + 1,
+                        e.saturating_sub(1).max(i + 1),
+                    );
+                }
+                i = e;
+            }
+            b'`' if mysql => {
+                let (e, ok) = quoted_end(b, i + 1, b'`', false);
+                unterminated |= !ok;
+                push(
+                    out,
+                    TokenKind::QuotedIdent,
+                    i + 1,
+                    e.saturating_sub(1).max(i + 1),
+                );
+                i = e;
+            }
+            b'$' if !mysql => {
+                if at(i + 1).is_ascii_digit() {
+                    let mut e = i + 1;
+                    while at(e).is_ascii_digit() {
+                        e += 1;
+                    }
+                    push(out, TokenKind::Param, i, e);
+                    i = e;
+                } else if let Some(tag_end) = dollar_tag_end(b, i) {
+                    let tag = b.get(i..tag_end).unwrap_or_default();
+                    let body = b.get(tag_end..).unwrap_or_default();
+                    match memchr::memmem::find(body, tag) {
+                        Some(p) => {
+                            let e = tag_end + p + tag.len();
+                            push(out, TokenKind::String, i, e);
+                            i = e;
+                        }
+                        None => {
+                            unterminated = true;
+                            push(out, TokenKind::String, i, n);
+                            i = n;
+                        }
+                    }
+                } else {
+                    push(out, TokenKind::Op, i, i + 1);
+                    i += 1;
+                }
+            }
+            b'(' => {
+                push(out, TokenKind::LParen, i, i + 1);
+                i += 1;
+            }
+            b')' => {
+                push(out, TokenKind::RParen, i, i + 1);
+                i += 1;
+            }
+            b',' => {
+                push(out, TokenKind::Comma, i, i + 1);
+                i += 1;
+            }
+            b';' => {
+                push(out, TokenKind::Semicolon, i, i + 1);
+                i += 1;
+            }
+            b'?' => {
+                push(out, TokenKind::Param, i, i + 1);
+                i += 1;
+            }
+            b'.' if at(i + 1).is_ascii_digit() => {
+                let e = number_end(b, i);
+                push(out, TokenKind::Number, i, e);
+                i = e;
+            }
+            b'.' => {
+                push(out, TokenKind::Dot, i, i + 1);
+                i += 1;
+            }
+            b'0'..=b'9' => {
+                let e = number_end(b, i);
+                push(out, TokenKind::Number, i, e);
+                i = e;
+            }
+            c if is_ident_start(c) => {
+                let mut e = i + 1;
+                while is_ident_continue(at(e), mysql) {
+                    e += 1;
+                }
+                let word = b.get(i..e).unwrap_or_default();
+                // String prefixes: E'..' (backslash escapes), U&'..', B'..', X'..', N'..',
+                // and MySQL charset introducers such as _utf8mb4'..'.
+                let next = at(e);
+                if next == b'\'' && string_prefix(word, mysql) {
+                    let escapes = mysql || word.eq_ignore_ascii_case(b"e");
+                    let (end, ok) = quoted_end(b, e + 1, b'\'', escapes);
+                    unterminated |= !ok;
+                    push(out, TokenKind::String, i, end);
+                    i = end;
+                } else if !mysql && word.eq_ignore_ascii_case(b"u") && next == b'&' {
+                    match at(e + 1) {
+                        b'\'' => {
+                            let (end, ok) = quoted_end(b, e + 2, b'\'', false);
+                            unterminated |= !ok;
+                            push(out, TokenKind::String, i, end);
+                            i = end;
+                        }
+                        b'"' => {
+                            let (end, ok) = quoted_end(b, e + 2, b'"', false);
+                            unterminated |= !ok;
+                            push(
+                                out,
+                                TokenKind::QuotedIdent,
+                                e + 2,
+                                end.saturating_sub(1).max(e + 2),
+                            );
+                            i = end;
+                        }
+                        _ => {
+                            push(out, TokenKind::Word, i, e);
+                            i = e;
+                        }
+                    }
+                } else {
+                    push(out, TokenKind::Word, i, e);
+                    i = e;
+                }
+            }
+            _ => {
+                let e = op_end(b, i, mysql);
+                push(out, TokenKind::Op, i, e);
+                i = e;
+            }
+        }
+    }
+    unterminated
+}
+
+fn line_end(b: &[u8], from: usize) -> usize {
+    match memchr::memchr(b'\n', b.get(from..).unwrap_or_default()) {
+        Some(p) => from + p + 1,
+        None => b.len(),
+    }
+}
+
+/// End of a `/* */` comment starting at `from`, or `None` when unterminated. PostgreSQL nests
+/// block comments; MySQL does not.
+fn block_comment_end(b: &[u8], from: usize, nests: bool) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = from;
+    while i < b.len() {
+        let c = b.get(i).copied().unwrap_or(0);
+        let d = b.get(i + 1).copied().unwrap_or(0);
+        if c == b'/' && d == b'*' && (nests || depth == 0) {
+            depth += 1;
+            i += 2;
+        } else if c == b'*' && d == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return Some(i);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// End (one past the closing quote) of a quoted run whose body starts at `from`. A doubled
+/// quote is an escaped quote; with `backslash`, `\x` escapes any byte. Returns `(end, closed)`.
+fn quoted_end(b: &[u8], from: usize, quote: u8, backslash: bool) -> (usize, bool) {
+    let mut i = from;
+    while i < b.len() {
+        let c = b.get(i).copied().unwrap_or(0);
+        if backslash && c == b'\\' {
+            i += 2;
+        } else if c == quote {
+            if b.get(i + 1).copied() == Some(quote) {
+                i += 2;
+            } else {
+                return (i + 1, true);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    (b.len(), false)
+}
+
+/// If a PostgreSQL dollar-quote opening tag (`$$` or `$tag$`) starts at `from`, its end.
+fn dollar_tag_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from + 1;
+    let first = b.get(i).copied()?;
+    if first == b'$' {
+        return Some(i + 1);
+    }
+    if !(first.is_ascii_alphabetic() || first == b'_' || first >= 0x80) {
+        return None;
+    }
+    i += 1;
+    loop {
+        let c = b.get(i).copied()?;
+        if c == b'$' {
+            return Some(i + 1);
+        }
+        if !(c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80) {
+            return None;
+        }
+        i += 1;
+    }
+}
+
+fn number_end(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(&c) = b.get(i) {
+        let exponent_sign = (c == b'+' || c == b'-')
+            && i > from
+            && matches!(b.get(i - 1), Some(b'e' | b'E'))
+            && !b
+                .get(from..i)
+                .unwrap_or_default()
+                .iter()
+                .any(|x| matches!(x, b'x' | b'X'));
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || exponent_sign {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+fn op_end(b: &[u8], from: usize, mysql: bool) -> usize {
+    let mut i = from + 1;
+    while let Some(&c) = b.get(i) {
+        let is_op = matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+        ) || (c == b'#' && !mysql);
+        if !is_op {
+            break;
+        }
+        let next = b.get(i + 1).copied().unwrap_or(0);
+        // A comment start ends the operator run, as in both servers' scanners.
+        if (c == b'-' && next == b'-') || (c == b'/' && next == b'*') {
+            break;
+        }
+        // Never print `--` inside an operator: normalized text would turn it into a comment.
+        if c == b'-' && b.get(i - 1) == Some(&b'-') {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_continue(c: u8, _mysql: bool) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+fn string_prefix(word: &[u8], mysql: bool) -> bool {
+    if word.len() == 1 {
+        return matches!(
+            word.first(),
+            Some(b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
+        );
+    }
+    mysql && word.first() == Some(&b'_')
+}

@@ -1,0 +1,178 @@
+//! SQL classification: splits a query string into statements the way the server would, and for
+//! each finds its kinds, the tables it names, whether an UPDATE/DELETE has a WHERE, and its
+//! normalized text.
+//!
+//! This is a lexer plus a token-level classifier, not a parser: it does not check syntax and it
+//! does not resolve names (views, search paths, synonyms). Where the token stream leaves a doubt
+//! it picks the more dangerous reading (see `docs/policy.md`, "How SQL is classified"). All
+//! working memory lives in a reusable [`SqlScratch`], so classifying allocates nothing once the
+//! scratch has grown to the largest input seen.
+
+mod classify;
+mod kind;
+pub mod lexer;
+
+pub use classify::{MAX_SQL_BYTES, MAX_STATEMENTS, MAX_TABLES};
+pub use kind::{KindSet, StatementKind};
+
+use crate::request::Dialect;
+use lexer::{Token, TokenKind};
+
+/// A byte range in the classified text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// The text this span covers (empty if `text` is not the classified input).
+    pub fn of(self, text: &str) -> &str {
+        text.get(self.start as usize..self.end as usize)
+            .unwrap_or("")
+    }
+}
+
+/// A table named by a statement: `schema.name` or just `name` (quotes removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: Option<Span>,
+    pub name: Span,
+}
+
+/// One classified statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statement {
+    /// Text from the first to the last token (comments around it excluded).
+    pub span: Span,
+    pub kinds: KindSet,
+    /// An UPDATE or DELETE (top-level or nested) has no WHERE clause.
+    pub without_where: bool,
+    /// What the statement runs is not visible here (`EXECUTE`, `CALL`, `DO`, unterminated or
+    /// unrecognised input): deny and review rules on statement kinds match it whatever its kinds.
+    pub opaque: bool,
+    tables: (u32, u32),
+    tokens: (u32, u32),
+}
+
+impl Statement {
+    /// The most dangerous of the statement's kinds.
+    pub fn primary_kind(&self) -> StatementKind {
+        self.kinds.primary()
+    }
+}
+
+/// Why a query string could not be classified at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    #[error("statement text is {0} bytes, over the {MAX_SQL_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("query string has more than {MAX_STATEMENTS} statements")]
+    TooManyStatements,
+    #[error("query string names more than {MAX_TABLES} tables")]
+    TooManyTables,
+}
+
+/// Reusable working memory for classification; one per core or per session.
+#[derive(Debug, Default)]
+pub struct SqlScratch {
+    tokens: Vec<Token>,
+    statements: Vec<Statement>,
+    tables: Vec<TableRef>,
+    unterminated: bool,
+}
+
+impl SqlScratch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Classifies `text`; results stay in the scratch until the next call.
+    pub fn classify(&mut self, text: &str, dialect: Dialect) -> Result<(), ClassifyError> {
+        self.statements.clear();
+        self.tables.clear();
+        if text.len() > MAX_SQL_BYTES {
+            self.tokens.clear();
+            return Err(ClassifyError::TooLarge(text.len()));
+        }
+        self.unterminated = lexer::lex(text, dialect, &mut self.tokens);
+        classify::run(
+            text,
+            dialect,
+            &self.tokens,
+            self.unterminated,
+            &mut self.statements,
+            &mut self.tables,
+        )
+    }
+
+    /// Statements of the last classified text, in order.
+    pub fn statements(&self) -> &[Statement] {
+        &self.statements
+    }
+
+    /// Tables the statement names.
+    pub fn tables(&self, s: &Statement) -> &[TableRef] {
+        self.tables
+            .get(s.tables.0 as usize..s.tables.1 as usize)
+            .unwrap_or(&[])
+    }
+
+    /// The last input ended inside a string, quoted identifier or comment.
+    pub fn unterminated(&self) -> bool {
+        self.unterminated
+    }
+
+    /// Writes the statement's normalized text into `out` (cleared first): literals become `?`,
+    /// comments go, unquoted words are lower-cased and tokens are separated by single spaces.
+    /// Normalizing normalized text gives the same text.
+    pub fn normalize_into(&self, text: &str, dialect: Dialect, s: &Statement, out: &mut String) {
+        out.clear();
+        let toks = self
+            .tokens
+            .get(s.tokens.0 as usize..s.tokens.1 as usize)
+            .unwrap_or(&[]);
+        let quote = if dialect == Dialect::Mysql { '`' } else { '"' };
+        let mut prev: Option<TokenKind> = None;
+        for t in toks {
+            let glue = matches!(prev, None | Some(TokenKind::LParen | TokenKind::Dot))
+                || matches!(
+                    t.kind,
+                    TokenKind::RParen | TokenKind::Comma | TokenKind::Dot
+                );
+            if !glue {
+                out.push(' ');
+            }
+            let src = text.get(t.start as usize..t.end as usize).unwrap_or("");
+            match t.kind {
+                TokenKind::Word => {
+                    for ch in src.chars() {
+                        out.push(ch.to_ascii_lowercase());
+                    }
+                }
+                TokenKind::QuotedIdent => {
+                    out.push(quote);
+                    out.push_str(src);
+                    out.push(quote);
+                }
+                TokenKind::String | TokenKind::Number => out.push('?'),
+                _ => out.push_str(src),
+            }
+            prev = Some(t.kind);
+        }
+    }
+
+    /// Convenience for tools and tests: the normalized text of every statement, joined by `; `.
+    pub fn normalized(&self, text: &str, dialect: Dialect) -> String {
+        let mut all = String::new();
+        let mut one = String::new();
+        for (i, s) in self.statements.iter().enumerate() {
+            self.normalize_into(text, dialect, s, &mut one);
+            if i > 0 {
+                all.push_str("; ");
+            }
+            all.push_str(&one);
+        }
+        all
+    }
+}

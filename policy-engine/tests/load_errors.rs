@@ -1,0 +1,124 @@
+//! Load errors name the file, the line, the key, and give a hint where one helps.
+
+use std::path::PathBuf;
+
+use policy_engine::policy::{LoadError, compile_sources};
+
+#[expect(
+    clippy::unwrap_used,
+    reason = "test helper: the source must fail to load"
+)]
+fn errors(src: &str) -> Vec<LoadError> {
+    compile_sources(&[(PathBuf::from("p.toml"), src.to_string())])
+        .unwrap_err()
+        .0
+}
+
+#[test]
+fn unknown_match_key_has_line_and_hint() {
+    let e = errors("[[rule]]\nid = \"x\"\naction = \"deny\"\nmatch.statment = [\"drop\"]\n");
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 4);
+    assert_eq!(e[0].key, "statment");
+    assert_eq!(e[0].hint.as_deref(), Some("did you mean `statement`?"));
+    let shown = e[0].to_string();
+    assert!(
+        shown.starts_with("p.toml:4: statment: unknown field `statment`"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_table_and_top_level_key() {
+    let e = errors("[[rulez]]\nid = \"x\"\n");
+    assert_eq!(e[0].line, 1);
+    assert_eq!(e[0].hint.as_deref(), Some("did you mean `rule`?"));
+}
+
+#[test]
+fn validation_errors_are_all_reported() {
+    let src = r#"
+[[rule]]
+id = "a"
+match.statement = ["delet"]
+action = "deny"
+
+[[rule]]
+id = "a"
+connections = ["prod-[12]"]
+action = "alow"
+
+[[rule]]
+id = "r"
+match.regex = ["("]
+action = "review"
+
+[[access]]
+connections = ["x"]
+hours = "Mon-Fri 07:00-19:00 Europe/Paris"
+
+[[rule]]
+id = "mixed"
+match.statement = ["select"]
+match.http = { methods = ["GET"] }
+action = "deny"
+"#;
+    let e = errors(src);
+    let find = |key: &str| {
+        e.iter()
+            .find(|x| x.key == key)
+            .unwrap_or_else(|| panic!("no error for {key}: {e:#?}"))
+    };
+    let k = find("rule[a].match.statement");
+    assert_eq!(k.line, 2);
+    assert!(k.message.contains("`delet`"));
+    assert_eq!(k.hint.as_deref(), Some("did you mean `delete`?"));
+    assert_eq!(find("rule[a].id").line, 7);
+    assert!(find("rule[a].connections").message.contains("`prod-[12]`"));
+    assert_eq!(
+        find("rule[a].action").hint.as_deref(),
+        Some("did you mean `allow`?")
+    );
+    assert!(
+        find("rule[r].match.regex")
+            .message
+            .starts_with("invalid regex")
+    );
+    assert_eq!(find("rule[r].review").line, 12);
+    let h = find("access[0].hours");
+    assert!(h.message.contains("`Europe/Paris`"));
+    assert_eq!(find("rule[mixed].match").line, 21);
+}
+
+#[test]
+fn mask_globs_are_checked_but_not_compiled() {
+    let e = errors(
+        "[[mask]]\nconnections = [\"a{b}\"]\ncolumns = [\"email\"]\nstrategy = \"redact\"\n",
+    );
+    assert_eq!(e[0].key, "mask[0].connections");
+    let e = errors("[[mask]]\ncolumns = [\"email\"]\nstrategy = \"scramble\"\n");
+    assert_eq!(e[0].line, 3);
+}
+
+#[test]
+fn load_dir_skips_test_files_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "[[rule]]\nid = \"ok\"\naction = \"deny\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("a_test.toml"), "[[case]]\n").unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        "[[rule]]\nid = \"bad\"\naction = \"deny\"\nmatch.tables = [\"\"]\n",
+    )
+    .unwrap();
+    let e = policy_engine::Policy::load_dir(dir.path()).unwrap_err().0;
+    assert_eq!(e.len(), 1);
+    assert!(e[0].file.ends_with("b.toml"));
+    assert_eq!(e[0].key, "rule[bad].match.tables");
+    std::fs::remove_file(dir.path().join("b.toml")).unwrap();
+    let p = policy_engine::Policy::load_dir(dir.path()).unwrap();
+    assert_eq!(p.rules().len(), 1);
+}
