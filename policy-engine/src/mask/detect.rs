@@ -1,0 +1,1173 @@
+//! Two-stage detectors: SIMD prefilters find candidates (aho-corasick over literal anchors,
+//! memchr for `@` and `:`, a vectorised digit scan), then precise validators confirm them.
+//!
+//! Every detector is line-local: no match contains a `\n`, and whether a match exists at a
+//! position depends only on the bytes of its own line (one byte of look-behind at most). The
+//! stream masker relies on this to cut streams at newlines. Private-key PEM blocks are the
+//! one multi-line secret; they are handled by the stream state in `engine`, and this module
+//! only reports where a `-----BEGIN ... PRIVATE KEY-----` header starts.
+//!
+//! Deliberately not here: strategies and output (see `engine`), column rules.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use memchr::memmem;
+use regex::bytes::Regex;
+
+use super::MaskError;
+use super::validate;
+
+/// Detector index into a `MaskEngine`'s table; built-ins first, custom detectors after.
+pub type DetectorId = u8;
+
+/// Upper bound on detectors (built-in + custom) so a detector set is one `u64` bitmask.
+pub const MAX_DETECTORS: usize = 64;
+
+/// Longest value the `credential` key-value detector masks in one match; longer values are
+/// masked up to here and the rest is left (a line-local bound, see the stream window).
+pub const MAX_ASSIGNMENT_VALUE: usize = 1024;
+
+/// Longest JWT accepted (header + payload + signature).
+pub const MAX_JWT_LEN: usize = 16 * 1024;
+
+/// Most digit groups one numeric token is split into before the scan gives up on it.
+const MAX_GROUPS: usize = 12;
+
+/// Built-in detectors, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Builtin {
+    Email = 0,
+    CreditCard,
+    Ssn,
+    Phone,
+    Iban,
+    Ipv4,
+    Ipv6,
+    AwsAccessKey,
+    AwsSecretKey,
+    GcpApiKey,
+    GithubToken,
+    GitlabToken,
+    SlackToken,
+    Jwt,
+    PrivateKey,
+    Credential,
+}
+
+/// `(name, redact label)` of each built-in, indexed by `Builtin as usize`.
+pub const BUILTINS: [(&str, &str); 16] = [
+    ("email", "[EMAIL]"),
+    ("credit_card", "[CREDIT_CARD]"),
+    ("ssn", "[SSN]"),
+    ("phone", "[PHONE]"),
+    ("iban", "[IBAN]"),
+    ("ipv4", "[IPV4]"),
+    ("ipv6", "[IPV6]"),
+    ("aws_access_key", "[AWS_ACCESS_KEY]"),
+    ("aws_secret_key", "[AWS_SECRET_KEY]"),
+    ("gcp_api_key", "[GCP_API_KEY]"),
+    ("github_token", "[GITHUB_TOKEN]"),
+    ("gitlab_token", "[GITLAB_TOKEN]"),
+    ("slack_token", "[SLACK_TOKEN]"),
+    ("jwt", "[JWT]"),
+    ("private_key", "[PRIVATE_KEY]"),
+    ("credential", "[SECRET]"),
+];
+
+pub const N_BUILTINS: usize = BUILTINS.len();
+
+/// Detector group names a policy may use instead of listing detectors one by one.
+pub fn group(name: &str) -> Option<u64> {
+    let bits = |ds: &[Builtin]| ds.iter().fold(0u64, |m, &d| m | 1 << (d as u8));
+    use Builtin::*;
+    match name {
+        "all" => Some((1u64 << N_BUILTINS) - 1),
+        "pii" => Some(bits(&[Email, CreditCard, Ssn, Phone, Iban, Ipv4, Ipv6])),
+        "secrets" => Some(bits(&[
+            AwsAccessKey,
+            AwsSecretKey,
+            GcpApiKey,
+            GithubToken,
+            GitlabToken,
+            SlackToken,
+            Jwt,
+            PrivateKey,
+            Credential,
+        ])),
+        "ip" => Some(bits(&[Ipv4, Ipv6])),
+        _ => None,
+    }
+}
+
+/// Detectors found by literal anchors alone (no digit scan): the "secrets" set.
+pub const LITERAL_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
+    | (1 << Builtin::AwsSecretKey as u8)
+    | (1 << Builtin::GcpApiKey as u8)
+    | (1 << Builtin::GithubToken as u8)
+    | (1 << Builtin::GitlabToken as u8)
+    | (1 << Builtin::SlackToken as u8)
+    | (1 << Builtin::Jwt as u8)
+    | (1 << Builtin::PrivateKey as u8)
+    | (1 << Builtin::Credential as u8);
+
+const DIGIT_SET: u64 = (1 << Builtin::CreditCard as u8)
+    | (1 << Builtin::Ssn as u8)
+    | (1 << Builtin::Phone as u8)
+    | (1 << Builtin::Iban as u8)
+    | (1 << Builtin::Ipv4 as u8);
+
+/// What an aho-corasick anchor starts.
+#[derive(Debug, Clone, Copy)]
+enum Anchor {
+    AwsKeyId,
+    Gcp,
+    Github,
+    GithubPat,
+    Gitlab,
+    Slack,
+    Jwt,
+    Pem,
+    Keyword,
+    AwsSecretKeyword,
+}
+
+const ANCHORS: &[(&str, Anchor)] = &[
+    ("AKIA", Anchor::AwsKeyId),
+    ("ASIA", Anchor::AwsKeyId),
+    ("ABIA", Anchor::AwsKeyId),
+    ("ACCA", Anchor::AwsKeyId),
+    ("AIza", Anchor::Gcp),
+    ("ghp_", Anchor::Github),
+    ("gho_", Anchor::Github),
+    ("ghu_", Anchor::Github),
+    ("ghs_", Anchor::Github),
+    ("ghr_", Anchor::Github),
+    ("github_pat_", Anchor::GithubPat),
+    ("glpat-", Anchor::Gitlab),
+    ("xoxb-", Anchor::Slack),
+    ("xoxp-", Anchor::Slack),
+    ("xoxa-", Anchor::Slack),
+    ("xoxr-", Anchor::Slack),
+    ("xoxs-", Anchor::Slack),
+    ("xoxe-", Anchor::Slack),
+    ("eyJ", Anchor::Jwt),
+    ("-----BEGIN ", Anchor::Pem),
+    ("aws_secret_access_key", Anchor::AwsSecretKeyword),
+    ("aws_secret_key", Anchor::AwsSecretKeyword),
+    ("password", Anchor::Keyword),
+    ("passwd", Anchor::Keyword),
+    ("pwd", Anchor::Keyword),
+    ("secret", Anchor::Keyword),
+    ("client_secret", Anchor::Keyword),
+    ("token", Anchor::Keyword),
+    ("access_token", Anchor::Keyword),
+    ("auth_token", Anchor::Keyword),
+    ("refresh_token", Anchor::Keyword),
+    ("api_key", Anchor::Keyword),
+    ("apikey", Anchor::Keyword),
+    ("api-key", Anchor::Keyword),
+    ("private_key", Anchor::Keyword),
+];
+
+/// Optional validator of a custom detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validator {
+    Luhn,
+    Mod97,
+}
+
+#[derive(Debug)]
+pub struct Custom {
+    pub regex: Regex,
+    pub validator: Option<Validator>,
+}
+
+/// A confirmed match: `[start, end)` of the scanned slice, and which detector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub start: usize,
+    pub end: usize,
+    pub det: DetectorId,
+}
+
+/// The compiled prefilters; one per engine, shared by every session.
+#[derive(Debug)]
+pub struct Scanner {
+    anchors: AhoCorasick,
+    /// Custom detectors, id `N_BUILTINS + i`.
+    pub customs: Vec<Custom>,
+    pem_end: memmem::Finder<'static>,
+}
+
+impl Scanner {
+    pub fn new(customs: Vec<Custom>) -> Result<Self, MaskError> {
+        let anchors = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(ANCHORS.iter().map(|(p, _)| p))
+            .map_err(|e| MaskError::Internal(e.to_string()))?;
+        Ok(Self {
+            anchors,
+            customs,
+            pem_end: memmem::Finder::new(b"-----END "),
+        })
+    }
+
+    /// Where the `-----END ` marker after a PEM header is, from `from`.
+    pub fn find_pem_end(&self, hay: &[u8], from: usize) -> Option<usize> {
+        let tail = hay.get(from..)?;
+        self.pem_end.find(tail).map(|i| from + i)
+    }
+
+    /// Appends every confirmed hit of the detectors in `set` within `hay[from..to]` to
+    /// `hits` (unordered, possibly overlapping). Bytes outside `[from, to)` are look-behind /
+    /// look-ahead context only. Allocates only when something is found.
+    pub fn scan(&self, hay: &[u8], from: usize, to: usize, set: u64, hits: &mut Vec<Hit>) {
+        let Some(region) = hay.get(..to) else {
+            return;
+        };
+        let set = if to.saturating_sub(from) <= GATE_MAX {
+            set & gate(region.get(from..).unwrap_or_default())
+        } else {
+            set
+        };
+        if set & LITERAL_SET != 0 {
+            self.scan_anchors(region, from, set, hits);
+        }
+        if set & (1 << Builtin::Email as u8) != 0 {
+            scan_emails(region, from, hits);
+        }
+        if set & DIGIT_SET != 0 {
+            scan_digits(region, from, set, hits);
+        }
+        if set & (1 << Builtin::Ipv6 as u8) != 0 {
+            scan_ipv6(region, from, hits);
+        }
+        for (i, c) in self.customs.iter().enumerate() {
+            let id = N_BUILTINS + i;
+            if set & (1u64 << id) == 0 {
+                continue;
+            }
+            for m in c.regex.find_iter(region.get(from..).unwrap_or_default()) {
+                let (s, e) = (from + m.start(), from + m.end());
+                if s == e {
+                    continue;
+                }
+                let ok = match c.validator {
+                    None => true,
+                    Some(Validator::Luhn) => validate::luhn(m.as_bytes()),
+                    Some(Validator::Mod97) => validate::mod97(m.as_bytes()),
+                };
+                if ok {
+                    #[expect(clippy::cast_possible_truncation, reason = "id < MAX_DETECTORS = 64")]
+                    hits.push(Hit {
+                        start: s,
+                        end: e,
+                        det: id as u8,
+                    });
+                }
+            }
+        }
+    }
+
+    fn scan_anchors(&self, hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+        let Some(tail) = hay.get(from..) else { return };
+        for m in self.anchors.find_iter(tail) {
+            let s = from + m.start();
+            let e = from + m.end();
+            let Some(&(pat, anchor)) = ANCHORS.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            let exact = hay.get(s..e) == Some(pat.as_bytes());
+            let found =
+                match anchor {
+                    Anchor::AwsKeyId if exact => token_at(hay, s, e, 16, 16, |b| {
+                        b.is_ascii_uppercase() || b.is_ascii_digit()
+                    })
+                    .map(|end| (s, end, Builtin::AwsAccessKey)),
+                    Anchor::Gcp if exact => token_at(hay, s, e, 35, 35, is_b64url)
+                        .map(|end| (s, end, Builtin::GcpApiKey)),
+                    Anchor::Github if exact => {
+                        token_at(hay, s, e, 36, 255, |b| b.is_ascii_alphanumeric())
+                            .map(|end| (s, end, Builtin::GithubToken))
+                    }
+                    Anchor::GithubPat if exact => token_at(hay, s, e, 22, 255, is_word)
+                        .map(|end| (s, end, Builtin::GithubToken)),
+                    Anchor::Gitlab if exact => token_at(hay, s, e, 20, 255, is_b64url)
+                        .map(|end| (s, end, Builtin::GitlabToken)),
+                    Anchor::Slack if exact => token_at(hay, s, e, 10, 255, is_b64url)
+                        .map(|end| (s, end, Builtin::SlackToken)),
+                    Anchor::Jwt if exact => jwt_at(hay, s).map(|end| (s, end, Builtin::Jwt)),
+                    Anchor::Pem if exact => {
+                        pem_header_at(hay, s).map(|end| (s, end, Builtin::PrivateKey))
+                    }
+                    Anchor::Keyword => {
+                        assignment_at(hay, s, e).map(|(vs, ve)| (vs, ve, Builtin::Credential))
+                    }
+                    Anchor::AwsSecretKeyword => assignment_at(hay, s, e).map(|(vs, ve)| {
+                        let v = hay.get(vs..ve).unwrap_or_default();
+                        if v.len() == 40
+                            && v.iter()
+                                .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
+                        {
+                            (vs, ve, Builtin::AwsSecretKey)
+                        } else {
+                            (vs, ve, Builtin::Credential)
+                        }
+                    }),
+                    _ => None,
+                };
+            if let Some((s, e, det)) = found
+                && set & (1u64 << det as u8) != 0
+            {
+                hits.push(Hit {
+                    start: s,
+                    end: e,
+                    det: det as u8,
+                });
+            }
+        }
+    }
+}
+
+/// Values up to this length go through [`gate`] first: for a short result-set cell the fixed
+/// cost of entering four scanners dominates, and most cells lack the bytes they need.
+const GATE_MAX: usize = 256;
+
+const C_DIGIT: u8 = 1;
+const C_AT: u8 = 2;
+const C_COLON: u8 = 4;
+/// A byte every literal-anchored match needs one of: `A` (AWS, GCP), `_` (GitHub), `-`
+/// (GitLab, Slack, PEM), `J` (JWT `eyJ`), `=`/`:` (key-value assignments).
+const C_ANCHOR: u8 = 8;
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: a bad index fails the build, never the gateway"
+)]
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = C_DIGIT;
+        d += 1;
+    }
+    t[b'@' as usize] = C_AT;
+    t[b':' as usize] = C_COLON | C_ANCHOR;
+    t[b'A' as usize] = C_ANCHOR;
+    t[b'_' as usize] = C_ANCHOR;
+    t[b'-' as usize] = C_ANCHOR;
+    t[b'J' as usize] = C_ANCHOR;
+    t[b'=' as usize] = C_ANCHOR;
+    t
+};
+
+/// Which detectors could possibly match in `v`, from the byte classes present. Conservative:
+/// a detector is dropped only when a byte every one of its matches contains is absent.
+fn gate(v: &[u8]) -> u64 {
+    let mut c = 0u8;
+    for &b in v {
+        c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+    }
+    let mut set =
+        !(LITERAL_SET | DIGIT_SET | (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8));
+    if c & C_ANCHOR != 0 {
+        set |= LITERAL_SET;
+    }
+    if c & C_DIGIT != 0 {
+        set |= DIGIT_SET;
+    }
+    if c & C_AT != 0 {
+        set |= 1 << Builtin::Email as u8;
+    }
+    if c & C_COLON != 0 {
+        set |= 1 << Builtin::Ipv6 as u8;
+    }
+    set
+}
+
+#[inline]
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+#[inline]
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// A token: the anchor at `[s, e)` followed by `min..=max` bytes of `class`, on word
+/// boundaries both sides. Returns the token end.
+fn token_at(
+    hay: &[u8],
+    s: usize,
+    e: usize,
+    min: usize,
+    max: usize,
+    class: impl Fn(u8) -> bool,
+) -> Option<usize> {
+    if s > 0 && hay.get(s - 1).copied().is_some_and(is_b64url) {
+        return None;
+    }
+    let body = hay.get(e..)?;
+    let n = body.iter().take(max + 1).take_while(|&&b| class(b)).count();
+    if n < min || n > max {
+        return None;
+    }
+    let end = e + n;
+    if hay.get(end).copied().is_some_and(is_b64url) {
+        return None;
+    }
+    Some(end)
+}
+
+/// A JWT: three base64url segments (the first two JSON objects, so both start `eyJ`).
+fn jwt_at(hay: &[u8], s: usize) -> Option<usize> {
+    if s > 0
+        && hay
+            .get(s - 1)
+            .copied()
+            .is_some_and(|b| is_b64url(b) || b == b'.')
+    {
+        return None;
+    }
+    let seg = |from: usize| -> usize {
+        hay.get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take(MAX_JWT_LEN)
+            .take_while(|&&b| is_b64url(b))
+            .count()
+    };
+    let h = seg(s);
+    if h < 10 || hay.get(s + h) != Some(&b'.') {
+        return None;
+    }
+    let p_start = s + h + 1;
+    if hay.get(p_start..p_start + 3) != Some(b"eyJ") {
+        return None;
+    }
+    let p = seg(p_start);
+    if p < 10 || hay.get(p_start + p) != Some(&b'.') {
+        return None;
+    }
+    let sig_start = p_start + p + 1;
+    let end = sig_start + seg(sig_start);
+    if end - s > MAX_JWT_LEN || hay.get(end).is_some_and(|&b| b == b'.' || is_b64url(b)) {
+        return None;
+    }
+    Some(end)
+}
+
+/// A private-key PEM header `-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----` at `s`; returns the
+/// header end. Certificates and public keys are not secrets and are left alone.
+fn pem_header_at(hay: &[u8], s: usize) -> Option<usize> {
+    let label_start = s + b"-----BEGIN ".len();
+    let rest = hay.get(label_start..)?;
+    let n = rest
+        .iter()
+        .take(64)
+        .take_while(|&&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ')
+        .count();
+    let label = rest.get(..n)?;
+    if !label.ends_with(b"PRIVATE KEY") || rest.get(n..n + 5) != Some(b"-----") {
+        return None;
+    }
+    Some(label_start + n + 5)
+}
+
+/// A secret assignment after the keyword at `[s, e)`: `key=value`, `key: value`,
+/// `"key": "value"`, `key='value'`. Returns the value span (the key stays visible).
+fn assignment_at(hay: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
+    if s > 0
+        && hay
+            .get(s - 1)
+            .copied()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
+        return None;
+    }
+    let mut i = e;
+    // The separator must follow the keyword (after an optional closing quote and spaces),
+    // so `password_hint = ...` is not taken for a password.
+    if matches!(hay.get(i), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    while hay.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    match hay.get(i) {
+        Some(b'=') => i += 1,
+        Some(b':') => {
+            i += 1;
+            if hay.get(i) == Some(&b'=') {
+                i += 1;
+            }
+        }
+        _ => return None,
+    }
+    while matches!(hay.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    let quote = match hay.get(i) {
+        Some(&q @ (b'"' | b'\'')) => {
+            i += 1;
+            Some(q)
+        }
+        _ => None,
+    };
+    let vs = i;
+    let body = hay.get(vs..)?;
+    let n = body
+        .iter()
+        .take(MAX_ASSIGNMENT_VALUE)
+        .take_while(|&&b| match quote {
+            Some(q) => b != q && b != b'\n' && b != b'\r' && b != b'\\',
+            None => !matches!(
+                b,
+                b' ' | b'\t'
+                    | b'\n'
+                    | b'\r'
+                    | b'"'
+                    | b'\''
+                    | b'\\'
+                    | b'&'
+                    | b','
+                    | b';'
+                    | b'<'
+                    | b'>'
+                    | b'}'
+                    | b')'
+                    | b']'
+            ),
+        })
+        .count();
+    // `password=` with nothing, and JSON `null`/booleans, are not secrets.
+    let v = body.get(..n)?;
+    if n == 0 || (quote.is_none() && matches!(v, b"null" | b"true" | b"false")) {
+        return None;
+    }
+    Some((vs, vs + n))
+}
+
+/// For a JSON object key that names a secret (`password`, `db_password`, `api_key`, ...):
+/// which detector its string value belongs to. Same keywords and left boundary as the
+/// in-text assignment detector; the keyword must end the key.
+pub fn secret_key_kind(key: &[u8], value: &[u8]) -> Option<DetectorId> {
+    let named = |kw: &str| {
+        let n = kw.len();
+        key.len() >= n
+            && key
+                .get(key.len() - n..)
+                .is_some_and(|k| k.eq_ignore_ascii_case(kw.as_bytes()))
+            && (key.len() == n
+                || !key
+                    .get(key.len() - n - 1)
+                    .is_some_and(u8::is_ascii_alphanumeric))
+    };
+    let mut found = None;
+    for &(kw, anchor) in ANCHORS {
+        match anchor {
+            Anchor::Keyword if named(kw) => found = found.or(Some(Builtin::Credential)),
+            Anchor::AwsSecretKeyword if named(kw) => {
+                let aws = value.len() == 40
+                    && value
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+');
+                found = Some(if aws {
+                    Builtin::AwsSecretKey
+                } else {
+                    Builtin::Credential
+                });
+            }
+            _ => {}
+        }
+    }
+    found.map(|d| d as u8)
+}
+
+// ---------------------------------------------------------------------------------------
+// emails
+
+fn scan_emails(hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
+    let Some(tail) = hay.get(from..) else { return };
+    let mut skip_until = 0usize;
+    for rel in memchr::memchr_iter(b'@', tail) {
+        let at = from + rel;
+        if at < skip_until {
+            continue;
+        }
+        if let Some((s, e)) = email_at(hay, at) {
+            hits.push(Hit {
+                start: s,
+                end: e,
+                det: Builtin::Email as u8,
+            });
+            skip_until = e;
+        }
+    }
+}
+
+#[inline]
+fn is_local(b: u8) -> bool {
+    // RFC 5322 atext minus the symbols that more often delimit an address than belong to it
+    // (`=`, `/`, `|`, ...); bytes that can occur in UTF-8 for internationalised addresses (RFC 6531).
+    b.is_ascii_alphanumeric()
+        || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')
+        || (0x80..=0xF4).contains(&b)
+}
+
+fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
+    let before = hay.get(..at)?;
+    // Quoted local part: `"john doe"@example.com`.
+    let (s, local_ok) = if before.last() == Some(&b'"') {
+        let inner = before.get(..at - 1)?;
+        let q = inner
+            .iter()
+            .rev()
+            .take(64)
+            .position(|&b| b == b'"' || b == b'\n')?;
+        let open = at - 1 - q - 1;
+        (open, q > 0 && hay.get(open) == Some(&b'"'))
+    } else {
+        let n = before
+            .iter()
+            .rev()
+            .take(65)
+            .take_while(|&&b| is_local(b))
+            .count();
+        if n == 0 || n > 64 {
+            return None;
+        }
+        let mut s = at - n;
+        // A quote or dot before the name (`'jane@...'`) is not part of it; one inside is.
+        while s < at
+            && hay
+                .get(s)
+                .is_some_and(|&b| matches!(b, b'.' | b'\'' | b'-' | b'+' | b'%'))
+        {
+            s += 1;
+        }
+        (s, validate::email_local_ok(hay.get(s..at)?))
+    };
+    let after = hay.get(at + 1..)?;
+    // Address literal: `user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`.
+    if after.first() == Some(&b'[') {
+        let close = after.iter().take(64).position(|&b| b == b']')?;
+        let lit = std::str::from_utf8(after.get(1..close)?).ok()?;
+        let ip_ok = lit.parse::<std::net::Ipv4Addr>().is_ok()
+            || lit
+                .strip_prefix("IPv6:")
+                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+        return (local_ok && ip_ok).then_some((s, at + 1 + close + 1));
+    }
+    let mut dl = after
+        .iter()
+        .take(254)
+        .take_while(|&&b| {
+            b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || (0x80..=0xF4).contains(&b)
+        })
+        .count();
+    // A sentence-ending dot is not part of the domain.
+    while dl > 0 && after.get(dl - 1) == Some(&b'.') {
+        dl -= 1;
+    }
+    let domain = after.get(..dl)?;
+    let e = at + 1 + dl;
+    if !local_ok
+        || !validate::email_domain_ok(domain)
+        || hay.get(e).is_some_and(|&b| b == b'@' || b == b'_')
+    {
+        return None;
+    }
+    Some((s, e))
+}
+
+// ---------------------------------------------------------------------------------------
+// digit-based detectors: cards, SSNs, phones, IBANs, IPv4
+
+/// Bitmask of ASCII digits in a 32-byte block; written so the compiler vectorises it
+/// (compare + movemask), which keeps the digit prefilter at SIMD speed without `unsafe`.
+#[inline]
+fn digit_mask(block: &[u8; 32]) -> u32 {
+    let mut m = 0u32;
+    for (i, &b) in block.iter().enumerate() {
+        m |= u32::from(b.wrapping_sub(b'0') < 10) << i;
+    }
+    m
+}
+
+fn scan_digits(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+    let mut skip_until = from;
+    let mut pos = from;
+    let mut prev_digit = from > 0 && hay.get(from - 1).is_some_and(u8::is_ascii_digit);
+    while let Some(block) = hay.get(pos..pos + 32) {
+        let Ok(block) = <&[u8; 32]>::try_from(block) else {
+            break;
+        };
+        let m = digit_mask(block);
+        if m != 0 {
+            let mut starts = m & !((m << 1) | u32::from(prev_digit));
+            while starts != 0 {
+                let s = pos + starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                if s >= skip_until {
+                    skip_until = digit_token(hay, s, set, hits);
+                }
+            }
+        }
+        prev_digit = m & (1 << 31) != 0;
+        pos += 32;
+    }
+    while let Some(&b) = hay.get(pos) {
+        let d = b.is_ascii_digit();
+        if d && !prev_digit && pos >= skip_until {
+            skip_until = digit_token(hay, pos, set, hits);
+        }
+        prev_digit = d;
+        pos += 1;
+    }
+}
+
+#[inline]
+fn on(set: u64, d: Builtin) -> bool {
+    set & (1u64 << d as u8) != 0
+}
+
+/// Examines the digit run starting at `s` and the token it belongs to; returns where the
+/// scan may resume.
+fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
+    let prev = if s > 0 { hay.get(s - 1).copied() } else { None };
+    if on(set, Builtin::Iban)
+        && s >= 2
+        && hay.get(s - 2).is_some_and(u8::is_ascii_uppercase)
+        && prev.is_some_and(|b| b.is_ascii_uppercase())
+        && (s == 2 || !hay.get(s - 3).copied().is_some_and(is_word))
+        && let Some(e) = iban_at(hay, s - 2)
+    {
+        hits.push(Hit {
+            start: s - 2,
+            end: e,
+            det: Builtin::Iban as u8,
+        });
+        return e;
+    }
+    if prev.is_some_and(is_word) {
+        return s + 1;
+    }
+    if on(set, Builtin::Phone) {
+        if prev == Some(b'+')
+            && !(s >= 2
+                && hay
+                    .get(s - 2)
+                    .copied()
+                    .is_some_and(|b| b.is_ascii_alphanumeric()))
+            && let Some(e) = e164_at(hay, s)
+        {
+            hits.push(Hit {
+                start: s - 1,
+                end: e,
+                det: Builtin::Phone as u8,
+            });
+            return e;
+        }
+        if prev == Some(b'(')
+            && let Some(e) = paren_phone_at(hay, s)
+        {
+            hits.push(Hit {
+                start: s - 1,
+                end: e,
+                det: Builtin::Phone as u8,
+            });
+            return e;
+        }
+    }
+    let tok = Token::parse(hay, s);
+    tok.detect(hay, set, hits);
+    if tok.truncated {
+        // The run goes on past the group limit: restart a few groups back so a value that
+        // straddles the limit is still seen whole (duplicates are resolved later).
+        return tok.groups.get(MAX_GROUPS - 5).map_or(tok.end, |g| g.0);
+    }
+    tok.end
+}
+
+/// A run of digit groups joined by single separators (` `, `-`, `.`).
+struct Token {
+    groups: [(usize, usize); MAX_GROUPS],
+    seps: [u8; MAX_GROUPS],
+    n: usize,
+    end: usize,
+    /// The byte after the token does not glue a word to it.
+    end_ok: bool,
+    /// Stopped at `MAX_GROUPS` with more groups following.
+    truncated: bool,
+}
+
+impl Token {
+    fn parse(hay: &[u8], s: usize) -> Token {
+        let mut t = Token {
+            groups: [(0, 0); MAX_GROUPS],
+            seps: [0; MAX_GROUPS],
+            n: 0,
+            end: s,
+            end_ok: true,
+            truncated: false,
+        };
+        let mut i = s;
+        loop {
+            let gs = i;
+            while hay.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if let Some(g) = t.groups.get_mut(t.n) {
+                *g = (gs, i);
+            }
+            t.n += 1;
+            t.end = i;
+            let sep = hay.get(i).copied();
+            if t.n < MAX_GROUPS
+                && let Some(sep @ (b' ' | b'-' | b'.')) = sep
+                && hay.get(i + 1).is_some_and(u8::is_ascii_digit)
+            {
+                if let Some(x) = t.seps.get_mut(t.n - 1) {
+                    *x = sep;
+                }
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        t.truncated = t.n == MAX_GROUPS
+            && matches!(hay.get(t.end), Some(b' ' | b'-' | b'.'))
+            && hay.get(t.end + 1).is_some_and(u8::is_ascii_digit);
+        // A run glued to letters (`abc123`, `123abc`) or running on past the group limit
+        // is not a value that ends here.
+        let glued = hay.get(t.end).copied().is_some_and(is_word);
+        let runs_on = hay.get(t.end).is_some_and(|&b| matches!(b, b'.' | b'-'))
+            && hay.get(t.end + 1).is_some_and(u8::is_ascii_digit);
+        t.end_ok = !glued && !runs_on;
+        t
+    }
+
+    fn g<'h>(&self, hay: &'h [u8], i: usize) -> &'h [u8] {
+        self.groups
+            .get(i)
+            .and_then(|&(a, b)| hay.get(a..b))
+            .unwrap_or_default()
+    }
+
+    fn sep(&self, i: usize) -> u8 {
+        self.seps.get(i).copied().unwrap_or(0)
+    }
+
+    /// May a match start at group `i` / end at group `j`? Separator ` ` between values is a
+    /// boundary; `-` and `.` glue groups into one value.
+    fn starts_ok(&self, i: usize) -> bool {
+        i == 0 || self.sep(i - 1) == b' '
+    }
+
+    fn ends_ok(&self, j: usize) -> bool {
+        if j + 1 == self.n {
+            self.end_ok
+        } else {
+            self.sep(j) == b' '
+        }
+    }
+
+    fn span(&self, i: usize, j: usize) -> (usize, usize) {
+        let s = self.groups.get(i).map_or(0, |g| g.0);
+        let e = self.groups.get(j).map_or(0, |g| g.1);
+        (s, e)
+    }
+
+    fn detect(&self, hay: &[u8], set: u64, hits: &mut Vec<Hit>) {
+        let n = self.n.min(MAX_GROUPS);
+        if self.n > MAX_GROUPS {
+            return;
+        }
+        let mut i = 0;
+        while i < n {
+            if let Some(j) = self.match_from(hay, i, n, set, hits) {
+                i = j + 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Tries every detector on a match starting at group `i`; returns its last group.
+    fn match_from(
+        &self,
+        hay: &[u8],
+        i: usize,
+        n: usize,
+        set: u64,
+        hits: &mut Vec<Hit>,
+    ) -> Option<usize> {
+        let mut push = |i: usize, j: usize, d: Builtin| {
+            let (s, e) = self.span(i, j);
+            hits.push(Hit {
+                start: s,
+                end: e,
+                det: d as u8,
+            });
+            Some(j)
+        };
+        if !self.starts_ok(i) {
+            return None;
+        }
+        // IPv4: four dot-joined octets, not part of a longer dotted run.
+        if on(set, Builtin::Ipv4) && i + 3 < n {
+            let dots = (i..i + 3).all(|k| self.sep(k) == b'.');
+            let octets = (i..=i + 3).all(|k| validate::ipv4_octet_ok(self.g(hay, k)));
+            let after_ok = if i + 4 == n {
+                self.end_ok
+            } else {
+                self.sep(i + 3) != b'.'
+            };
+            if dots && octets && after_ok && (i == 0 || self.sep(i - 1) != b'.') {
+                return push(i, i + 3, Builtin::Ipv4);
+            }
+        }
+        // SSN: AAA-GG-SSSS.
+        if on(set, Builtin::Ssn) && i + 2 < n && self.sep(i) == b'-' && self.sep(i + 1) == b'-' {
+            let (a, g, s) = (self.g(hay, i), self.g(hay, i + 1), self.g(hay, i + 2));
+            if a.len() == 3
+                && g.len() == 2
+                && s.len() == 4
+                && self.ends_ok(i + 2)
+                && validate::ssn_ok(a, g, s)
+            {
+                return push(i, i + 2, Builtin::Ssn);
+            }
+        }
+        // Cards: 13-19 digits in groups joined by one kind of separator (` ` or `-`).
+        if on(set, Builtin::CreditCard) {
+            let mut digits = [0u8; 19];
+            let mut nd = 0usize;
+            let mut best = None;
+            let sep = if i + 1 < n { self.sep(i) } else { 0 };
+            for j in i..n {
+                if j > i && self.sep(j - 1) != sep {
+                    break;
+                }
+                if sep == b'.' {
+                    break;
+                }
+                for &b in self.g(hay, j) {
+                    if let Some(d) = digits.get_mut(nd) {
+                        *d = b;
+                    }
+                    nd += 1;
+                }
+                if nd > 19 {
+                    break;
+                }
+                let buf = digits.get(..nd).unwrap_or_default();
+                if nd >= 13
+                    && self.ends_ok(j)
+                    && validate::luhn(buf)
+                    && validate::card_prefix_ok(buf, nd)
+                {
+                    best = Some(j);
+                }
+            }
+            if let Some(j) = best {
+                return push(i, j, Builtin::CreditCard);
+            }
+        }
+        if on(set, Builtin::Phone) {
+            let len = |k: usize| self.g(hay, k).len();
+            // Area codes never start with 0 or 1. Exchanges do not either, but test and
+            // fictional numbers (`555-123-4567`) often break that rule and are still
+            // someone's data, so it is not checked.
+            let nanp = |k: usize| self.g(hay, k).first().is_some_and(|&d| d >= b'2');
+            // NANP ddd-ddd-dddd / ddd.ddd.dddd / ddd ddd dddd, optional leading `1`.
+            let lead = usize::from(self.g(hay, i) == b"1" && i + 3 < n);
+            let k = i + lead;
+            if k + 2 < n
+                && len(k) == 3
+                && len(k + 1) == 3
+                && len(k + 2) == 4
+                && self.sep(k) == self.sep(k + 1)
+                && (lead == 0 || self.sep(i) == self.sep(k))
+                && nanp(k)
+                && self.ends_ok(k + 2)
+            {
+                return push(i, k + 2, Builtin::Phone);
+            }
+            // National trunk-prefix formats: `020 7946 0958`, `07700 900123`, `030-1234567`.
+            let g0 = self.g(hay, i);
+            if g0.first() == Some(&b'0') && (2..=5).contains(&g0.len()) && i + 1 < n {
+                let mut total = g0.len();
+                for j in i + 1..n.min(i + 3) {
+                    if self.sep(j - 1) == b'.' {
+                        break;
+                    }
+                    total += len(j);
+                    if (10..=11).contains(&total) && self.ends_ok(j) {
+                        return push(i, j, Builtin::Phone);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// E.164-style `+CC ...`: 8-15 digits after the `+` at `s - 1`, separated by single spaces,
+/// dashes, dots or parentheses.
+fn e164_at(hay: &[u8], s: usize) -> Option<usize> {
+    if hay.get(s) == Some(&b'0') {
+        return None;
+    }
+    let mut i = s;
+    let mut digits = 0usize;
+    let mut end = s;
+    loop {
+        match hay.get(i) {
+            Some(b) if b.is_ascii_digit() => {
+                digits += 1;
+                i += 1;
+                end = i;
+            }
+            Some(b' ' | b'-' | b'.' | b'(' | b')') if i - end < 2 => i += 1,
+            _ => break,
+        }
+        if digits > 15 {
+            return None;
+        }
+    }
+    if !(8..=15).contains(&digits) || hay.get(end).copied().is_some_and(is_word) {
+        return None;
+    }
+    Some(end)
+}
+
+/// `(ddd) ddd-dddd` with the `(` at `s - 1`.
+fn paren_phone_at(hay: &[u8], s: usize) -> Option<usize> {
+    let d = |i: usize, n: usize| {
+        hay.get(i..i + n)
+            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+    };
+    if !d(s, 3) || hay.get(s + 3) != Some(&b')') || hay.get(s).is_some_and(|&b| b < b'2') {
+        return None;
+    }
+    let mut i = s + 4;
+    if hay.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if !d(i, 3) || !matches!(hay.get(i + 3), Some(b'-' | b'.' | b' ')) || !d(i + 4, 4) {
+        return None;
+    }
+    let end = i + 8;
+    if hay.get(end).copied().is_some_and(is_word) {
+        return None;
+    }
+    Some(end)
+}
+
+/// An IBAN at `s` (country code): compact length per country, groups of up to four
+/// separated by single spaces, mod-97 checked.
+fn iban_at(hay: &[u8], s: usize) -> Option<usize> {
+    let cc = [*hay.get(s)?, *hay.get(s + 1)?];
+    let want = validate::iban_length(cc)?;
+    let mut compact = [0u8; 34];
+    let mut n = 0usize;
+    let mut i = s;
+    while n < want {
+        match hay.get(i) {
+            Some(&b) if b.is_ascii_uppercase() || b.is_ascii_digit() => {
+                if let Some(c) = compact.get_mut(n) {
+                    *c = b;
+                }
+                n += 1;
+                i += 1;
+            }
+            Some(b' ')
+                if n >= 4
+                    && n.is_multiple_of(4)
+                    && hay.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric()) =>
+            {
+                i += 1
+            }
+            _ => return None,
+        }
+    }
+    if hay
+        .get(i)
+        .copied()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
+        return None;
+    }
+    let c = compact.get(..n)?;
+    if !c
+        .get(2..4)
+        .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+        || !validate::mod97(c)
+    {
+        return None;
+    }
+    Some(i)
+}
+
+// ---------------------------------------------------------------------------------------
+// IPv6
+
+fn scan_ipv6(hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
+    let Some(tail) = hay.get(from..) else { return };
+    let mut skip_until = 0usize;
+    for rel in memchr::memchr_iter(b':', tail) {
+        let c = from + rel;
+        if c < skip_until {
+            continue;
+        }
+        let is_v6 = |b: &u8| b.is_ascii_hexdigit() || *b == b':' || *b == b'.';
+        let back = hay
+            .get(..c)
+            .unwrap_or_default()
+            .iter()
+            .rev()
+            .take(45)
+            .take_while(|b| is_v6(b))
+            .count();
+        let s = c - back;
+        let fwd = hay
+            .get(c..)
+            .unwrap_or_default()
+            .iter()
+            .take(46)
+            .take_while(|b| is_v6(b))
+            .count();
+        let mut e = c + fwd;
+        skip_until = e;
+        while e > s && hay.get(e - 1) == Some(&b'.') {
+            e -= 1;
+        }
+        if s > 0 && hay.get(s - 1).copied().is_some_and(is_word)
+            || hay.get(e).copied().is_some_and(is_word)
+        {
+            continue;
+        }
+        let Some(tok) = hay.get(s..e) else { continue };
+        let colons = tok.iter().filter(|&&b| b == b':').count();
+        if colons < 2 || (colons < 7 && memmem::find(tok, b"::").is_none()) || tok.len() < 3 {
+            continue;
+        }
+        // `::` alone and `a::b`-style short tokens are too ambiguous (code, paths).
+        if tok.iter().filter(|b| b.is_ascii_hexdigit()).count() < 2 {
+            continue;
+        }
+        if let Ok(text) = std::str::from_utf8(tok)
+            && text.parse::<std::net::Ipv6Addr>().is_ok()
+        {
+            hits.push(Hit {
+                start: s,
+                end: e,
+                det: Builtin::Ipv6 as u8,
+            });
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! What a user sees after masking: exact masked values per detector and strategy.
+
+use policy_engine::mask::{
+    DetectorSpec, MaskEngine, MaskError, MaskOutcome, MaskSpec, MaskStats, SessionMasker,
+    StrategyName, ValueKind,
+};
+
+fn rule(strategy: StrategyName, detectors: &[&str], columns: &[&str]) -> MaskSpec {
+    MaskSpec {
+        connections: vec![],
+        groups: vec![],
+        columns: columns.iter().map(|s| s.to_string()).collect(),
+        fields: vec![],
+        detectors: detectors.iter().map(|s| s.to_string()).collect(),
+        strategy,
+        keep: None,
+        replacement: None,
+    }
+}
+
+#[expect(clippy::unwrap_used, reason = "test helper: a panic is a failing test")]
+fn redact_all() -> SessionMasker {
+    let e = MaskEngine::compile(&[rule(StrategyName::Redact, &["all"], &[])], &[], b"k").unwrap();
+    e.session(&[0])
+}
+
+#[expect(clippy::unwrap_used, reason = "test helper: a panic is a failing test")]
+fn text(s: &SessionMasker, v: &str) -> String {
+    let col = s.column("note");
+    let mut out = Vec::new();
+    let mut st = MaskStats::default();
+    match s.mask_value(&col, ValueKind::Text, v.as_bytes(), &mut out, &mut st) {
+        MaskOutcome::Unchanged => {
+            assert!(out.is_empty());
+            v.to_string()
+        }
+        MaskOutcome::Rewritten => String::from_utf8(out).unwrap(),
+        MaskOutcome::Null => "NULL".to_string(),
+    }
+}
+
+#[test]
+fn redacts_each_builtin() {
+    let s = redact_all();
+    let cases = [
+        ("mail jane.doe+x@example.co.uk now", "mail [EMAIL] now"),
+        ("card 4111 1111 1111 1111.", "card [CREDIT_CARD]."),
+        ("card 4111-1111-1111-1111", "card [CREDIT_CARD]"),
+        ("amex 378282246310005", "amex [CREDIT_CARD]"),
+        ("ssn 123-45-6789", "ssn [SSN]"),
+        (
+            "1 2 3 4 5 6 7 8 9 10 11 4111 1111 1111 1111 12",
+            "1 2 3 4 5 6 7 8 9 10 11 [CREDIT_CARD] 12",
+        ),
+        (
+            "o'brien@example.ie, 'quoted@example.com'",
+            "[EMAIL], '[EMAIL]'",
+        ),
+        ("José.Núñez@correo.example.es;", "[EMAIL];"),
+        (
+            "x@bücher.de and y@xn--bcher-kva.example",
+            "[EMAIL] and [EMAIL]",
+        ),
+        ("<mailto:ADMIN@EXAMPLE.COM>", "<mailto:[EMAIL]>"),
+        (
+            r#"to "john doe"@example.com and ops@[192.0.2.1]"#,
+            "to [EMAIL] and [EMAIL]",
+        ),
+        (
+            "x@[IPv6:2001:db8::1] first.m.last@sub.example.museum.",
+            "[EMAIL] [EMAIL].",
+        ),
+        (
+            "4242424242424242 5555555555554444 2223003122003222 6011111111111117",
+            "[CREDIT_CARD] [CREDIT_CARD] [CREDIT_CARD] [CREDIT_CARD]",
+        ),
+        (
+            "jcb 3530111333300000 diners 30569309025904 up 6200000000000005",
+            "jcb [CREDIT_CARD] diners [CREDIT_CARD] up [CREDIT_CARD]",
+        ),
+        (
+            "call +1 415 555 0100 or (415) 555-0199",
+            "call [PHONE] or [PHONE]",
+        ),
+        (
+            "us 415-555-0123, uk 020 7946 0958",
+            "us [PHONE], uk [PHONE]",
+        ),
+        ("iban DE89 3704 0044 0532 0130 00 ok", "iban [IBAN] ok"),
+        ("iban GB82WEST12345698765432", "iban [IBAN]"),
+        ("from 192.168.10.254:5432", "from [IPV4]:5432"),
+        (
+            "v6 2001:db8::8a2e:370:7334 and fe80::1",
+            "v6 [IPV6] and [IPV6]",
+        ),
+        ("AKIAIOSFODNN7EXAMPLE", "[AWS_ACCESS_KEY]"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = [AWS_SECRET_KEY]",
+        ),
+        (
+            "key=AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+            "key=[GCP_API_KEY]",
+        ),
+        ("ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789", "[GITHUB_TOKEN]"),
+        ("glpat-xxxxxxxxxxxxxxxxxxxx", "[GITLAB_TOKEN]"),
+        ("xoxb-123456789012-abcdefABCDEF", "[SLACK_TOKEN]"),
+        (
+            "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "Bearer [JWT]",
+        ),
+        (
+            "postgres://u?password=hunter2&x=1",
+            "postgres://u?password=[SECRET]&x=1",
+        ),
+        (r#"{"api_key": "abc123def"}"#, r#"{"api_key": "[SECRET]"}"#),
+        (
+            "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nAAAA\n-----END RSA PRIVATE KEY-----\nb",
+            "a\n[PRIVATE_KEY]\nb",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(text(&s, input), want, "input {input:?}");
+    }
+}
+
+#[test]
+fn leaves_lookalikes_alone() {
+    let s = redact_all();
+    for v in [
+        "order 4111111111111112",
+        "id 1234567890123456",
+        "2026-11-26 14:17:30.123+00",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "version 1.2.3 build 4.5.6.7.8",
+        "v1.2.3.4",
+        "ref 000-12-3456 and 666-12-3456 and 912-12-3456 and 123-00-4567",
+        "user@localhost",
+        "pkg@1.2.3",
+        "std::vector<int> Foo::Bar",
+        "12:30:45",
+        "total 19.99 USD qty 3",
+        "DE00 1234 5678 9012 3456 78",
+        "ticket 4155550100",
+        "-----BEGIN CERTIFICATE-----",
+        "password_hint is set",
+    ] {
+        assert_eq!(text(&s, v), v);
+    }
+}
+
+#[test]
+fn strategies() {
+    let specs = [
+        rule(StrategyName::Partial, &["email", "credit_card"], &[]),
+        rule(StrategyName::Hash, &["ssn"], &[]),
+        rule(StrategyName::Null, &["iban"], &[]),
+        MaskSpec {
+            replacement: Some("<card>".into()),
+            ..rule(StrategyName::Redact, &[], &["card_*"])
+        },
+        rule(StrategyName::Partial, &[], &["last4"]),
+    ];
+    let e = MaskEngine::compile(&specs, &[], b"secret key").unwrap();
+    let s = e.session(&[0, 1, 2, 3, 4]);
+    assert_eq!(text(&s, "to jane@example.com"), "to ****@example.com");
+    assert_eq!(text(&s, "4111 1111 1111 1111"), "**** **** **** 1111");
+    let h1 = text(&s, "123-45-6789");
+    assert_eq!(h1.len(), 24);
+    assert!(h1.bytes().all(|b| b.is_ascii_hexdigit()));
+    // Stable across sessions (and engines built with the same key) so values still join.
+    let e2 = MaskEngine::compile(&specs, &[], b"secret key").unwrap();
+    assert_eq!(
+        text(&e2.session(&[1]), "ssn 123-45-6789"),
+        format!("ssn {h1}")
+    );
+    let e3 = MaskEngine::compile(&specs, &[], b"other key").unwrap();
+    assert_ne!(text(&e3.session(&[1]), "123-45-6789"), h1);
+    assert_eq!(text(&s, "DE89370400440532013000"), "NULL");
+
+    let mut out = Vec::new();
+    let mut st = MaskStats::default();
+    let col = s.column("CARD_NUMBER");
+    assert_eq!(
+        s.mask_value(&col, ValueKind::Text, b"anything", &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"<card>");
+    out.clear();
+    assert_eq!(
+        s.mask_value(
+            &s.column("last4"),
+            ValueKind::Text,
+            b"ABCD-1234",
+            &mut out,
+            &mut st
+        ),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"****-1234");
+    // A rewritten number would not be a number: NULL instead.
+    out.clear();
+    assert_eq!(
+        s.mask_value(&col, ValueKind::Numeric, b"42", &mut out, &mut st),
+        MaskOutcome::Null
+    );
+    let note = s.column("note");
+    assert_eq!(
+        s.mask_value(
+            &note,
+            ValueKind::Numeric,
+            b"4111111111111111",
+            &mut out,
+            &mut st
+        ),
+        MaskOutcome::Null
+    );
+    assert_eq!(
+        s.mask_value(&note, ValueKind::Other, b"10.0.0.1", &mut out, &mut st),
+        MaskOutcome::Unchanged
+    );
+    assert!(out.is_empty());
+    // Binary values are rewritten in place: any bytes are a valid bytea.
+    assert_eq!(
+        s.mask_value(
+            &note,
+            ValueKind::Binary,
+            b"\x00\xffjane@example.com",
+            &mut out,
+            &mut st
+        ),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"\x00\xff****@example.com");
+    assert_eq!(st.count(policy_engine::mask::MaskCounter::Column), 3);
+    assert_eq!(st.total(), 5);
+}
+
+#[test]
+fn column_scoped_detectors_and_stats() {
+    let specs = [
+        rule(StrategyName::Redact, &["email"], &["notes"]),
+        rule(StrategyName::Redact, &["ssn"], &[]),
+    ];
+    let e = MaskEngine::compile(&specs, &[], b"k").unwrap();
+    let s = e.session(&[0, 1]);
+    assert!(!s.is_empty());
+    let mut st = MaskStats::default();
+    let mut out = Vec::new();
+    let v = b"a@example.com 123-45-6789";
+    assert_eq!(
+        s.mask_value(&s.column("notes"), ValueKind::Text, v, &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"[EMAIL] [SSN]");
+    out.clear();
+    assert_eq!(
+        s.mask_value(&s.column("other"), ValueKind::Text, v, &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"a@example.com [SSN]");
+    let named: Vec<(&str, u64)> = st.named(&e).collect();
+    assert_eq!(named, vec![("email", 1), ("ssn", 2)]);
+    assert!(e.session(&[]).is_empty());
+    assert!(e.session(&[7]).is_empty());
+}
+
+#[test]
+fn custom_detectors() {
+    let det = [
+        DetectorSpec {
+            name: "employee_id".into(),
+            regex: r"EMP-[0-9]{6}".into(),
+            validator: None,
+            label: None,
+        },
+        DetectorSpec {
+            name: "acct".into(),
+            regex: r"\b[0-9]{16}\b".into(),
+            validator: Some("luhn".into()),
+            label: Some("<acct>".into()),
+        },
+    ];
+    let e = MaskEngine::compile(
+        &[rule(StrategyName::Redact, &["employee_id", "acct"], &[])],
+        &det,
+        b"k",
+    )
+    .unwrap();
+    let s = e.session(&[0]);
+    assert_eq!(
+        text(&s, "EMP-123456 4111111111111111 4111111111111112"),
+        "[EMPLOYEE_ID] <acct> 4111111111111112"
+    );
+
+    let bad = |d: DetectorSpec| MaskEngine::compile(&[], &[d], b"k").unwrap_err();
+    assert!(matches!(
+        bad(DetectorSpec {
+            name: "x".into(),
+            regex: "(".into(),
+            validator: None,
+            label: None
+        }),
+        MaskError::BadRegex { .. }
+    ));
+    assert_eq!(
+        bad(DetectorSpec {
+            name: "x".into(),
+            regex: "a".into(),
+            validator: Some("crc".into()),
+            label: None
+        }),
+        MaskError::UnknownValidator {
+            name: "x".into(),
+            validator: "crc".into()
+        }
+    );
+    assert_eq!(
+        bad(DetectorSpec {
+            name: "email".into(),
+            regex: "a".into(),
+            validator: None,
+            label: None
+        }),
+        MaskError::DuplicateDetector {
+            name: "email".into()
+        }
+    );
+    let err =
+        MaskEngine::compile(&[rule(StrategyName::Redact, &["emali"], &[])], &[], b"k").unwrap_err();
+    assert_eq!(err.to_string(), "mask rule 0: unknown detector `emali`");
+}
+
+#[test]
+fn json_fields_and_detectors() {
+    let specs = [
+        MaskSpec {
+            fields: vec!["*.ssn".into(), "card".into()],
+            ..rule(StrategyName::Redact, &[], &[])
+        },
+        MaskSpec {
+            fields: vec!["user.secret".into()],
+            ..rule(StrategyName::Null, &[], &[])
+        },
+        rule(StrategyName::Redact, &["email"], &[]),
+    ];
+    let e = MaskEngine::compile(&specs, &[], b"k").unwrap();
+    let s = e.session(&[0, 1, 2]);
+    let body = br#"{"user":{"ssn":"123-45-6789","secret":"x","n":5,"mail":"a@example.com"},"items":[{"card":4111111111111111},{"card":null}],"ok":true}"#;
+    let mut out = Vec::new();
+    let mut st = MaskStats::default();
+    assert_eq!(s.mask_json(body, &mut out, &mut st), MaskOutcome::Rewritten);
+    let got = String::from_utf8(out).unwrap();
+    assert_eq!(
+        got,
+        r#"{"user":{"ssn":"[MASKED]","secret":null,"n":5,"mail":"[EMAIL]"},"items":[{"card":"[MASKED]"},{"card":null}],"ok":true}"#
+    );
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["user"]["mail"], "[EMAIL]");
+    assert_eq!(st.total(), 4);
+
+    // Secrets named by their key, at any depth.
+    let e =
+        MaskEngine::compile(&[rule(StrategyName::Redact, &["secrets"], &[])], &[], b"k").unwrap();
+    let s2 = e.session(&[0]);
+    let mut out = Vec::new();
+    let body =
+        br#"{"db":{"db_password":"p@ss w0rd","password_hint":"pet name","auth":{"api_key":"k1"}}}"#;
+    assert_eq!(
+        s2.mask_json(body, &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"db":{"db_password":"[SECRET]","password_hint":"pet name","auth":{"api_key":"[SECRET]"}}}"#
+    );
+
+    // Not JSON: detectors still apply.
+    let mut out = Vec::new();
+    assert_eq!(
+        s.mask_json(b"{oops a@example.com", &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"{oops [EMAIL]");
+    out.clear();
+    assert_eq!(
+        s.mask_json(br#"{"a":"nothing here"}"#, &mut out, &mut st),
+        MaskOutcome::Unchanged
+    );
+    assert!(out.is_empty());
+}
