@@ -176,24 +176,30 @@ fn config_errors_name_file_line_and_key() {
 }
 
 #[test]
-fn example_config_checks_and_unserved_protocol_is_refused_at_start() {
+fn example_config_checks_and_a_postgres_connection_without_its_secret_is_refused_at_start() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/portcullis.toml");
     let (code, stdout, stderr) = run_portcullis(&["config", "check", example]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("orders-db (postgres)"), "{stdout}");
-    // The example's postgres connection cannot be served by this build yet: start must say
-    // which connection and exit as a config error, binding nothing.
+    // A postgres connection whose credential cannot be read: start must name the connection
+    // and the missing variable and exit as a config error, binding nothing.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pg.toml");
     std::fs::write(
         &cfg,
-        "[gateway]\nadmin = \"127.0.0.1:0\"\n[[connections]]\nname = \"orders-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\n[connections.credentials]\nuser = \"gw\"\npassword_env = \"X\"\n",
+        format!(
+            "[gateway]\nadmin = \"127.0.0.1:0\"\nrecordings = \"{}\"\npolicies = \"{}\"\n[[connections]]\nname = \"orders-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\nallow_plaintext = true\n[connections.credentials]\nuser = \"gw\"\npassword_env = \"PORTCULLIS_TEST_UNSET_PASSWORD\"\n",
+            dir.path().join("rec").display(),
+            dir.path().display()
+        ),
     )
     .unwrap();
     let (code, _, stderr) = run_portcullis(&["run", "--config", &cfg.display().to_string()]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("connection `orders-db` uses protocol `postgres`"),
+        stderr.contains(
+            "connection `orders-db`: environment variable `PORTCULLIS_TEST_UNSET_PASSWORD`"
+        ),
         "{stderr}"
     );
 }
