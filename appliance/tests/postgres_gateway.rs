@@ -204,6 +204,39 @@ fn capture_proxy(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
     (addr, seen)
 }
 
+/// Logs in with `token` over plaintext and returns the SQLSTATE of the ErrorResponse.
+fn login_error(addr: SocketAddr, token: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(b"user\0alice\0database\0orders\0\0");
+    let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    msg.push(b'p');
+    msg.extend_from_slice(&((token.len() + 5) as u32).to_be_bytes());
+    msg.extend_from_slice(token.as_bytes());
+    msg.push(0);
+    c.write_all(&msg).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    // AuthenticationCleartextPassword first, then the ErrorResponse with its `C` field.
+    let mut rest = &answer[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let (msg, tail) = rest.split_at(1 + len);
+        if msg[0] == b'E' {
+            for field in msg[5..].split(|b| *b == 0) {
+                if let Some(code) = field.strip_prefix(b"C") {
+                    return text(code);
+                }
+            }
+        }
+        rest = tail;
+    }
+    panic!("no ErrorResponse in {:?}", text(&answer))
+}
+
 fn pgbench(addr: SocketAddr, token: &str, mode: &str) -> Output {
     Command::new("pgbench")
         .args(["-n", "-S", "-c", "2", "-t", "25", "-M", mode])
@@ -306,31 +339,32 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
         let out = psql(tls, "require", &token, "SELECT 1; TRUNCATE customers");
         assert!(!out.status.success(), "{driver}: TRUNCATE in a batch ran");
 
-        // Tokens: garbage, expired, and a valid identity without access.
+        // Tokens: garbage, expired, and a valid identity without access. psql shows the
+        // message; the SQLSTATE is read from the raw ErrorResponse on the plaintext listener.
         let out = psql(tls, "require", "not-a-token", "SELECT 1");
         assert!(!out.status.success());
         assert!(
-            text(&out.stderr).contains("28P01"),
+            text(&out.stderr).contains("token authentication failed"),
             "{driver}: {}",
             text(&out.stderr)
         );
+        assert_eq!(login_error(plain, "not-a-token"), "28P01", "{driver}");
         let short = mint(&setup, "alice", "engineering", "1s");
         std::thread::sleep(Duration::from_millis(2500));
         let out = psql(tls, "require", &short, "SELECT 1");
         assert!(!out.status.success());
         let err = text(&out.stderr);
-        assert!(
-            err.contains("28P01") && err.contains("expired"),
-            "{driver}: {err}"
-        );
+        assert!(err.contains("expired"), "{driver}: {err}");
+        assert_eq!(login_error(plain, &short), "28P01", "{driver}");
         let outsider = mint(&setup, "mallory", "sales", "15m");
         let out = psql(tls, "require", &outsider, "SELECT 1");
         assert!(!out.status.success());
         assert!(
-            text(&out.stderr).contains("28000"),
+            text(&out.stderr).contains("access denied"),
             "{driver}: {}",
             text(&out.stderr)
         );
+        assert_eq!(login_error(plain, &outsider), "28000", "{driver}");
 
         // Without TLS on the TLS connection: refused before the token is asked for.
         let out = psql(tls, "disable", &token, "SELECT 1");
@@ -413,7 +447,12 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
             .expect("gateway exits after SIGTERM");
         assert!(status.success(), "{driver}: exit {status:?}\n{}", gw.logs());
         let (sessions, commands) = read_recordings(&setup.dir.path().join("recordings"));
-        let alice: Vec<_> = sessions.iter().filter(|s| s.subject == "alice").collect();
+        // Alice's authenticated sessions (her expired token is an `auth_failed` row with only
+        // the presented subject).
+        let alice: Vec<_> = sessions
+            .iter()
+            .filter(|s| s.subject == "alice" && s.outcome != "auth_failed")
+            .collect();
         assert!(
             !alice.is_empty(),
             "{driver}: no session of alice: {sessions:?}"
@@ -425,7 +464,9 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
         );
         assert!(alice.iter().all(|s| s.groups == ["engineering"]));
         assert!(
-            sessions.iter().any(|s| s.outcome == "auth_failed"),
+            sessions
+                .iter()
+                .any(|s| s.outcome == "auth_failed" && s.subject == "alice"),
             "{driver}: failed logins recorded: {sessions:?}"
         );
         assert!(
