@@ -62,6 +62,9 @@ struct Meta {
     rule: Option<Arc<str>>,
 }
 
+/// One statement of a query string as recorded: kind, text, decision, rule id.
+type Part = (Arc<str>, Bytes, RecDecision, Option<Arc<str>>);
+
 /// A forwarded statement waiting for the server's answer.
 #[derive(Debug)]
 struct Pending {
@@ -267,7 +270,7 @@ impl Inspector {
         let overall_message = decision.message.unwrap_or("refused by policy").to_owned();
         let rules = self.snapshot.policy.rules();
         // One record per statement, each with its own verdict and rule.
-        let mut parts: Vec<(Arc<str>, Bytes, RecDecision, Option<Arc<str>>)> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let statements = scratch.sql().statements();
         let results = scratch.statement_results();
         for (i, st) in statements.iter().enumerate() {
