@@ -76,6 +76,17 @@ pub fn tcp_session_info(
 pub fn tcp_session_ended(ws: &WorkerServices, info: Arc<SessionInfo>, totals: &SessionTotals) {
     let (outcome, reason) = totals.outcome.to_record();
     let id = info.id;
+    tracing::info!(
+        session = %id,
+        worker = ws.index,
+        connection = %info.connection,
+        client = %info.client_addr,
+        upstream = %info.upstream,
+        bytes_in = totals.bytes_in,
+        bytes_out = totals.bytes_out,
+        outcome = totals.outcome.as_str(),
+        "session ended"
+    );
     let ok = ws.record(|p| {
         p.session_ended(SessionEnd {
             session: info,

@@ -669,13 +669,15 @@ async fn session(
         Route::Postgres(route) => {
             let totals =
                 pg_driver::serve(stream, client_addr, route, &services, counters, &stop).await;
-            tracing::debug!(
+            tracing::info!(
                 worker,
                 connection = %route.name,
                 client = %client_addr,
+                bytes_in = totals.bytes_in,
+                bytes_out = totals.bytes_out,
                 outcome = totals.outcome.as_str(),
                 reason = totals.reason.as_deref().unwrap_or(""),
-                "postgres session ended"
+                "session ended"
             );
         }
         Route::Tcp(tcp_route) => {
