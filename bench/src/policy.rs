@@ -87,15 +87,26 @@ fn corpus() -> Vec<(&'static str, String)> {
     ];
     // Large statements: a 10 KB IN list and a 4 KB multi-row insert.
     let ids: Vec<String> = (0..1800).map(|i| (100_000 + i).to_string()).collect();
-    let mut big = format!("SELECT id, total FROM orders WHERE id IN ({})", ids.join(", "));
+    let mut big = format!(
+        "SELECT id, total FROM orders WHERE id IN ({})",
+        ids.join(", ")
+    );
     big.truncate(10_200);
     if let Some(p) = big.rfind(',') {
         big.truncate(p);
     }
     big.push(')');
     c.push(("large", big));
-    let rows: Vec<String> = (0..100).map(|i| format!("({i}, 'item-{i}', {i}.99)")).collect();
-    c.push(("large", format!("INSERT INTO items (id, name, price) VALUES {}", rows.join(", "))));
+    let rows: Vec<String> = (0..100)
+        .map(|i| format!("({i}, 'item-{i}', {i}.99)"))
+        .collect();
+    c.push((
+        "large",
+        format!(
+            "INSERT INTO items (id, name, price) VALUES {}",
+            rows.join(", ")
+        ),
+    ));
     c
 }
 
@@ -119,7 +130,13 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     // Warm up (scratch growth, regex caches) and check the rule set is doing real work.
     let mut denied = 0usize;
     for (_, sql) in &corpus {
-        let d = session.decide(&Action::Sql { dialect: Dialect::Postgres, text: sql }, &mut scratch);
+        let d = session.decide(
+            &Action::Sql {
+                dialect: Dialect::Postgres,
+                text: sql,
+            },
+            &mut scratch,
+        );
         denied += usize::from(d.verdict == Verdict::Deny);
     }
 
@@ -128,23 +145,40 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     let mut large = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
     for _ in 0..rounds {
         for (_, sql) in &corpus {
-            let action = Action::Sql { dialect: Dialect::Postgres, text: sql };
+            let action = Action::Sql {
+                dialect: Dialect::Postgres,
+                text: sql,
+            };
             let t = Instant::now();
             let d = session.decide(&action, &mut scratch);
             let ns = t.elapsed().as_nanos() as u64;
             std::hint::black_box(d);
-            let h = if sql.len() < 1024 { &mut small } else { &mut large };
+            let h = if sql.len() < 1024 {
+                &mut small
+            } else {
+                &mut large
+            };
             h.record(ns.max(1))?;
         }
     }
 
     // Throughput on one core over the statements under 1 KB, without per-call timers.
-    let smalls: Vec<&str> = corpus.iter().filter(|(_, s)| s.len() < 1024).map(|(_, s)| s.as_str()).collect();
+    let smalls: Vec<&str> = corpus
+        .iter()
+        .filter(|(_, s)| s.len() < 1024)
+        .map(|(_, s)| s.as_str())
+        .collect();
     let total_rounds = if args.quick { 5_000 } else { 100_000 };
     let t = Instant::now();
     for _ in 0..total_rounds {
         for sql in &smalls {
-            std::hint::black_box(session.decide(&Action::Sql { dialect: Dialect::Postgres, text: sql }, &mut scratch));
+            std::hint::black_box(session.decide(
+                &Action::Sql {
+                    dialect: Dialect::Postgres,
+                    text: sql,
+                },
+                &mut scratch,
+            ));
         }
     }
     let secs = t.elapsed().as_secs_f64();
@@ -186,5 +220,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
 }
 
 fn session_rule_count(policy: &Arc<policy_engine::Policy>, identity: &Identity) -> usize {
-    policy.rules().iter().filter(|r| r.applies_to("orders-db", identity)).count()
+    policy
+        .rules()
+        .iter()
+        .filter(|r| r.applies_to("orders-db", identity))
+        .count()
 }

@@ -39,7 +39,7 @@ fn sql_fragment() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
     fn lexer_never_panics_on_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {

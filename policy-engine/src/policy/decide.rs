@@ -159,9 +159,21 @@ impl SessionPolicy {
         }
         let mut worst: Option<(usize, StatementResult)> = None;
         for (i, st) in sql.statements().iter().enumerate() {
-            let mut normalized = false;
+            let mut norm_state = NormState::Pending;
+            let prefilter = self.policy.regex_prefilter.as_ref();
             let r = self.evaluate(|rule| {
-                sql_miss(rule, sql, st, text, dialect, n, norm, &mut normalized).is_none()
+                sql_miss(
+                    rule,
+                    sql,
+                    st,
+                    text,
+                    dialect,
+                    n,
+                    norm,
+                    &mut norm_state,
+                    prefilter,
+                )
+                .is_none()
             });
             results.push(r);
             if worst.is_none_or(|(_, w)| r.verdict > w.verdict) {
@@ -242,6 +254,15 @@ impl SessionPolicy {
     }
 }
 
+/// Whether the statement's normalized text has been computed yet, and what the policy-wide
+/// regex prefilter said about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NormState {
+    Pending,
+    Ready,
+    NoRegexMatches,
+}
+
 /// Why `rule` does not match statement `st`, or `None` if it does.
 #[expect(
     clippy::too_many_arguments,
@@ -255,7 +276,8 @@ pub(crate) fn sql_miss(
     dialect: Dialect,
     n_statements: usize,
     norm: &mut String,
-    normalized: &mut bool,
+    norm_state: &mut NormState,
+    prefilter: Option<&regex::RegexSet>,
 ) -> Option<Miss> {
     let Some(m) = &rule.sql else {
         return if rule.matches_everything() {
@@ -305,11 +327,14 @@ pub(crate) fn sql_miss(
         return Some(Miss::Schemas);
     }
     if let Some(re) = &m.regex {
-        if !*normalized {
+        if *norm_state == NormState::Pending {
             sql.normalize_into(text, dialect, st, norm);
-            *normalized = true;
+            *norm_state = match prefilter {
+                Some(p) if !p.is_match(norm) => NormState::NoRegexMatches,
+                _ => NormState::Ready,
+            };
         }
-        if !re.is_match(norm) {
+        if *norm_state == NormState::NoRegexMatches || !re.is_match(norm) {
             return Some(Miss::Regex);
         }
     }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::decide::{non_sql_miss, sql_miss};
+use super::decide::{NormState, non_sql_miss, sql_miss};
 use super::{AccessContext, Policy, Scratch, Verdict};
 use crate::request::{Action, Identity};
 
@@ -128,10 +128,10 @@ impl Policy {
                         st.without_where,
                         st.opaque
                     );
-                    let mut done = false;
+                    let mut state = NormState::Pending;
                     for i in 0..self.rules.len() {
                         let miss = self.rules.get(i).and_then(|r| {
-                            sql_miss(r, sql, st, text, dialect, n, &mut norm, &mut done)
+                            sql_miss(r, sql, st, text, dialect, n, &mut norm, &mut state, None)
                         });
                         rule_line(&mut out, i, miss);
                     }

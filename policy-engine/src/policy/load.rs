@@ -46,8 +46,7 @@ pub const ADMIN_OPERATIONS: &[&str] = &[
 pub const TEST_FILE_SUFFIX: &str = "_test.toml";
 
 /// One problem in a policy directory.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {key}: {message}{}", file.display(), hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
     pub file: PathBuf,
     /// 1-based line; 0 when the problem is the file as a whole.
@@ -57,6 +56,26 @@ pub struct LoadError {
     pub message: String,
     pub hint: Option<String>,
 }
+
+impl std::fmt::Display for LoadError {
+    /// `file:line: key: message (hint: ...)`, leaving out a zero line and an empty key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadError {}
 
 /// Everything wrong with a policy directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +181,8 @@ fn err(file: &Path, line: usize, key: &str, message: String, hint: Option<String
 struct Builder {
     p: Policy,
     errors: Vec<LoadError>,
+    /// Every rule regex, for the policy-wide prefilter.
+    all_regexes: Vec<String>,
 }
 
 struct Site<'a> {
@@ -554,7 +575,10 @@ impl Builder {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
             {
-                Ok(set) => Some(set),
+                Ok(set) => {
+                    self.all_regexes.extend(regexes.iter().cloned());
+                    Some(set)
+                }
                 Err(e) => {
                     self.push(
                         site,
@@ -642,12 +666,18 @@ impl Builder {
     }
 
     fn finish(mut self, sources: &[(PathBuf, String)]) -> Result<Policy, LoadErrors> {
-        let names: Vec<&str> = self.p.detectors.iter().map(|d| d.name.as_str()).collect();
-        let _ = names;
         if !self.errors.is_empty() {
             return Err(LoadErrors(self.errors));
         }
         self.p.version = content_hash(sources);
+        // One scan answers "does any regex match?" for the common case where none does; if
+        // the combined set is too big it is simply not built and each rule checks its own.
+        if !self.all_regexes.is_empty() {
+            self.p.regex_prefilter = regex::RegexSetBuilder::new(&self.all_regexes)
+                .size_limit(REGEX_SIZE_LIMIT * 8)
+                .build()
+                .ok();
+        }
         Ok(self.p)
     }
 }

@@ -200,6 +200,8 @@ pub struct Policy {
     pub(crate) detectors: Vec<DetectorSpec>,
     pub(crate) admin: Vec<AdminRule>,
     pub(crate) version: String,
+    /// All rule regexes in one set: when it does not match, no regex rule can.
+    pub(crate) regex_prefilter: Option<RegexSet>,
 }
 
 /// Facts about the session that are not in the identity.
