@@ -14,6 +14,7 @@ mod engine;
 pub mod fuzzing;
 mod glob;
 mod json;
+mod numeric;
 mod spec;
 mod stream;
 mod validate;

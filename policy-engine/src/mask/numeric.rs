@@ -1,0 +1,439 @@
+//! Digit-anchored detectors: credit cards, SSNs, phone numbers, IBANs and IPv4 addresses.
+//!
+//! A vectorised scan finds the start of every digit run; each run is parsed once into a
+//! token of digit groups joined by single separators, and the validators look at group
+//! shapes (no regexes on this path). Line-local like every detector; not here: anchors,
+//! emails, IPv6 (see `detect`).
+
+use super::detect::{Builtin, Hit, is_word};
+use super::validate;
+
+/// Most digit groups one numeric token is split into before the scan gives up on it.
+const MAX_GROUPS: usize = 12;
+
+/// Bitmask of ASCII digits in a 32-byte block; written so the compiler vectorises it
+/// (compare + movemask), which keeps the digit prefilter at SIMD speed without `unsafe`.
+#[inline]
+fn digit_mask(block: &[u8; 32]) -> u32 {
+    let mut m = 0u32;
+    for (i, &b) in block.iter().enumerate() {
+        m |= u32::from(b.wrapping_sub(b'0') < 10) << i;
+    }
+    m
+}
+
+pub(crate) fn scan_digits(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+    let mut skip_until = from;
+    let mut pos = from;
+    let mut prev_digit = from > 0 && hay.get(from - 1).is_some_and(u8::is_ascii_digit);
+    while let Some(block) = hay.get(pos..pos + 32) {
+        let Ok(block) = <&[u8; 32]>::try_from(block) else {
+            break;
+        };
+        let m = digit_mask(block);
+        if m != 0 {
+            let mut starts = m & !((m << 1) | u32::from(prev_digit));
+            while starts != 0 {
+                let s = pos + starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                if s >= skip_until {
+                    skip_until = digit_token(hay, s, set, hits);
+                }
+            }
+        }
+        prev_digit = m & (1 << 31) != 0;
+        pos += 32;
+    }
+    while let Some(&b) = hay.get(pos) {
+        let d = b.is_ascii_digit();
+        if d && !prev_digit && pos >= skip_until {
+            skip_until = digit_token(hay, pos, set, hits);
+        }
+        prev_digit = d;
+        pos += 1;
+    }
+}
+
+#[inline]
+fn on(set: u64, d: Builtin) -> bool {
+    set & (1u64 << d as u8) != 0
+}
+
+/// Examines the digit run starting at `s` and the token it belongs to; returns where the
+/// scan may resume.
+fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
+    let prev = if s > 0 { hay.get(s - 1).copied() } else { None };
+    if on(set, Builtin::Iban)
+        && s >= 2
+        && hay.get(s - 2).is_some_and(u8::is_ascii_uppercase)
+        && prev.is_some_and(|b| b.is_ascii_uppercase())
+        && (s == 2 || !hay.get(s - 3).copied().is_some_and(is_word))
+        && let Some(e) = iban_at(hay, s - 2)
+    {
+        hits.push(Hit {
+            start: s - 2,
+            end: e,
+            det: Builtin::Iban as u8,
+        });
+        return e;
+    }
+    if prev.is_some_and(is_word) {
+        return s + 1;
+    }
+    if on(set, Builtin::Phone) {
+        if prev == Some(b'+')
+            && !(s >= 2
+                && hay
+                    .get(s - 2)
+                    .copied()
+                    .is_some_and(|b| b.is_ascii_alphanumeric()))
+            && let Some(e) = e164_at(hay, s)
+        {
+            hits.push(Hit {
+                start: s - 1,
+                end: e,
+                det: Builtin::Phone as u8,
+            });
+            return e;
+        }
+        if prev == Some(b'(')
+            && let Some(e) = paren_phone_at(hay, s)
+        {
+            hits.push(Hit {
+                start: s - 1,
+                end: e,
+                det: Builtin::Phone as u8,
+            });
+            return e;
+        }
+    }
+    let tok = Token::parse(hay, s);
+    tok.detect(hay, set, hits);
+    if tok.truncated {
+        // The run goes on past the group limit: restart a few groups back so a value that
+        // straddles the limit is still seen whole (duplicates are resolved later).
+        return tok.groups.get(MAX_GROUPS - 5).map_or(tok.end, |g| g.0);
+    }
+    tok.end
+}
+
+/// A run of digit groups joined by single separators (` `, `-`, `.`).
+struct Token {
+    groups: [(usize, usize); MAX_GROUPS],
+    seps: [u8; MAX_GROUPS],
+    n: usize,
+    end: usize,
+    /// The byte after the token does not glue a word to it.
+    end_ok: bool,
+    /// Stopped at `MAX_GROUPS` with more groups following.
+    truncated: bool,
+}
+
+impl Token {
+    fn parse(hay: &[u8], s: usize) -> Token {
+        let mut t = Token {
+            groups: [(0, 0); MAX_GROUPS],
+            seps: [0; MAX_GROUPS],
+            n: 0,
+            end: s,
+            end_ok: true,
+            truncated: false,
+        };
+        let mut i = s;
+        loop {
+            let gs = i;
+            while hay.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if let Some(g) = t.groups.get_mut(t.n) {
+                *g = (gs, i);
+            }
+            t.n += 1;
+            t.end = i;
+            let sep = hay.get(i).copied();
+            if t.n < MAX_GROUPS
+                && let Some(sep @ (b' ' | b'-' | b'.')) = sep
+                && hay.get(i + 1).is_some_and(u8::is_ascii_digit)
+            {
+                if let Some(x) = t.seps.get_mut(t.n - 1) {
+                    *x = sep;
+                }
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        t.truncated = t.n == MAX_GROUPS
+            && matches!(hay.get(t.end), Some(b' ' | b'-' | b'.'))
+            && hay.get(t.end + 1).is_some_and(u8::is_ascii_digit);
+        // A run glued to letters (`abc123`, `123abc`) or running on past the group limit
+        // is not a value that ends here.
+        let glued = hay.get(t.end).copied().is_some_and(is_word);
+        let runs_on = hay.get(t.end).is_some_and(|&b| matches!(b, b'.' | b'-'))
+            && hay.get(t.end + 1).is_some_and(u8::is_ascii_digit);
+        t.end_ok = !glued && !runs_on;
+        t
+    }
+
+    fn g<'h>(&self, hay: &'h [u8], i: usize) -> &'h [u8] {
+        self.groups
+            .get(i)
+            .and_then(|&(a, b)| hay.get(a..b))
+            .unwrap_or_default()
+    }
+
+    fn sep(&self, i: usize) -> u8 {
+        self.seps.get(i).copied().unwrap_or(0)
+    }
+
+    /// May a match start at group `i` / end at group `j`? Separator ` ` between values is a
+    /// boundary; `-` and `.` glue groups into one value.
+    fn starts_ok(&self, i: usize) -> bool {
+        i == 0 || self.sep(i - 1) == b' '
+    }
+
+    fn ends_ok(&self, j: usize) -> bool {
+        if j + 1 == self.n {
+            self.end_ok
+        } else {
+            self.sep(j) == b' '
+        }
+    }
+
+    fn span(&self, i: usize, j: usize) -> (usize, usize) {
+        let s = self.groups.get(i).map_or(0, |g| g.0);
+        let e = self.groups.get(j).map_or(0, |g| g.1);
+        (s, e)
+    }
+
+    fn detect(&self, hay: &[u8], set: u64, hits: &mut Vec<Hit>) {
+        let n = self.n.min(MAX_GROUPS);
+        if self.n > MAX_GROUPS {
+            return;
+        }
+        let mut i = 0;
+        while i < n {
+            if let Some(j) = self.match_from(hay, i, n, set, hits) {
+                i = j + 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Tries every detector on a match starting at group `i`; returns its last group.
+    fn match_from(
+        &self,
+        hay: &[u8],
+        i: usize,
+        n: usize,
+        set: u64,
+        hits: &mut Vec<Hit>,
+    ) -> Option<usize> {
+        let mut push = |i: usize, j: usize, d: Builtin| {
+            let (s, e) = self.span(i, j);
+            hits.push(Hit {
+                start: s,
+                end: e,
+                det: d as u8,
+            });
+            Some(j)
+        };
+        if !self.starts_ok(i) {
+            return None;
+        }
+        // IPv4: four dot-joined octets, not part of a longer dotted run.
+        if on(set, Builtin::Ipv4) && i + 3 < n {
+            let dots = (i..i + 3).all(|k| self.sep(k) == b'.');
+            let octets = (i..=i + 3).all(|k| validate::ipv4_octet_ok(self.g(hay, k)));
+            let after_ok = if i + 4 == n {
+                self.end_ok
+            } else {
+                self.sep(i + 3) != b'.'
+            };
+            if dots && octets && after_ok && (i == 0 || self.sep(i - 1) != b'.') {
+                return push(i, i + 3, Builtin::Ipv4);
+            }
+        }
+        // SSN: AAA-GG-SSSS.
+        if on(set, Builtin::Ssn) && i + 2 < n && self.sep(i) == b'-' && self.sep(i + 1) == b'-' {
+            let (a, g, s) = (self.g(hay, i), self.g(hay, i + 1), self.g(hay, i + 2));
+            if a.len() == 3
+                && g.len() == 2
+                && s.len() == 4
+                && self.ends_ok(i + 2)
+                && validate::ssn_ok(a, g, s)
+            {
+                return push(i, i + 2, Builtin::Ssn);
+            }
+        }
+        // Cards: 13-19 digits in groups joined by one kind of separator (` ` or `-`).
+        if on(set, Builtin::CreditCard) {
+            let mut digits = [0u8; 19];
+            let mut nd = 0usize;
+            let mut best = None;
+            let sep = if i + 1 < n { self.sep(i) } else { 0 };
+            for j in i..n {
+                if j > i && self.sep(j - 1) != sep {
+                    break;
+                }
+                if sep == b'.' {
+                    break;
+                }
+                for &b in self.g(hay, j) {
+                    if let Some(d) = digits.get_mut(nd) {
+                        *d = b;
+                    }
+                    nd += 1;
+                }
+                if nd > 19 {
+                    break;
+                }
+                let buf = digits.get(..nd).unwrap_or_default();
+                if nd >= 13
+                    && self.ends_ok(j)
+                    && validate::luhn(buf)
+                    && validate::card_prefix_ok(buf, nd)
+                {
+                    best = Some(j);
+                }
+            }
+            if let Some(j) = best {
+                return push(i, j, Builtin::CreditCard);
+            }
+        }
+        if on(set, Builtin::Phone) {
+            let len = |k: usize| self.g(hay, k).len();
+            // Area codes never start with 0 or 1. Exchanges do not either, but test and
+            // fictional numbers (`555-123-4567`) often break that rule and are still
+            // someone's data, so it is not checked.
+            let nanp = |k: usize| self.g(hay, k).first().is_some_and(|&d| d >= b'2');
+            // NANP ddd-ddd-dddd / ddd.ddd.dddd / ddd ddd dddd, optional leading `1`.
+            let lead = usize::from(self.g(hay, i) == b"1" && i + 3 < n);
+            let k = i + lead;
+            if k + 2 < n
+                && len(k) == 3
+                && len(k + 1) == 3
+                && len(k + 2) == 4
+                && self.sep(k) == self.sep(k + 1)
+                && (lead == 0 || self.sep(i) == self.sep(k))
+                && nanp(k)
+                && self.ends_ok(k + 2)
+            {
+                return push(i, k + 2, Builtin::Phone);
+            }
+            // National trunk-prefix formats: `020 7946 0958`, `07700 900123`, `030-1234567`.
+            let g0 = self.g(hay, i);
+            if g0.first() == Some(&b'0') && (2..=5).contains(&g0.len()) && i + 1 < n {
+                let mut total = g0.len();
+                for j in i + 1..n.min(i + 3) {
+                    if self.sep(j - 1) == b'.' {
+                        break;
+                    }
+                    total += len(j);
+                    if (10..=11).contains(&total) && self.ends_ok(j) {
+                        return push(i, j, Builtin::Phone);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// E.164-style `+CC ...`: 8-15 digits after the `+` at `s - 1`, separated by single spaces,
+/// dashes, dots or parentheses.
+fn e164_at(hay: &[u8], s: usize) -> Option<usize> {
+    if hay.get(s) == Some(&b'0') {
+        return None;
+    }
+    let mut i = s;
+    let mut digits = 0usize;
+    let mut end = s;
+    loop {
+        match hay.get(i) {
+            Some(b) if b.is_ascii_digit() => {
+                digits += 1;
+                i += 1;
+                end = i;
+            }
+            Some(b' ' | b'-' | b'.' | b'(' | b')') if i - end < 2 => i += 1,
+            _ => break,
+        }
+        if digits > 15 {
+            return None;
+        }
+    }
+    if !(8..=15).contains(&digits) || hay.get(end).copied().is_some_and(is_word) {
+        return None;
+    }
+    Some(end)
+}
+
+/// `(ddd) ddd-dddd` with the `(` at `s - 1`.
+fn paren_phone_at(hay: &[u8], s: usize) -> Option<usize> {
+    let d = |i: usize, n: usize| {
+        hay.get(i..i + n)
+            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+    };
+    if !d(s, 3) || hay.get(s + 3) != Some(&b')') || hay.get(s).is_some_and(|&b| b < b'2') {
+        return None;
+    }
+    let mut i = s + 4;
+    if hay.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    if !d(i, 3) || !matches!(hay.get(i + 3), Some(b'-' | b'.' | b' ')) || !d(i + 4, 4) {
+        return None;
+    }
+    let end = i + 8;
+    if hay.get(end).copied().is_some_and(is_word) {
+        return None;
+    }
+    Some(end)
+}
+
+/// An IBAN at `s` (country code): compact length per country, groups of up to four
+/// separated by single spaces, mod-97 checked.
+fn iban_at(hay: &[u8], s: usize) -> Option<usize> {
+    let cc = [*hay.get(s)?, *hay.get(s + 1)?];
+    let want = validate::iban_length(cc)?;
+    let mut compact = [0u8; 34];
+    let mut n = 0usize;
+    let mut i = s;
+    while n < want {
+        match hay.get(i) {
+            Some(&b) if b.is_ascii_uppercase() || b.is_ascii_digit() => {
+                if let Some(c) = compact.get_mut(n) {
+                    *c = b;
+                }
+                n += 1;
+                i += 1;
+            }
+            Some(b' ')
+                if n >= 4
+                    && n.is_multiple_of(4)
+                    && hay.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric()) =>
+            {
+                i += 1
+            }
+            _ => return None,
+        }
+    }
+    if hay
+        .get(i)
+        .copied()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+    {
+        return None;
+    }
+    let c = compact.get(..n)?;
+    if !c
+        .get(2..4)
+        .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+        || !validate::mod97(c)
+    {
+        return None;
+    }
+    Some(i)
+}
