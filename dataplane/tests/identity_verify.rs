@@ -507,10 +507,15 @@ fn service_accounts_are_recognised() {
     cfg.service_claim = Some("idtyp".into());
     cfg.service_value = Some("app".into());
     let v = Verifier::new(cfg, store(&[ed.jwk("ed", None)]));
-    for (idtyp, kind) in [("app", IdentityKind::Service), ("user", IdentityKind::Human)] {
+    for (idtyp, kind) in [
+        ("app", IdentityKind::Service),
+        ("user", IdentityKind::Human),
+    ] {
         let mut c = claims(now);
         c["idtyp"] = json!(idtyp);
-        let id = v.verify(token(&ed, "EdDSA", None, &c).as_bytes(), now).unwrap();
+        let id = v
+            .verify(token(&ed, "EdDSA", None, &c).as_bytes(), now)
+            .unwrap();
         assert_eq!(id.kind, kind, "{idtyp}");
     }
 }
