@@ -237,6 +237,78 @@ fn login_error(addr: SocketAddr, token: &str) -> String {
     panic!("no ErrorResponse in {:?}", text(&answer))
 }
 
+/// A raw protocol client on the plaintext listener: enough to hold a session open, read the
+/// gateway's cancel key and see exact SQLSTATEs.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Logs in; returns the session and the BackendKeyData (process id, secret).
+    fn login(addr: SocketAddr, token: &str) -> (Raw, [u8; 8]) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut raw = Raw { s, buf: Vec::new() };
+        let mut startup = 196_608u32.to_be_bytes().to_vec();
+        startup.extend_from_slice(b"user\0alice\0database\0orders\0\0");
+        let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&startup);
+        msg.push(b'p');
+        msg.extend_from_slice(&((token.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(token.as_bytes());
+        msg.push(0);
+        raw.s.write_all(&msg).unwrap();
+        let greeting = raw.until_ready();
+        let key = greeting
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .map(|(_, b)| <[u8; 8]>::try_from(&b[..8]).unwrap())
+            .expect("BackendKeyData in the greeting");
+        (raw, key)
+    }
+
+    fn send_query(&mut self, sql: &str) {
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(sql.as_bytes());
+        msg.push(0);
+        self.s.write_all(&msg).unwrap();
+    }
+
+    /// Messages up to ReadyForQuery, or up to the close after a FATAL.
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            while self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let msg: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let tag = msg[0];
+                out.push((tag, msg[5..].to_vec()));
+                if tag == b'Z' {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// The SQLSTATE of the first ErrorResponse among `messages`.
+fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = messages.iter().find(|(t, _)| *t == b'E')?;
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(text)
+}
+
 fn pgbench(addr: SocketAddr, token: &str, mode: &str) -> Output {
     Command::new("pgbench")
         .args(["-n", "-S", "-c", "2", "-t", "25", "-M", mode])
@@ -369,6 +441,49 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
         // Without TLS on the TLS connection: refused before the token is asked for.
         let out = psql(tls, "disable", &token, "SELECT 1");
         assert!(!out.status.success(), "{driver}: plaintext accepted");
+
+        // A token that expires mid-session: the next statement is refused with a FATAL that
+        // says to reconnect, and nothing more runs.
+        let brief = mint(&setup, "alice", "engineering", "5s");
+        let (mut raw, _) = Raw::login(plain, &brief);
+        raw.send_query("SELECT 'still valid'");
+        assert_eq!(error_code(&raw.until_ready()), None, "{driver}");
+        std::thread::sleep(Duration::from_millis(5500));
+        raw.send_query("SELECT 'after expiry'");
+        let answer = raw.until_ready();
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("28P01"),
+            "{driver}: {answer:?}"
+        );
+        assert!(
+            answer
+                .iter()
+                .any(|(_, b)| text(b).contains("reconnect with a fresh token")),
+            "{driver}: {answer:?}"
+        );
+
+        // Cancel: a long statement is cancelled through the gateway's own key, sent on a new
+        // connection (which may land on the other worker).
+        let (mut raw, key) = Raw::login(plain, &token);
+        raw.send_query("SELECT pg_sleep(60)");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cancel = TcpStream::connect(plain).unwrap();
+        let mut req = 16u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&80_877_102u32.to_be_bytes());
+        req.extend_from_slice(&key);
+        cancel.write_all(&req).unwrap();
+        let started = std::time::Instant::now();
+        let answer = raw.until_ready();
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("57014"),
+            "{driver}: {answer:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{driver}: cancel took too long"
+        );
 
         // The client-side stream of a plaintext connection, captured: no upstream password
         // in any message (including errors), no unmasked value.

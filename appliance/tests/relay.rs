@@ -265,7 +265,12 @@ fn refused_upstream_closes_client_promptly_and_is_counted() {
         );
         let refused = gw.metric_sum("portcullis_errors_total", "kind=\"upstream_refused\"");
         assert_eq!(refused, 1, "{driver}");
-        assert!(gw.logs().contains("upstream connect failed"), "{driver}");
+        // The log line reaches the test through a pipe and a reader thread: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !gw.logs().contains("upstream connect failed") {
+            assert!(Instant::now() < deadline, "{driver}: {}", gw.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
