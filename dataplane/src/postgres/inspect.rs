@@ -617,3 +617,6 @@ fn copy_data(out: &mut BytesMut, data: &[u8]) {
     out.put_u32(u32::try_from(data.len().saturating_add(4)).unwrap_or(u32::MAX));
     out.put_slice(data);
 }
+
+#[cfg(test)]
+mod tests;
