@@ -1,11 +1,5 @@
 //! `portcullis demo` as a newcomer runs it: start it, follow its printed commands with stock
 //! `psql`, stop it with Ctrl-C and check it cleaned up after itself.
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    reason = "integration test: a failed step is a failed test"
-)]
 
 mod common;
 
