@@ -629,3 +629,55 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
         );
     }
 }
+
+#[test]
+fn bad_input_gets_an_error_or_a_close_and_the_gateway_keeps_serving() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    for driver in DRIVERS {
+        let setup = setup();
+        let (extra, connections) = gateway_config(&setup, &cluster);
+        let gw: Gateway = start(driver, &extra, &connections);
+        let plain = gw.addr("orders-plain");
+        let token = mint(&setup, "alice", "engineering", "15m");
+
+        // Garbage before startup: an ErrorResponse, then the connection closes.
+        let mut raw = TcpStream::connect(plain).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = raw.read_to_end(&mut answer);
+        assert_eq!(answer.first(), Some(&b'E'), "{driver}: {answer:?}");
+
+        // After login: an oversized message and an unknown message type are refused with an
+        // ErrorResponse (or a close), never forwarded.
+        for bad in [
+            [b'Q']
+                .iter()
+                .chain(&0x7fff_fff0u32.to_be_bytes())
+                .copied()
+                .collect::<Vec<u8>>(),
+            vec![b'!', 0, 0, 0, 4],
+        ] {
+            let (mut raw, _) = Raw::login(plain, &token);
+            raw.s.write_all(&bad).unwrap();
+            let answer = raw.until_ready();
+            assert!(
+                answer.is_empty() || answer.iter().any(|(t, _)| *t == b'E'),
+                "{driver}: {answer:?}"
+            );
+        }
+
+        // A truncated message followed by a close: nothing is left running.
+        let (mut raw, _) = Raw::login(plain, &token);
+        raw.s.write_all(&[b'Q', 0, 0, 0, 100, b'S']).unwrap();
+        drop(raw);
+
+        // The gateway still serves.
+        let out = psql(gw.addr("orders-db"), "require", &token, "SELECT 41 + 1");
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "42");
+    }
+}
