@@ -107,8 +107,11 @@ impl Router {
     }
 }
 
+/// Appends more Prometheus lines (policy, recorder) to `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// The routes every build serves.
-pub fn base_router(metrics: Arc<Metrics>) -> Router {
+pub fn base_router(metrics: Arc<Metrics>, extra: ExtraMetrics) -> Router {
     let ready = metrics.clone();
     Router::default()
         .route("GET", "/healthz", |_| Response::text(200, "ok\n"))
@@ -119,10 +122,14 @@ pub fn base_router(metrics: Arc<Metrics>) -> Router {
                 Response::text(503, "not ready: not every worker is listening\n")
             }
         })
-        .route("GET", "/metrics", move |_| Response {
-            status: 200,
-            content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: metrics.render().into_bytes(),
+        .route("GET", "/metrics", move |_| {
+            let mut body = metrics.render();
+            extra(&mut body);
+            Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: body.into_bytes(),
+            }
         })
 }
 
@@ -210,7 +217,10 @@ mod tests {
 
     #[test]
     fn routes_and_errors() {
-        let r = base_router(Arc::new(Metrics::new(1, vec!["web".into()])));
+        let r = base_router(
+            Arc::new(Metrics::new(1, vec!["web".into()])),
+            Arc::new(|_: &mut String| {}),
+        );
         let get = |path| {
             r.handle(&Request {
                 method: "GET",

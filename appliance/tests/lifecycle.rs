@@ -117,15 +117,49 @@ fn sigterm_closes_sessions_still_open_at_the_drain_deadline() {
 }
 
 #[test]
-fn sighup_is_logged_and_does_not_stop_the_gateway() {
+fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_one_is_bad() {
     let echo = echo_server();
     let gw = start("auto", "", &tcp_connection("web", echo, ""));
+    let version = || {
+        let (_, body) = gw.admin_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("portcullis_policy_info{version=\""))
+            .and_then(|l| l.split('"').next())
+            .unwrap()
+            .to_owned()
+    };
+    let wait_log = |needle: &str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while gw.logs().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "`{needle}` not logged:\n{}",
+                gw.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let before = version();
+    let policies = gw.dir.path().join("policies");
+    std::fs::write(
+        policies.join("00-access.toml"),
+        "[[access]]\nconnections = [\"web\"]\ngroups = [\"ops\"]\n",
+    )
+    .unwrap();
     gw.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.logs().contains("SIGHUP received") {
-        assert!(Instant::now() < deadline, "SIGHUP not logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_log("SIGHUP: policy reloaded", 1);
+    let reloaded = version();
+    assert_ne!(reloaded, before);
+    // A broken file: rejected with its error, the running policy stays.
+    std::fs::write(
+        policies.join("10-bad.toml"),
+        "[[rule]]\nid = \"x\"\nactoin = \"deny\"\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    wait_log("policy reload rejected", 1);
+    assert!(gw.logs().contains("actoin"), "{}", gw.logs());
+    assert_eq!(version(), reloaded);
     assert_eq!(gw.admin_get("/healthz").0, 200);
 }
 
@@ -172,24 +206,30 @@ fn config_errors_name_file_line_and_key() {
 }
 
 #[test]
-fn example_config_checks_and_unserved_protocol_is_refused_at_start() {
+fn example_config_checks_and_a_postgres_connection_without_its_secret_is_refused_at_start() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/portcullis.toml");
     let (code, stdout, stderr) = run_portcullis(&["config", "check", example]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("orders-db (postgres)"), "{stdout}");
-    // The example's postgres connection cannot be served by this build yet: start must say
-    // which connection and exit as a config error, binding nothing.
+    // A postgres connection whose credential cannot be read: start must name the connection
+    // and the missing variable and exit as a config error, binding nothing.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("pg.toml");
     std::fs::write(
         &cfg,
-        "[gateway]\nadmin = \"127.0.0.1:0\"\n[[connections]]\nname = \"orders-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\n[connections.credentials]\nuser = \"gw\"\npassword_env = \"X\"\n",
+        format!(
+            "[gateway]\nadmin = \"127.0.0.1:0\"\nrecordings = \"{}\"\npolicies = \"{}\"\n[[connections]]\nname = \"orders-db\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:5432\"\nallow_plaintext = true\n[connections.credentials]\nuser = \"gw\"\npassword_env = \"PORTCULLIS_TEST_UNSET_PASSWORD\"\n",
+            dir.path().join("rec").display(),
+            dir.path().join("no-policies").display()
+        ),
     )
     .unwrap();
     let (code, _, stderr) = run_portcullis(&["run", "--config", &cfg.display().to_string()]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("connection `orders-db` uses protocol `postgres`"),
+        stderr.contains(
+            "connection `orders-db`: environment variable `PORTCULLIS_TEST_UNSET_PASSWORD`"
+        ),
         "{stderr}"
     );
 }

@@ -1,40 +1,19 @@
-//! The session record every session emits when it ends, and the hook it goes through.
+//! Session records for connections without an identity (the raw `tcp` relay), and how a
+//! relay's end maps onto the recorder's outcomes.
 //!
-//! The hook is the single point where the recorder plugs in: the gateway is started with an
-//! `Arc<dyn AuditHook>`, and each worker calls it with its own worker index so an
-//! implementation can keep one lock-free queue per core. [`LogAuditHook`], the default, writes
-//! the record to the log. This module does not buffer, batch or persist anything.
+//! Protocol drivers that authenticate callers (PostgreSQL) build their own records with the
+//! identity; this module only covers what every connection type shares. It does not buffer,
+//! batch or persist anything: records go straight to the worker's recorder producer.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use crate::config::Protocol;
+use recorder::{Micros, Outcome, SessionEnd, SessionInfo};
 
-/// Unique per process run: start time, worker and a per-worker sequence number, so ids never
-/// need cross-core coordination to stay unique.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub u128);
+use crate::services::WorkerServices;
+use crate::tcp::SessionTotals;
 
-impl SessionId {
-    /// `run` identifies the process run (its start time in nanoseconds since the epoch).
-    pub fn new(run: u64, worker: u16, seq: u64) -> SessionId {
-        SessionId(
-            (u128::from(run) << 64)
-                | (u128::from(worker) << 48)
-                | u128::from(seq & 0xffff_ffff_ffff),
-        )
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
-    }
-}
-
-/// How a session ended.
+/// How a session ended, as the raw relay sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionOutcome {
     /// Both sides closed normally.
@@ -62,53 +41,63 @@ impl SessionOutcome {
             SessionOutcome::ShutdownClosed => "shutdown_closed",
         }
     }
+
+    /// The recorder's outcome and reason for this end.
+    pub fn to_record(self) -> (Outcome, Option<Arc<str>>) {
+        match self {
+            SessionOutcome::Closed => (Outcome::Ok, None),
+            other => (Outcome::Error, Some(other.as_str().into())),
+        }
+    }
 }
 
-/// One row of the `sessions` audit table (identity fields arrive with the identity module).
-#[derive(Debug, Clone)]
-pub struct SessionRecord {
-    pub session_id: SessionId,
-    pub connection: Arc<str>,
-    pub protocol: Protocol,
-    pub client_addr: SocketAddr,
-    pub upstream: Arc<str>,
-    pub started: SystemTime,
-    pub ended: SystemTime,
-    /// Bytes read from the client and written to the upstream.
-    pub bytes_in: u64,
-    /// Bytes read from the upstream and written to the client.
-    pub bytes_out: u64,
-    pub outcome: SessionOutcome,
+/// The `sessions` identity fields of a connection that has no caller identity.
+pub fn tcp_session_info(
+    ws: &WorkerServices,
+    connection: &Arc<str>,
+    upstream: &Arc<str>,
+    client_addr: SocketAddr,
+) -> SessionInfo {
+    SessionInfo {
+        id: ws.ids.borrow_mut().next_id(),
+        worker: u16::try_from(ws.index).unwrap_or(u16::MAX),
+        connection: Arc::clone(connection),
+        protocol: "tcp",
+        subject: "".into(),
+        email: None,
+        groups: Arc::from(Vec::new()),
+        client_addr: client_addr.to_string().into(),
+        upstream: Arc::clone(upstream),
+        started_at: Micros::now(),
+    }
 }
 
-/// Receives every session record. Called on the worker that ran the session; implementations
-/// must not block for long (the recorder's is a bounded per-core queue push).
-pub trait AuditHook: Send + Sync + fmt::Debug {
-    fn session_ended(&self, worker: usize, record: SessionRecord);
-}
-
-/// Writes each record to the log at `info`; the hook used until the recorder is wired in.
-#[derive(Debug, Default)]
-pub struct LogAuditHook;
-
-impl AuditHook for LogAuditHook {
-    fn session_ended(&self, worker: usize, r: SessionRecord) {
-        let ms = r
-            .ended
-            .duration_since(r.started)
-            .map_or(0, |d| d.as_millis());
-        tracing::info!(
-            session = %r.session_id,
-            worker,
-            connection = %r.connection,
-            protocol = %r.protocol,
-            client = %r.client_addr,
-            upstream = %r.upstream,
-            bytes_in = r.bytes_in,
-            bytes_out = r.bytes_out,
-            duration_ms = ms,
-            outcome = r.outcome.as_str(),
-            "session ended"
-        );
+/// Queues the end of a relayed session (logged when the recorder refuses it).
+pub fn tcp_session_ended(ws: &WorkerServices, info: Arc<SessionInfo>, totals: &SessionTotals) {
+    let (outcome, reason) = totals.outcome.to_record();
+    let id = info.id;
+    tracing::info!(
+        session = %id,
+        worker = ws.index,
+        connection = %info.connection,
+        client = %info.client_addr,
+        upstream = %info.upstream,
+        bytes_in = totals.bytes_in,
+        bytes_out = totals.bytes_out,
+        outcome = totals.outcome.as_str(),
+        "session ended"
+    );
+    let ok = ws.record(|p| {
+        p.session_ended(SessionEnd {
+            session: info,
+            ended_at: Micros::now(),
+            bytes_in: totals.bytes_in,
+            bytes_out: totals.bytes_out,
+            outcome,
+            reason,
+        })
+    });
+    if !ok {
+        tracing::warn!(session = %id, "the recorder refused a session end record");
     }
 }

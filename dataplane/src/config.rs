@@ -125,23 +125,18 @@ pub struct GatewayConfig {
     pub admin: SocketAddr,
     pub recordings: PathBuf,
     pub policies: PathBuf,
+    /// Key for the `hash` masking strategy; `None` means a key generated once per install and
+    /// kept beside the recordings (`<recordings>/.mask_key`).
+    pub mask_key_file: Option<PathBuf>,
     /// How long live sessions may continue after SIGTERM/SIGINT before they are closed.
     pub drain_timeout: Duration,
     /// Concurrent sessions over all workers and connections.
     pub max_connections: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct IdentityConfig {
-    pub issuer: String,
-    pub audience: String,
-    /// `file:///...`, an `https://` JWKS URL, or absent for discovery from the issuer.
-    pub jwks: Option<String>,
-    pub groups_claim: String,
-    pub email_claim: String,
-    pub subject_claim: String,
-    pub leeway: Duration,
-}
+/// The `[identity]` table is the identity module's own type, parsed as the module documents it
+/// (docs/identity.md), so the two can never drift apart.
+pub use crate::identity::IdentityConfig;
 
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
@@ -201,7 +196,7 @@ pub struct ListenerTls {
 struct RawConfig {
     #[serde(default)]
     gateway: RawGateway,
-    identity: Option<RawIdentity>,
+    identity: Option<IdentityConfig>,
     #[serde(default)]
     recorder: RawRecorder,
     #[serde(default)]
@@ -215,20 +210,9 @@ struct RawGateway {
     admin: Option<Spanned<String>>,
     recordings: Option<PathBuf>,
     policies: Option<PathBuf>,
+    mask_key_file: Option<PathBuf>,
     drain_timeout: Option<Spanned<String>>,
     max_connections: Option<Spanned<u64>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentity {
-    issuer: String,
-    audience: String,
-    jwks: Option<String>,
-    groups_claim: Option<String>,
-    email_claim: Option<String>,
-    subject_claim: Option<String>,
-    leeway: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,7 +271,6 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const DEFAULT_SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_SEGMENT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
-const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 impl Config {
     /// Reads and validates `path`.
@@ -415,26 +398,14 @@ impl Validator<'_> {
             admin,
             recordings: g.recordings.unwrap_or_else(|| DEFAULT_RECORDINGS.into()),
             policies: g.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),
+            mask_key_file: g.mask_key_file,
             drain_timeout: self
                 .duration(&g.drain_timeout, "gateway.drain_timeout")?
                 .unwrap_or(DEFAULT_DRAIN),
             max_connections,
         };
 
-        let identity = match raw.identity {
-            None => None,
-            Some(i) => Some(IdentityConfig {
-                issuer: i.issuer,
-                audience: i.audience,
-                jwks: i.jwks,
-                groups_claim: i.groups_claim.unwrap_or_else(|| "groups".into()),
-                email_claim: i.email_claim.unwrap_or_else(|| "email".into()),
-                subject_claim: i.subject_claim.unwrap_or_else(|| "sub".into()),
-                leeway: self
-                    .duration(&i.leeway, "identity.leeway")?
-                    .unwrap_or(DEFAULT_LEEWAY),
-            }),
-        };
+        let identity = raw.identity;
 
         let r = raw.recorder;
         let recorder = RecorderConfig {

@@ -7,6 +7,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod postgres;
-pub mod transport;
 pub mod runtime;
+pub mod services;
 pub mod tcp;
+pub mod transport;

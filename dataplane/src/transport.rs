@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
 use monoio::net::TcpStream;
 use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 
@@ -43,6 +45,32 @@ impl Transport {
             Transport::Plain(tcp) => read_plain(tcp, buf, max).await,
             Transport::TlsServer(tls) => tls.read_into(buf, max).await,
             Transport::TlsClient(tls) => tls.read_into(buf, max).await,
+        }
+    }
+
+    /// Like [`Transport::read_into`], but the socket read can be cancelled through `cancel`.
+    /// A cancelled read returns `ECANCELED` with nothing lost: bytes the kernel already
+    /// delivered come back as a normal `Ok(n)`, and TLS keeps undecrypted ciphertext buffered.
+    /// This is what lets a driver wait on both of its sockets and cancel the loser.
+    pub async fn read_into_cancelable(
+        &mut self,
+        buf: &mut BytesMut,
+        max: usize,
+        cancel: CancelHandle,
+    ) -> io::Result<usize> {
+        match self {
+            Transport::Plain(tcp) => {
+                let mut owned = std::mem::take(buf);
+                owned.reserve(max);
+                let start = owned.len();
+                let (res, slice) = tcp
+                    .cancelable_read(owned.slice_mut(start..start + max), cancel)
+                    .await;
+                *buf = slice.into_inner();
+                res
+            }
+            Transport::TlsServer(tls) => tls.read_into_inner(buf, max, Some(cancel)).await,
+            Transport::TlsClient(tls) => tls.read_into_inner(buf, max, Some(cancel)).await,
         }
     }
 
@@ -126,7 +154,7 @@ where
             stream.flush_tls().await?;
             if stream.conn.is_handshaking()
                 && stream.conn.wants_read()
-                && stream.fill_tls().await? == 0
+                && stream.fill_tls(None).await? == 0
             {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -145,6 +173,15 @@ where
 
     /// Appends up to `max` plaintext bytes to `buf`; `Ok(0)` means a clean close.
     pub async fn read_into(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        self.read_into_inner(buf, max, None).await
+    }
+
+    async fn read_into_inner(
+        &mut self,
+        buf: &mut BytesMut,
+        max: usize,
+        cancel: Option<CancelHandle>,
+    ) -> io::Result<usize> {
         let want = max.min(PLAINTEXT_CHUNK);
         loop {
             let start = buf.len();
@@ -175,7 +212,7 @@ where
                     "peer closed without tls close_notify",
                 ));
             }
-            self.fill_tls().await?;
+            self.fill_tls(cancel.clone()).await?;
         }
     }
 
@@ -214,12 +251,16 @@ where
     ///
     /// Feeding stops as soon as plaintext is available, so rustls' received-plaintext limit is
     /// never exceeded; the rest of the ciphertext waits in `cipher[cipher_pos..]`.
-    async fn fill_tls(&mut self) -> io::Result<usize> {
+    async fn fill_tls(&mut self, cancel: Option<CancelHandle>) -> io::Result<usize> {
         if self.cipher_pos >= self.cipher.len() {
             let mut owned = std::mem::take(&mut self.cipher);
             owned.clear();
             owned.reserve(TLS_READ_CHUNK);
-            let (res, owned) = self.tcp.read(owned.slice_mut(0..TLS_READ_CHUNK)).await;
+            let slice = owned.slice_mut(0..TLS_READ_CHUNK);
+            let (res, owned) = match cancel {
+                Some(c) => self.tcp.cancelable_read(slice, c).await,
+                None => self.tcp.read(slice).await,
+            };
             self.cipher = owned.into_inner();
             self.cipher_pos = 0;
             if res? == 0 {

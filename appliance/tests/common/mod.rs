@@ -62,9 +62,20 @@ pub struct Gateway {
 pub fn start(driver: &str, gateway_extra: &str, connections: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("portcullis.toml");
+    // Recordings and policies stay inside the test's directory unless the test names its own.
+    let mut defaults = String::new();
+    if !gateway_extra.contains("recordings") {
+        let rec = dir.path().join("recordings");
+        defaults.push_str(&format!("recordings = \"{}\"\n", rec.display()));
+    }
+    if !gateway_extra.contains("policies") {
+        let pol = dir.path().join("policies");
+        std::fs::create_dir_all(&pol).unwrap();
+        defaults.push_str(&format!("policies = \"{}\"\n", pol.display()));
+    }
     std::fs::write(
         &config,
-        format!("[gateway]\nworkers = 2\nadmin = \"127.0.0.1:0\"\n{gateway_extra}\n{connections}"),
+        format!("[gateway]\nworkers = 2\nadmin = \"127.0.0.1:0\"\n{defaults}{gateway_extra}\n{connections}"),
     )
     .unwrap();
     let mut child = Command::new(BIN)

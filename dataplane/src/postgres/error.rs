@@ -69,6 +69,18 @@ pub enum PgError {
         /// The rule's message.
         message: String,
     },
+    /// A statement matched a `review` rule; reviews are not wired yet, so it is refused.
+    #[error("statement requires review by rule `{rule}` (reviews not available yet)")]
+    StatementNeedsReview {
+        /// The rule that decided.
+        rule: String,
+    },
+    /// The session's token expired: no new statement runs until the caller reconnects.
+    #[error("the session's token has expired: reconnect with a fresh token")]
+    TokenExpired,
+    /// The audit record could not be queued, so the statement was not forwarded (fail closed).
+    #[error("statement refused: the audit recorder cannot take records right now")]
+    AuditUnavailable,
     /// The upstream broke the protocol.
     #[error("upstream protocol violation: {reason}")]
     UpstreamProtocol {
@@ -152,6 +164,7 @@ impl PgError {
             | Self::UnsupportedProtocolVersion { .. }
             | Self::ClientTlsRequired
             | Self::ClientAuth { .. }
+            | Self::TokenExpired
             | Self::AccessDenied { .. } => Side::Client,
             Self::UpstreamProtocol { .. }
             | Self::UpstreamMessageTooLong { .. }
@@ -159,6 +172,8 @@ impl PgError {
             | Self::UpstreamAuthUnsupported { .. }
             | Self::UpstreamConnect { .. } => Side::Upstream,
             Self::StatementDenied { .. }
+            | Self::StatementNeedsReview { .. }
+            | Self::AuditUnavailable
             | Self::AdminShutdown
             | Self::TooManyConnections { .. }
             | Self::Internal { .. } => Side::Gateway,
@@ -175,8 +190,11 @@ impl PgError {
             Self::ClientMessageTooLong { .. } => SqlState::PROGRAM_LIMIT_EXCEEDED,
             Self::UnsupportedProtocolVersion { .. } => SqlState::FEATURE_NOT_SUPPORTED,
             Self::ClientTlsRequired | Self::AccessDenied { .. } => SqlState::INVALID_AUTHORIZATION,
-            Self::ClientAuth { .. } => SqlState::INVALID_PASSWORD,
-            Self::StatementDenied { .. } => SqlState::INSUFFICIENT_PRIVILEGE,
+            Self::ClientAuth { .. } | Self::TokenExpired => SqlState::INVALID_PASSWORD,
+            Self::StatementDenied { .. } | Self::StatementNeedsReview { .. } => {
+                SqlState::INSUFFICIENT_PRIVILEGE
+            }
+            Self::AuditUnavailable => SqlState::INSUFFICIENT_RESOURCES,
             Self::UpstreamProtocol { .. }
             | Self::UpstreamMessageTooLong { .. }
             | Self::UpstreamAuth { .. }
@@ -191,7 +209,9 @@ impl PgError {
     /// `Error` when the session survives (a denied statement), `Fatal` when it must close.
     pub fn severity(&self) -> Severity {
         match self {
-            Self::StatementDenied { .. } => Severity::Error,
+            Self::StatementDenied { .. }
+            | Self::StatementNeedsReview { .. }
+            | Self::AuditUnavailable => Severity::Error,
             _ => Severity::Fatal,
         }
     }

@@ -14,20 +14,24 @@
 //! - [`sequencer`]: keeps the gateway's own replies in order among pipelined upstream replies;
 //! - [`fuzzing`]: entry points for fuzz targets and smoke tests.
 //!
-//! The socket driver (monoio tasks, TLS, upstream connect) lives elsewhere and is a thin loop
-//! over these pieces.
+//! - [`inspect`]: the sans-IO core of an authenticated session (decide, mask, record);
+//! - [`route`]: a `postgres` connection entry built from the config (TLS, held credential);
+//! - [`driver`]: the socket driver, one monoio task per connection, a thin loop over the rest.
 
 mod codec;
 
 pub mod backend;
 pub mod cancel;
 pub mod client_session;
+pub mod driver;
 pub mod error;
 pub mod frontend;
 pub mod fuzzing;
+pub mod inspect;
 pub mod limits;
 pub mod reply;
 pub mod rewrite;
+pub mod route;
 pub mod sequencer;
 pub mod statement;
 pub mod upstream_auth;

@@ -35,6 +35,8 @@ impl SqlState {
     pub const TOO_MANY_CONNECTIONS: Self = Self("53300");
     /// `54000` program_limit_exceeded.
     pub const PROGRAM_LIMIT_EXCEEDED: Self = Self("54000");
+    /// `53000` insufficient_resources: the audit queue is full (fail closed).
+    pub const INSUFFICIENT_RESOURCES: Self = Self("53000");
     /// `XX000` internal_error.
     pub const INTERNAL_ERROR: Self = Self("XX000");
 

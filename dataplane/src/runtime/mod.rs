@@ -22,15 +22,18 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use monoio::io::{CancelHandle, Canceller};
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::audit::{AuditHook, SessionId, SessionRecord};
+use crate::audit;
 use crate::config::{Config, Protocol};
 use crate::limits::{LISTEN_BACKLOG, SHUTDOWN_POLL_MILLIS};
 use crate::metrics::{ConnCounters, ErrorKind, Metrics};
+use crate::postgres::driver as pg_driver;
+use crate::postgres::route::PgRoute;
+use crate::services::{Services, WorkerServices};
 use crate::tcp::{self, SessionStop, StopReason, TcpRoute};
 
 /// Which IO driver the operator asked for.
@@ -65,7 +68,7 @@ impl ActiveDriver {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(
-        "connection `{name}` uses protocol `{protocol}`, which this build cannot serve yet (only `tcp` is served)"
+        "connection `{name}` uses protocol `{protocol}`, which this build cannot serve yet (only `tcp` and `postgres` are served)"
     )]
     UnsupportedProtocol { name: String, protocol: Protocol },
     #[error("connection `{name}`: cannot resolve upstream `{upstream}`: {reason}")]
@@ -81,6 +84,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Route(#[from] crate::postgres::route::RouteError),
     #[error("io_uring was requested (`--driver iouring`) but this host does not allow it")]
     IoUringUnavailable,
     #[error("worker {worker} failed to start: {reason}")]
@@ -114,11 +119,33 @@ pub struct Gateway {
     listen_addrs: Vec<(String, SocketAddr)>,
 }
 
+/// How a worker serves one connection entry.
+#[derive(Debug)]
+enum Route {
+    Tcp(TcpRoute),
+    Postgres(PgRoute),
+}
+
+impl Route {
+    fn name(&self) -> &Arc<str> {
+        match self {
+            Route::Tcp(r) => &r.name,
+            Route::Postgres(r) => &r.name,
+        }
+    }
+
+    fn upstream_label(&self) -> &Arc<str> {
+        match self {
+            Route::Tcp(r) => &r.upstream_label,
+            Route::Postgres(r) => &r.upstream_label,
+        }
+    }
+}
+
 /// State shared read-only (plus atomics) by all workers.
 #[derive(Debug)]
 struct Shared {
-    routes: Vec<TcpRoute>,
-    protocols: Vec<Protocol>,
+    routes: Vec<Route>,
     conn_limits: Vec<Option<u64>>,
     conn_active: Vec<AtomicU64>,
     global_limit: u64,
@@ -126,8 +153,7 @@ struct Shared {
     drain_timeout: Duration,
     shutdown: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
-    audit: Arc<dyn AuditHook>,
-    run_id: u64,
+    services: Arc<Services>,
 }
 
 impl Gateway {
@@ -136,15 +162,22 @@ impl Gateway {
     pub fn start(
         config: &Config,
         driver: DriverChoice,
-        audit: Arc<dyn AuditHook>,
+        services: Arc<Services>,
     ) -> Result<Gateway, StartError> {
         let mut routes = Vec::with_capacity(config.connections.len());
         for c in &config.connections {
-            if c.protocol != Protocol::Tcp {
-                return Err(StartError::UnsupportedProtocol {
-                    name: c.name.clone(),
-                    protocol: c.protocol,
-                });
+            match c.protocol {
+                Protocol::Tcp => {}
+                Protocol::Postgres => {
+                    routes.push(Route::Postgres(PgRoute::from_config(c)?));
+                    continue;
+                }
+                _ => {
+                    return Err(StartError::UnsupportedProtocol {
+                        name: c.name.clone(),
+                        protocol: c.protocol,
+                    });
+                }
             }
             let resolve_err = |reason: String| StartError::Resolve {
                 name: c.name.clone(),
@@ -157,13 +190,13 @@ impl Gateway {
                 .map_err(|e| resolve_err(e.to_string()))?
                 .next()
                 .ok_or_else(|| resolve_err("no addresses".into()))?;
-            routes.push(TcpRoute {
+            routes.push(Route::Tcp(TcpRoute {
                 name: c.name.as_str().into(),
                 upstream_label: c.upstream.as_str().into(),
                 upstream,
                 connect_timeout: c.connect_timeout,
                 idle_timeout: c.idle_timeout,
-            });
+            }));
         }
 
         let uring_ok = monoio::utils::detect_uring();
@@ -209,12 +242,8 @@ impl Gateway {
             workers,
             config.connections.iter().map(|c| c.name.clone()).collect(),
         ));
-        let run_id = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         let shared = Arc::new(Shared {
             routes,
-            protocols: config.connections.iter().map(|c| c.protocol).collect(),
             conn_limits: config
                 .connections
                 .iter()
@@ -230,8 +259,7 @@ impl Gateway {
             drain_timeout: config.gateway.drain_timeout,
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
-            audit,
-            run_id,
+            services,
         });
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -440,6 +468,7 @@ async fn worker_main(
     };
 
     let state = Rc::new(WorkerState::default());
+    let services = Rc::new(WorkerServices::new(index, shared.services.clone()));
     let canceller = Canceller::new();
     let accepts: Vec<_> = converted
         .into_iter()
@@ -452,6 +481,7 @@ async fn worker_main(
                 canceller.handle(),
                 shared.clone(),
                 state.clone(),
+                services.clone(),
             ))
         })
         .collect();
@@ -502,6 +532,7 @@ async fn accept_loop(
     cancel: CancelHandle,
     shared: Arc<Shared>,
     state: Rc<WorkerState>,
+    services: Rc<WorkerServices>,
 ) {
     let Some(counters) = shared
         .metrics
@@ -532,6 +563,7 @@ async fn accept_loop(
                     permit,
                     shared.clone(),
                     state.clone(),
+                    services.clone(),
                 ));
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => break,
@@ -612,15 +644,15 @@ async fn session(
     _permit: Permit,
     shared: Arc<Shared>,
     state: Rc<WorkerState>,
+    services: Rc<WorkerServices>,
 ) {
-    let (Some(route), Some(counters), Some(protocol)) = (
+    let (Some(route), Some(counters)) = (
         shared.routes.get(conn),
         shared
             .metrics
             .workers
             .get(worker)
             .and_then(|w| w.connections.get(conn)),
-        shared.protocols.get(conn).copied(),
     ) else {
         return;
     };
@@ -633,19 +665,36 @@ async fn session(
         seq,
         counters,
     };
-    let started = SystemTime::now();
-    let totals = tcp::serve(stream, client_addr, route, counters, &stop).await;
-    let record = SessionRecord {
-        session_id: SessionId::new(shared.run_id, worker as u16, seq),
-        connection: route.name.clone(),
-        protocol,
-        client_addr,
-        upstream: route.upstream_label.clone(),
-        started,
-        ended: SystemTime::now(),
-        bytes_in: totals.bytes_in,
-        bytes_out: totals.bytes_out,
-        outcome: totals.outcome,
-    };
-    shared.audit.session_ended(worker, record);
+    match route {
+        Route::Postgres(route) => {
+            let totals =
+                pg_driver::serve(stream, client_addr, route, &services, counters, &stop).await;
+            tracing::info!(
+                worker,
+                connection = %route.name,
+                client = %client_addr,
+                bytes_in = totals.bytes_in,
+                bytes_out = totals.bytes_out,
+                outcome = totals.outcome.as_str(),
+                reason = totals.reason.as_deref().unwrap_or(""),
+                "session ended"
+            );
+        }
+        Route::Tcp(tcp_route) => {
+            // A raw relay has no identity: the record says who connected from where, and how
+            // it ended.
+            let info = Arc::new(audit::tcp_session_info(
+                &services,
+                route.name(),
+                route.upstream_label(),
+                client_addr,
+            ));
+            if !services.record(|p| p.session_started(&info)) {
+                tracing::warn!(worker, connection = %route.name(), "the recorder refused a session; closing the client");
+                return;
+            }
+            let totals = tcp::serve(stream, client_addr, tcp_route, counters, &stop).await;
+            audit::tcp_session_ended(&services, info, &totals);
+        }
+    }
 }

@@ -1,0 +1,683 @@
+//! The PostgreSQL gateway end to end, through the real `portcullis` binary on both IO drivers:
+//! a throwaway PostgreSQL (scram-sha-256, every statement logged), tokens from `portcullis
+//! token`, a policy directory with access, a deny rule and masking, and stock `psql` and
+//! `pgbench` as clients. Afterwards the recordings are read back with the recorder's reader.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "integration test: a failed step is a failed test"
+)]
+
+mod common;
+#[path = "../../dataplane/tests/support/pgcluster.rs"]
+mod pgcluster;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{BIN, DRIVERS, Gateway, start};
+use pgcluster::PgCluster;
+
+const POLICY: &str = r#"
+[[access]]
+connections = ["orders-db", "orders-plain"]
+groups = ["engineering"]
+
+[[rule]]
+id = "no-drop"
+match.statement = ["drop", "truncate"]
+action = "deny"
+message = "schema changes go through migrations"
+
+[[mask]]
+columns = ["email"]
+strategy = "redact"
+
+[[mask]]
+detectors = ["credit_card"]
+strategy = "partial"
+keep = 4
+"#;
+
+const CARD: &str = "4111 1111 1111 1111";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+}
+
+fn portcullis(args: &[&str]) -> Output {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "portcullis {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn mint(setup: &Setup, sub: &str, groups: &str, ttl: &str) -> String {
+    let key = setup.key.display().to_string();
+    let out = portcullis(&[
+        "token",
+        "mint",
+        "--key",
+        &key,
+        "--sub",
+        sub,
+        "--email",
+        &format!("{sub}@corp.example"),
+        "--groups",
+        groups,
+        "--ttl",
+        ttl,
+    ]);
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("issuer");
+    portcullis(&["token", "keygen", "--out", &keys.display().to_string()]);
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/00-orders.toml"), POLICY).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("gateway.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    Setup {
+        key: keys.join("signing-key.pem"),
+        dir,
+    }
+}
+
+fn gateway_config(setup: &Setup, cluster: &PgCluster) -> (String, String) {
+    let d = setup.dir.path();
+    std::fs::write(d.join("db.password"), format!("{}\n", cluster.password)).unwrap();
+    let gateway_extra = format!(
+        "recordings = \"{}\"\npolicies = \"{}\"\n",
+        d.join("recordings").display(),
+        d.join("policies").display()
+    );
+    let upstream = cluster.addr();
+    let conn = |name: &str, tls: bool| {
+        let mut c = format!(
+            "[[connections]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ndatabase = \"{}\"\nupstream_tls = \"disable\"\nidle_timeout = \"5m\"\n",
+            cluster.database
+        );
+        if !tls {
+            c.push_str("allow_plaintext = true\n");
+        }
+        c.push_str(&format!(
+            "[connections.credentials]\nuser = \"{}\"\npassword_file = \"{}\"\n",
+            cluster.user,
+            d.join("db.password").display()
+        ));
+        if tls {
+            c.push_str(&format!(
+                "[connections.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                d.join("gateway.crt").display(),
+                d.join("gateway.key").display()
+            ));
+        }
+        c
+    };
+    let connections = format!(
+        "[identity]\nissuer = \"portcullis-local\"\naudience = \"portcullis\"\njwks = {{ file = \"{}\" }}\nleeway_secs = 0\n\n[recorder]\nflush_interval = \"50ms\"\n\n{}\n{}",
+        d.join("issuer/jwks.json").display(),
+        conn("orders-db", true),
+        conn("orders-plain", false),
+    );
+    (gateway_extra, connections)
+}
+
+fn psql(addr: SocketAddr, sslmode: &str, token: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .arg(format!(
+            "host={} port={} dbname=orders user=alice sslmode={sslmode} connect_timeout=60",
+            addr.ip(),
+            addr.port()
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .args(["-c", sql])
+        .env("PGPASSWORD", token)
+        .output()
+        .expect("run psql (install postgresql-client)")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A plain TCP proxy that keeps every byte sent towards the client, to search for leaks.
+fn capture_proxy(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut upstream) = TcpStream::connect(target) else {
+                return;
+            };
+            let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut u2);
+                let _ = u2.shutdown(std::net::Shutdown::Write);
+            });
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                loop {
+                    match upstream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                            if client.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Logs in with `token` over plaintext and returns the SQLSTATE of the ErrorResponse.
+fn login_error(addr: SocketAddr, token: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196_608u32.to_be_bytes());
+    startup.extend_from_slice(b"user\0alice\0database\0orders\0\0");
+    let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    msg.push(b'p');
+    msg.extend_from_slice(&((token.len() + 5) as u32).to_be_bytes());
+    msg.extend_from_slice(token.as_bytes());
+    msg.push(0);
+    c.write_all(&msg).unwrap();
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    // AuthenticationCleartextPassword first, then the ErrorResponse with its `C` field.
+    let mut rest = &answer[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let (msg, tail) = rest.split_at(1 + len);
+        if msg[0] == b'E' {
+            for field in msg[5..].split(|b| *b == 0) {
+                if let Some(code) = field.strip_prefix(b"C") {
+                    return text(code);
+                }
+            }
+        }
+        rest = tail;
+    }
+    panic!("no ErrorResponse in {:?}", text(&answer))
+}
+
+/// A raw protocol client on the plaintext listener: enough to hold a session open, read the
+/// gateway's cancel key and see exact SQLSTATEs.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Logs in; returns the session and the BackendKeyData (process id, secret).
+    fn login(addr: SocketAddr, token: &str) -> (Raw, [u8; 8]) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut raw = Raw { s, buf: Vec::new() };
+        let mut startup = 196_608u32.to_be_bytes().to_vec();
+        startup.extend_from_slice(b"user\0alice\0database\0orders\0\0");
+        let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&startup);
+        msg.push(b'p');
+        msg.extend_from_slice(&((token.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(token.as_bytes());
+        msg.push(0);
+        raw.s.write_all(&msg).unwrap();
+        let greeting = raw.until_ready();
+        let key = greeting
+            .iter()
+            .find(|(t, _)| *t == b'K')
+            .map(|(_, b)| <[u8; 8]>::try_from(&b[..8]).unwrap())
+            .expect("BackendKeyData in the greeting");
+        (raw, key)
+    }
+
+    fn send_query(&mut self, sql: &str) {
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(sql.as_bytes());
+        msg.push(0);
+        self.s.write_all(&msg).unwrap();
+    }
+
+    /// Messages up to ReadyForQuery, or up to the close after a FATAL.
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            while self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let msg: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let tag = msg[0];
+                out.push((tag, msg[5..].to_vec()));
+                if tag == b'Z' {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// The SQLSTATE of the first ErrorResponse among `messages`.
+fn error_code(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = messages.iter().find(|(t, _)| *t == b'E')?;
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(b"C"))
+        .map(text)
+}
+
+fn pgbench(addr: SocketAddr, token: &str, mode: &str) -> Output {
+    Command::new("pgbench")
+        .args(["-n", "-S", "-c", "2", "-t", "25", "-M", mode])
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", "alice", "orders"])
+        .env("PGPASSWORD", token)
+        .env("PGSSLMODE", "require")
+        .env("PGCONNECT_TIMEOUT", "60")
+        .output()
+        .expect("run pgbench")
+}
+
+fn read_recordings(
+    root: &Path,
+) -> (
+    Vec<recorder::read::SessionRow>,
+    Vec<recorder::read::CommandRow>,
+) {
+    let mut sessions = Vec::new();
+    for b in recorder::read::read_table(root, recorder::Table::Sessions).unwrap() {
+        sessions.extend(recorder::read::session_rows(&b).unwrap());
+    }
+    let mut commands = Vec::new();
+    for b in recorder::read::read_table(root, recorder::Table::Commands).unwrap() {
+        commands.extend(recorder::read::command_rows(&b).unwrap());
+    }
+    (sessions, commands)
+}
+
+#[test]
+fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
+    if common::require("psql").is_none() || common::require("pgbench").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    cluster.admin_sql(
+        &cluster.database,
+        &format!(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text, email text, card text); \
+             INSERT INTO customers VALUES (1, 'Ann', 'ann@example.com', '{CARD}'), (2, 'Bob', NULL, 'none'); \
+             ALTER TABLE customers OWNER TO {};",
+            cluster.user
+        ),
+    );
+    let init = Command::new("pgbench")
+        .args(["-i", "-s", "1", "-q", "-h", &cluster.host, "-p"])
+        .arg(cluster.port.to_string())
+        .args(["-U", &cluster.user, &cluster.database])
+        .env("PGPASSWORD", &cluster.password)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "pgbench -i: {}", text(&init.stderr));
+
+    for driver in DRIVERS {
+        let setup = setup();
+        let (extra, connections) = gateway_config(&setup, &cluster);
+        let mut gw: Gateway = start(driver, &extra, &connections);
+        let tls = gw.addr("orders-db");
+        let plain = gw.addr("orders-plain");
+        let token = mint(&setup, "alice", "engineering", "15m");
+
+        // An allowed SELECT over TLS: rows come back, the email column and the card are masked.
+        let out = psql(
+            tls,
+            "require",
+            &token,
+            "SELECT id, name, email, card FROM customers ORDER BY id",
+        );
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        let rows = text(&out.stdout);
+        let lines: Vec<&str> = rows.lines().collect();
+        assert_eq!(lines.len(), 2, "{driver}: {rows}");
+        assert!(lines[0].starts_with("1|Ann|"), "{driver}: {rows}");
+        assert!(
+            !rows.contains("ann@example.com"),
+            "{driver}: email not masked: {rows}"
+        );
+        assert!(!rows.contains(CARD), "{driver}: card not masked: {rows}");
+        assert!(
+            lines[0].ends_with("1111"),
+            "{driver}: partial card keeps the last 4: {rows}"
+        );
+        assert_eq!(
+            lines[1], "2|Bob||none",
+            "{driver}: NULL and non-matching values untouched"
+        );
+
+        // A denied DROP: 42501 naming the rule, never reaches the server, table intact.
+        let out = psql(tls, "require", &token, "DROP TABLE customers");
+        assert!(!out.status.success(), "{driver}: DROP succeeded");
+        let err = text(&out.stderr);
+        assert!(err.contains("42501"), "{driver}: {err}");
+        assert!(
+            err.contains(
+                "statement denied by rule `no-drop`: schema changes go through migrations"
+            ),
+            "{driver}: {err}"
+        );
+        // A multi-statement string with one denied statement is refused whole.
+        let out = psql(tls, "require", &token, "SELECT 1; TRUNCATE customers");
+        assert!(!out.status.success(), "{driver}: TRUNCATE in a batch ran");
+
+        // Tokens: garbage, expired, and a valid identity without access. psql shows the
+        // message; the SQLSTATE is read from the raw ErrorResponse on the plaintext listener.
+        let out = psql(tls, "require", "not-a-token", "SELECT 1");
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("token authentication failed"),
+            "{driver}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(login_error(plain, "not-a-token"), "28P01", "{driver}");
+        let short = mint(&setup, "alice", "engineering", "1s");
+        std::thread::sleep(Duration::from_millis(2500));
+        let out = psql(tls, "require", &short, "SELECT 1");
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains("expired"), "{driver}: {err}");
+        assert_eq!(login_error(plain, &short), "28P01", "{driver}");
+        let outsider = mint(&setup, "mallory", "sales", "15m");
+        let out = psql(tls, "require", &outsider, "SELECT 1");
+        assert!(!out.status.success());
+        assert!(
+            text(&out.stderr).contains("access denied"),
+            "{driver}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(login_error(plain, &outsider), "28000", "{driver}");
+
+        // Without TLS on the TLS connection: refused before the token is asked for.
+        let out = psql(tls, "disable", &token, "SELECT 1");
+        assert!(!out.status.success(), "{driver}: plaintext accepted");
+
+        // A token that expires mid-session: the next statement is refused with a FATAL that
+        // says to reconnect, and nothing more runs.
+        let brief = mint(&setup, "alice", "engineering", "5s");
+        let (mut raw, _) = Raw::login(plain, &brief);
+        raw.send_query("SELECT 'still valid'");
+        assert_eq!(error_code(&raw.until_ready()), None, "{driver}");
+        std::thread::sleep(Duration::from_millis(5500));
+        raw.send_query("SELECT 'after expiry'");
+        let answer = raw.until_ready();
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("28P01"),
+            "{driver}: {answer:?}"
+        );
+        assert!(
+            answer
+                .iter()
+                .any(|(_, b)| text(b).contains("reconnect with a fresh token")),
+            "{driver}: {answer:?}"
+        );
+
+        // Cancel: a long statement is cancelled through the gateway's own key, sent on a new
+        // connection (which may land on the other worker).
+        let (mut raw, key) = Raw::login(plain, &token);
+        raw.send_query("SELECT pg_sleep(60)");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut cancel = TcpStream::connect(plain).unwrap();
+        let mut req = 16u32.to_be_bytes().to_vec();
+        req.extend_from_slice(&80_877_102u32.to_be_bytes());
+        req.extend_from_slice(&key);
+        cancel.write_all(&req).unwrap();
+        let started = std::time::Instant::now();
+        let answer = raw.until_ready();
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("57014"),
+            "{driver}: {answer:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{driver}: cancel took too long"
+        );
+
+        // The client-side stream of a plaintext connection, captured: no upstream password
+        // in any message (including errors), no unmasked value.
+        let (proxy, seen) = capture_proxy(plain);
+        for sql in [
+            "SELECT email, card FROM customers",
+            "SELECT no_such_column FROM customers",
+            "SELECT current_user, current_setting('application_name')",
+            // One value far larger than a socket read: the row crosses many TCP reads.
+            "SELECT repeat('x', 200000) || ' 4111 1111 1111 1111 ' || repeat('y', 70000) AS blob",
+        ] {
+            let _ = psql(proxy, "disable", &token, sql);
+        }
+        let _ = psql(proxy, "disable", "bad", "SELECT 1");
+        let seen = text(&seen.lock().unwrap());
+        assert!(
+            seen.contains("Ann") || seen.contains("[EMAIL]") || seen.len() > 100,
+            "{driver}: capture is empty"
+        );
+        assert!(
+            !seen.contains(&cluster.password),
+            "{driver}: upstream password reached a client"
+        );
+        assert!(
+            !seen.contains("ann@example.com"),
+            "{driver}: unmasked email reached a client"
+        );
+        assert!(
+            !seen.contains(CARD),
+            "{driver}: unmasked card reached a client"
+        );
+
+        // pgbench in the three query modes over TLS.
+        for mode in ["simple", "extended", "prepared"] {
+            let out = pgbench(tls, &token, mode);
+            assert!(
+                out.status.success(),
+                "{driver}: pgbench -M {mode}: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stdout).contains("number of transactions actually processed: 50/50"),
+                "{driver}: {}",
+                text(&out.stdout)
+            );
+        }
+
+        // What the server saw: the allowed SELECT, never the DROP or TRUNCATE.
+        assert!(cluster.wait_for_log(
+            "SELECT id, name, email, card FROM customers",
+            Duration::from_secs(30)
+        ));
+        let log = cluster.log();
+        assert!(
+            !log.contains("DROP TABLE customers"),
+            "{driver}: DROP reached the server"
+        );
+        assert!(
+            !log.contains("TRUNCATE customers"),
+            "{driver}: TRUNCATE reached the server"
+        );
+        assert_eq!(
+            cluster
+                .admin_sql(&cluster.database, "SELECT count(*) FROM customers")
+                .trim(),
+            "2"
+        );
+        let (_, metrics) = gw.admin_get("/metrics");
+        assert!(
+            metrics.contains("portcullis_policy_info{version="),
+            "{metrics}"
+        );
+
+        // Shut down: recordings flushed and sealed, then read back.
+        gw.signal("TERM");
+        let status = gw
+            .wait_exit(Duration::from_secs(60))
+            .expect("gateway exits after SIGTERM");
+        assert!(status.success(), "{driver}: exit {status:?}\n{}", gw.logs());
+        let (sessions, commands) = read_recordings(&setup.dir.path().join("recordings"));
+        // Alice's authenticated sessions (her expired token is an `auth_failed` row with only
+        // the presented subject).
+        let alice: Vec<_> = sessions
+            .iter()
+            .filter(|s| s.subject == "alice" && s.outcome != "auth_failed")
+            .collect();
+        assert!(
+            !alice.is_empty(),
+            "{driver}: no session of alice: {sessions:?}"
+        );
+        assert!(
+            alice
+                .iter()
+                .all(|s| s.email.as_deref() == Some("alice@corp.example"))
+        );
+        assert!(alice.iter().all(|s| s.groups == ["engineering"]));
+        assert!(
+            sessions
+                .iter()
+                .any(|s| s.outcome == "auth_failed" && s.subject == "alice"),
+            "{driver}: failed logins recorded: {sessions:?}"
+        );
+        assert!(
+            sessions
+                .iter()
+                .any(|s| s.subject == "mallory" && s.outcome == "denied"),
+            "{driver}: {sessions:?}"
+        );
+        let select = commands
+            .iter()
+            .find(|c| {
+                c.text.as_deref() == Some("SELECT id, name, email, card FROM customers ORDER BY id")
+            })
+            .expect("the masked SELECT is recorded");
+        assert_eq!(select.decision, "allow");
+        assert_eq!(select.rows, Some(2));
+        assert_eq!(select.masked_values, 2, "{select:?}");
+        assert_eq!(select.subject, "alice");
+        let drop = commands
+            .iter()
+            .find(|c| c.text.as_deref() == Some("DROP TABLE customers"))
+            .expect("the DROP is recorded");
+        assert_eq!(drop.decision, "deny");
+        assert_eq!(drop.rule_id.as_deref(), Some("no-drop"));
+        // One record per statement of the refused batch, each with its own decision.
+        let truncate = commands
+            .iter()
+            .find(|c| c.text.as_deref().is_some_and(|t| t.contains("TRUNCATE")))
+            .expect("the TRUNCATE is recorded");
+        assert_eq!(truncate.decision, "deny");
+        assert_eq!(truncate.action, "truncate");
+        let benched = commands
+            .iter()
+            .filter(|c| {
+                c.text
+                    .as_deref()
+                    .is_some_and(|t| t.contains("pgbench_accounts"))
+            })
+            .count();
+        assert!(
+            benched >= 150,
+            "{driver}: {benched} pgbench statements recorded"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_an_error_or_a_close_and_the_gateway_keeps_serving() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    for driver in DRIVERS {
+        let setup = setup();
+        let (extra, connections) = gateway_config(&setup, &cluster);
+        let gw: Gateway = start(driver, &extra, &connections);
+        let plain = gw.addr("orders-plain");
+        let token = mint(&setup, "alice", "engineering", "15m");
+
+        // Garbage before startup: an ErrorResponse, then the connection closes.
+        let mut raw = TcpStream::connect(plain).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = raw.read_to_end(&mut answer);
+        assert_eq!(answer.first(), Some(&b'E'), "{driver}: {answer:?}");
+
+        // After login: an oversized message and an unknown message type are refused with an
+        // ErrorResponse (or a close), never forwarded.
+        for bad in [
+            [b'Q']
+                .iter()
+                .chain(&0x7fff_fff0u32.to_be_bytes())
+                .copied()
+                .collect::<Vec<u8>>(),
+            vec![b'!', 0, 0, 0, 4],
+        ] {
+            let (mut raw, _) = Raw::login(plain, &token);
+            raw.s.write_all(&bad).unwrap();
+            let answer = raw.until_ready();
+            assert!(
+                answer.is_empty() || answer.iter().any(|(t, _)| *t == b'E'),
+                "{driver}: {answer:?}"
+            );
+        }
+
+        // A truncated message followed by a close: nothing is left running.
+        let (mut raw, _) = Raw::login(plain, &token);
+        raw.s.write_all(&[b'Q', 0, 0, 0, 100, b'S']).unwrap();
+        drop(raw);
+
+        // The gateway still serves.
+        let out = psql(gw.addr("orders-db"), "require", &token, "SELECT 41 + 1");
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "42");
+    }
+}

@@ -1,0 +1,622 @@
+//! The sans-IO core of an authenticated PostgreSQL session: decides every client message
+//! against the session's policy before it may be forwarded, masks result values as they come
+//! back, and builds one audit record per statement.
+//!
+//! The driver feeds it client frames ([`Inspector::on_client`]) and server frames
+//! ([`Inspector::on_backend`]) and does what it says; it never touches a socket, and it does not
+//! order replies (the [`super::sequencer::ResponseSequencer`] does) or follow the protocol
+//! state (the [`super::client_session::ClientSession`] does).
+//!
+//! Records of forwarded statements are completed when the server answers (rows from
+//! CommandComplete, duration, masked values) and queued then; a statement is only forwarded
+//! while the worker's recorder queue accepts records, so a full queue refuses statements
+//! rather than letting them run unrecorded. Refused statements are recorded at once.
+//!
+//! Masking follows the latest RowDescription. A DataRow whose columns are unknown (a client
+//! that executes without describing) is masked with the session-wide detectors only, and a
+//! hit then becomes NULL rather than replacement text, since the column's type is unknown.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use policy_engine::mask::{
+    ColumnMask, MaskOutcome, MaskStats, SessionMasker, StreamMasker, ValueKind,
+};
+use policy_engine::{Action, Dialect, Scratch, SessionPolicy, Verdict};
+use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
+
+use super::backend::{BackendFrame, BackendMessage};
+use super::frontend::FrontendMessage;
+use super::rewrite::{self, CellEdit};
+use super::statement::{CommandTag, StatementTracker};
+use super::{Limits, PgError};
+use crate::identity::{Identity, now_unix};
+use crate::services::PolicySnapshot;
+
+/// Rule id recorded when no rule matched and the connection's default decided.
+pub const DEFAULT_RULE: &str = "default";
+
+/// Largest statement text kept in one audit record; longer text is cut (the statement still
+/// runs whole). Bounds what one statement can cost the recorder.
+pub const MAX_RECORDED_TEXT: usize = 64 * 1024;
+
+/// What the driver does with one client message.
+#[derive(Debug)]
+pub enum ClientVerdict {
+    /// Forward the raw bytes upstream.
+    Forward,
+    /// Do not forward; answer with this error (the session continues).
+    Refuse(PgError),
+    /// Do not forward; answer with this FATAL error and close.
+    Fatal(PgError),
+}
+
+/// What was decided for a prepared statement at Parse time.
+#[derive(Debug, Clone)]
+struct Meta {
+    kind: Arc<str>,
+    decision: RecDecision,
+    rule: Option<Arc<str>>,
+}
+
+/// One statement of a query string as recorded: kind, text, decision, rule id.
+type Part = (Arc<str>, Bytes, RecDecision, Option<Arc<str>>);
+
+/// A forwarded statement waiting for the server's answer.
+#[derive(Debug)]
+struct Pending {
+    record: CommandRecord,
+    started: Instant,
+    /// The ReadyForQuery (counted from the session start) that closes its batch.
+    sync_no: u64,
+}
+
+#[derive(Debug)]
+struct Column {
+    mask: ColumnMask,
+    kind: ValueKind,
+}
+
+/// One authenticated session's inspection state.
+#[derive(Debug)]
+pub struct Inspector {
+    info: Arc<SessionInfo>,
+    policy: SessionPolicy,
+    snapshot: Arc<PolicySnapshot>,
+    masker: SessionMasker,
+    identity: Arc<Identity>,
+    grace: Duration,
+    limits: Limits,
+    statements: StatementTracker<Meta>,
+    columns: Option<Vec<Column>>,
+    unknown_column: ColumnMask,
+    copy_out: Option<StreamMasker>,
+    pending: VecDeque<Pending>,
+    syncs_forwarded: u64,
+    ready_seen: u64,
+    seq: u64,
+    stats: MaskStats,
+    cell: Vec<u8>,
+    masked_total: u64,
+}
+
+impl Inspector {
+    pub fn new(
+        info: Arc<SessionInfo>,
+        policy: SessionPolicy,
+        snapshot: Arc<PolicySnapshot>,
+        identity: Arc<Identity>,
+        grace: Duration,
+        limits: Limits,
+    ) -> Inspector {
+        let policy_identity = policy_identity(&identity);
+        let active = snapshot
+            .policy
+            .mask_rules_for(&info.connection, &policy_identity);
+        let masker = snapshot.masks.session(&active);
+        let unknown_column = masker.column("");
+        Inspector {
+            info,
+            policy,
+            snapshot,
+            masker,
+            identity,
+            grace,
+            statements: StatementTracker::new(&limits),
+            limits,
+            columns: None,
+            unknown_column,
+            copy_out: None,
+            pending: VecDeque::new(),
+            syncs_forwarded: 0,
+            ready_seen: 0,
+            seq: 0,
+            stats: MaskStats::default(),
+            cell: Vec::new(),
+            masked_total: 0,
+        }
+    }
+
+    /// Values masked so far in this session.
+    pub fn masked_total(&self) -> u64 {
+        self.masked_total
+    }
+
+    /// Decides one client message. `record` queues a finished record and says whether the
+    /// recorder took it; `recorder_accepting` says whether new statements may run.
+    pub fn on_client(
+        &mut self,
+        message: &FrontendMessage,
+        scratch: &mut Scratch,
+        recorder_accepting: bool,
+        record: &mut dyn FnMut(CommandRecord) -> bool,
+    ) -> ClientVerdict {
+        match message {
+            FrontendMessage::Query { sql } => {
+                self.on_sql(sql, None, scratch, recorder_accepting, record)
+            }
+            FrontendMessage::Parse { statement, sql, .. } => self.on_sql(
+                sql,
+                Some(statement.clone()),
+                scratch,
+                recorder_accepting,
+                record,
+            ),
+            FrontendMessage::Bind(bind) => {
+                match self.statements.bind(bind.portal.clone(), &bind.statement) {
+                    Ok(_) => ClientVerdict::Forward,
+                    Err(e) => ClientVerdict::Fatal(e),
+                }
+            }
+            FrontendMessage::Execute { portal, .. } => {
+                if let Some(v) = self.expiry_check(record) {
+                    return v;
+                }
+                if !recorder_accepting {
+                    return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                }
+                let (text, meta) = match self.statements.portal(portal) {
+                    Some(p) => (Some(p.source.sql.clone()), Some(p.source.meta.clone())),
+                    None => (None, None),
+                };
+                let meta = meta.unwrap_or(Meta {
+                    kind: "execute".into(),
+                    decision: RecDecision::Allow,
+                    rule: None,
+                });
+                let record = self.new_record(meta.kind, text, meta.decision, meta.rule);
+                self.pending.push_back(Pending {
+                    record,
+                    started: Instant::now(),
+                    sync_no: self.syncs_forwarded + 1,
+                });
+                ClientVerdict::Forward
+            }
+            FrontendMessage::Sync => {
+                self.syncs_forwarded += 1;
+                ClientVerdict::Forward
+            }
+            FrontendMessage::Close { target, name } => {
+                self.statements.close(*target, name);
+                ClientVerdict::Forward
+            }
+            FrontendMessage::FunctionCall { .. } => {
+                // A fast-path function call names a function by OID: nothing a rule can match,
+                // so it is refused (fail closed).
+                let r = self.new_record(
+                    "function_call".into(),
+                    None,
+                    RecDecision::Deny,
+                    Some(DEFAULT_RULE.into()),
+                );
+                record(r);
+                ClientVerdict::Refuse(PgError::StatementDenied {
+                    rule: DEFAULT_RULE.into(),
+                    message: "fast-path function calls are not allowed through the gateway".into(),
+                })
+            }
+            _ => ClientVerdict::Forward,
+        }
+    }
+
+    fn expiry_check(
+        &mut self,
+        record: &mut dyn FnMut(CommandRecord) -> bool,
+    ) -> Option<ClientVerdict> {
+        if !self.identity.expired(now_unix(), self.grace) {
+            return None;
+        }
+        let mut r = self.new_record("token_expired".into(), None, RecDecision::Deny, None);
+        r.error = Some("token expired: reconnect with a fresh token".into());
+        record(r);
+        Some(ClientVerdict::Fatal(PgError::TokenExpired))
+    }
+
+    fn on_sql(
+        &mut self,
+        sql: &Bytes,
+        parse_name: Option<Bytes>,
+        scratch: &mut Scratch,
+        recorder_accepting: bool,
+        record: &mut dyn FnMut(CommandRecord) -> bool,
+    ) -> ClientVerdict {
+        if let Some(v) = self.expiry_check(record) {
+            return v;
+        }
+        let Ok(text) = std::str::from_utf8(sql) else {
+            let mut r =
+                self.new_record("unknown".into(), Some(sql.clone()), RecDecision::Deny, None);
+            r.error = Some("statement text is not utf-8".into());
+            record(r);
+            return ClientVerdict::Refuse(PgError::StatementDenied {
+                rule: DEFAULT_RULE.into(),
+                message: "the statement text is not valid utf-8, so it cannot be checked".into(),
+            });
+        };
+        let decision = self.policy.decide(
+            &Action::Sql {
+                dialect: Dialect::Postgres,
+                text,
+            },
+            scratch,
+        );
+        let overall = decision.verdict;
+        let overall_rule: Arc<str> = decision
+            .rule
+            .map_or_else(|| DEFAULT_RULE.into(), |r| r.as_str().into());
+        let overall_message = decision.message.unwrap_or("refused by policy").to_owned();
+        let rules = self.snapshot.policy.rules();
+        // One record per statement, each with its own verdict and rule.
+        let mut parts: Vec<Part> = Vec::new();
+        let statements = scratch.sql().statements();
+        let results = scratch.statement_results();
+        for (i, st) in statements.iter().enumerate() {
+            let (verdict, rule) = results.get(i).map_or((overall, None), |r| {
+                (
+                    r.verdict,
+                    r.rule
+                        .and_then(|idx| rules.get(idx as usize))
+                        .map(|rule| Arc::<str>::from(rule.id.as_str())),
+                )
+            });
+            let start = st.span.start as usize;
+            let end = (st.span.end as usize).min(sql.len());
+            let piece = if start <= end {
+                sql.slice(start..end)
+            } else {
+                sql.clone()
+            };
+            parts.push((
+                st.primary_kind().name().into(),
+                piece,
+                rec_decision(verdict),
+                Some(rule.unwrap_or_else(|| DEFAULT_RULE.into())),
+            ));
+        }
+        if parts.is_empty() {
+            parts.push((
+                "empty".into(),
+                sql.clone(),
+                rec_decision(overall),
+                Some(Arc::clone(&overall_rule)),
+            ));
+        }
+
+        match overall {
+            Verdict::Deny | Verdict::Review => {
+                let error: Arc<str> = if overall == Verdict::Deny {
+                    format!("denied by rule `{overall_rule}`").into()
+                } else {
+                    format!("requires review by rule `{overall_rule}`").into()
+                };
+                for (kind, piece, decision, rule) in parts {
+                    let mut r = self.new_record(kind, Some(piece), decision, rule);
+                    r.error = Some(Arc::clone(&error));
+                    record(r);
+                }
+                let e = if overall == Verdict::Deny {
+                    PgError::StatementDenied {
+                        rule: overall_rule.to_string(),
+                        message: overall_message,
+                    }
+                } else {
+                    PgError::StatementNeedsReview {
+                        rule: overall_rule.to_string(),
+                    }
+                };
+                ClientVerdict::Refuse(e)
+            }
+            Verdict::Allow | Verdict::Observe => {
+                if !recorder_accepting {
+                    return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                }
+                match parse_name {
+                    Some(name) => {
+                        // Recorded when a portal of it is executed.
+                        let (kind, decision, rule) = parts
+                            .into_iter()
+                            .next()
+                            .map(|(k, _, d, r)| (k, d, r))
+                            .unwrap_or(("unknown".into(), rec_decision(overall), None));
+                        let meta = Meta {
+                            kind,
+                            decision,
+                            rule,
+                        };
+                        if let Err(e) = self.statements.parse(name, sql.clone(), meta) {
+                            return ClientVerdict::Fatal(e);
+                        }
+                    }
+                    None => {
+                        let sync_no = self.syncs_forwarded + 1;
+                        self.syncs_forwarded = sync_no;
+                        let started = Instant::now();
+                        for (kind, piece, decision, rule) in parts {
+                            let record = self.new_record(kind, Some(piece), decision, rule);
+                            self.pending.push_back(Pending {
+                                record,
+                                started,
+                                sync_no,
+                            });
+                        }
+                    }
+                }
+                ClientVerdict::Forward
+            }
+        }
+    }
+
+    fn new_record(
+        &mut self,
+        action: Arc<str>,
+        text: Option<Bytes>,
+        decision: RecDecision,
+        rule_id: Option<Arc<str>>,
+    ) -> CommandRecord {
+        self.seq += 1;
+        let text = text.map(|t| {
+            if t.len() > MAX_RECORDED_TEXT {
+                t.slice(..MAX_RECORDED_TEXT)
+            } else {
+                t
+            }
+        });
+        CommandRecord {
+            session: Arc::clone(&self.info),
+            seq: self.seq,
+            at: Micros::now(),
+            action,
+            text,
+            decision,
+            rule_id,
+            review_id: None,
+            approvers: Arc::from(Vec::new()),
+            duration_us: 0,
+            rows: None,
+            bytes: 0,
+            masked_values: 0,
+            error: None,
+        }
+    }
+
+    /// Handles one server frame: appends what the client must receive (the raw frame, or its
+    /// masked form) to `out`, and completes records.
+    pub fn on_backend(
+        &mut self,
+        frame: &BackendFrame,
+        out: &mut BytesMut,
+        record: &mut dyn FnMut(CommandRecord) -> bool,
+    ) -> Result<(), PgError> {
+        match &frame.message {
+            BackendMessage::RowDescription(fields) => {
+                self.columns = Some(
+                    rewrite::columns(fields)
+                        .into_iter()
+                        .map(|c| Column {
+                            mask: self.masker.column(&c.name),
+                            kind: if c.rewritable {
+                                ValueKind::Text
+                            } else {
+                                ValueKind::Other
+                            },
+                        })
+                        .collect(),
+                );
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::NoData => {
+                self.columns = None;
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::DataRow(row) => {
+                if let Some(p) = self.current_mut() {
+                    p.record.bytes = p.record.bytes.saturating_add(frame.raw.len() as u64);
+                }
+                if self.masker.is_empty() {
+                    out.extend_from_slice(&frame.raw);
+                    return Ok(());
+                }
+                let columns = self
+                    .columns
+                    .as_ref()
+                    .filter(|c| c.len() == usize::from(row.column_count));
+                let before = self.stats.total();
+                let masker = &self.masker;
+                let stats = &mut self.stats;
+                let cell = &mut self.cell;
+                let unknown = &self.unknown_column;
+                rewrite::rewrite_data_row(row, &self.limits, out, |i, value| {
+                    let Some(value) = value else {
+                        return CellEdit::Keep;
+                    };
+                    let (mask, kind) = match columns.and_then(|c| c.get(i)) {
+                        Some(c) => (&c.mask, c.kind),
+                        None => (unknown, ValueKind::Other),
+                    };
+                    if mask.is_empty() {
+                        return CellEdit::Keep;
+                    }
+                    cell.clear();
+                    match masker.mask_value(mask, kind, value, cell, stats) {
+                        MaskOutcome::Unchanged => CellEdit::Keep,
+                        MaskOutcome::Null => CellEdit::Null,
+                        MaskOutcome::Rewritten => CellEdit::Replace(Cow::Owned(cell.clone())),
+                    }
+                })?;
+                let masked = self.stats.total().saturating_sub(before);
+                self.masked_total = self.masked_total.saturating_add(masked);
+                if let Some(p) = self.current_mut() {
+                    p.record.masked_values = p.record.masked_values.saturating_add(masked);
+                }
+            }
+            BackendMessage::CopyOutResponse(_) | BackendMessage::CopyBothResponse(_) => {
+                if !self.masker.is_empty() {
+                    self.copy_out = Some(self.masker.stream());
+                }
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::CopyData(data) => match &mut self.copy_out {
+                Some(stream) => {
+                    self.cell.clear();
+                    let before = self.stats.total();
+                    stream.push(data, &mut self.cell, &mut self.stats);
+                    self.count_masked(before);
+                    copy_data(out, &self.cell);
+                }
+                None => out.extend_from_slice(&frame.raw),
+            },
+            BackendMessage::CopyDone => {
+                if let Some(mut stream) = self.copy_out.take() {
+                    self.cell.clear();
+                    let before = self.stats.total();
+                    stream.finish(&mut self.cell, &mut self.stats);
+                    self.count_masked(before);
+                    copy_data(out, &self.cell);
+                }
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::CommandComplete { tag } => {
+                let rows = CommandTag::parse(tag).rows;
+                self.finish_current(rows, None, record);
+                self.columns = None;
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::EmptyQueryResponse => {
+                self.finish_current(None, None, record);
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::ErrorResponse(fields) => {
+                let error: Arc<str> = format!("{} {}", fields.code(), fields.message()).into();
+                self.finish_current(None, Some(error), record);
+                self.columns = None;
+                self.copy_out = None;
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::ReadyForQuery(status) => {
+                self.ready_seen += 1;
+                // Statements of this batch the server never reached (an earlier one failed).
+                while self
+                    .pending
+                    .front()
+                    .is_some_and(|p| p.sync_no <= self.ready_seen)
+                {
+                    self.finish_current(
+                        None,
+                        Some("not executed: an earlier statement of its batch failed".into()),
+                        record,
+                    );
+                }
+                self.columns = None;
+                self.copy_out = None;
+                if *status == super::reply::TransactionStatus::Idle {
+                    self.statements.transaction_ended();
+                }
+                out.extend_from_slice(&frame.raw);
+            }
+            _ => out.extend_from_slice(&frame.raw),
+        }
+        Ok(())
+    }
+
+    fn count_masked(&mut self, before: u64) {
+        let masked = self.stats.total().saturating_sub(before);
+        self.masked_total = self.masked_total.saturating_add(masked);
+        if let Some(p) = self.current_mut() {
+            p.record.masked_values = p.record.masked_values.saturating_add(masked);
+        }
+    }
+
+    /// The statement the server is answering now: the oldest pending one of the batch whose
+    /// ReadyForQuery comes next (a pending statement of a later pipelined batch is not it).
+    fn current_mut(&mut self) -> Option<&mut Pending> {
+        let next = self.ready_seen + 1;
+        self.pending.front_mut().filter(|p| p.sync_no <= next)
+    }
+
+    fn finish_current(
+        &mut self,
+        rows: Option<u64>,
+        error: Option<Arc<str>>,
+        record: &mut dyn FnMut(CommandRecord) -> bool,
+    ) {
+        if self.current_mut().is_none() {
+            return;
+        }
+        let Some(mut p) = self.pending.pop_front() else {
+            return;
+        };
+        p.record.rows = rows;
+        p.record.error = error;
+        p.record.duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        record(p.record);
+    }
+
+    /// Records every statement still waiting for an answer (the session is ending).
+    pub fn abandon(&mut self, reason: &str, record: &mut dyn FnMut(CommandRecord) -> bool) {
+        let reason: Arc<str> = reason.into();
+        while let Some(mut p) = self.pending.pop_front() {
+            p.record.error = Some(Arc::clone(&reason));
+            p.record.duration_us =
+                u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            record(p.record);
+        }
+    }
+}
+
+/// The policy engine's view of a verified identity.
+pub fn policy_identity(identity: &Identity) -> policy_engine::Identity {
+    policy_engine::Identity {
+        subject: identity.subject.clone(),
+        email: identity.email.clone(),
+        groups: identity.groups.clone(),
+        kind: match identity.kind {
+            crate::identity::IdentityKind::Human => policy_engine::IdentityKind::Human,
+            crate::identity::IdentityKind::Service => policy_engine::IdentityKind::Service,
+        },
+    }
+}
+
+fn rec_decision(v: Verdict) -> RecDecision {
+    match v {
+        Verdict::Allow => RecDecision::Allow,
+        Verdict::Observe => RecDecision::Observe,
+        Verdict::Review => RecDecision::Review,
+        Verdict::Deny => RecDecision::Deny,
+    }
+}
+
+/// Appends a CopyData message carrying `data` (nothing when `data` is empty).
+fn copy_data(out: &mut BytesMut, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.put_u8(b'd');
+    out.put_u32(u32::try_from(data.len().saturating_add(4)).unwrap_or(u32::MAX));
+    out.put_slice(data);
+}
+
+#[cfg(test)]
+mod tests;

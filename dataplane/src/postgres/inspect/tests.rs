@@ -1,0 +1,279 @@
+//! The inspector on its own: decisions, records and masking from message values, no sockets.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use policy_engine::mask::MaskEngine;
+use policy_engine::policy::compile_sources;
+use policy_engine::{AccessContext, Scratch};
+use recorder::{CommandRecord, Decision, Micros, SessionId, SessionInfo};
+
+use super::{ClientVerdict, Inspector, policy_identity};
+use crate::identity::{Identity, IdentityKind};
+use crate::postgres::backend;
+use crate::postgres::frontend::FrontendMessage;
+use crate::postgres::{Limits, PgError};
+use crate::services::PolicySnapshot;
+
+const POLICY: &str = r#"
+[[access]]
+connections = ["db"]
+groups = ["eng"]
+
+[[rule]]
+id = "no-drop"
+match.statement = ["drop"]
+action = "deny"
+message = "no drops"
+
+[[rule]]
+id = "watch-deletes"
+match.statement = ["delete"]
+action = "observe"
+
+[[mask]]
+columns = ["email"]
+strategy = "redact"
+"#;
+
+fn inspector(expires_at: i64) -> Inspector {
+    let policy =
+        Arc::new(compile_sources(&[(PathBuf::from("t.toml"), POLICY.to_owned())]).expect("policy"));
+    let specs: Vec<_> = policy.mask_specs().cloned().collect();
+    let masks = MaskEngine::compile(&specs, policy.detector_specs(), b"key").expect("masks");
+    let snapshot = Arc::new(PolicySnapshot {
+        policy: Arc::clone(&policy),
+        masks,
+        version: "v1".into(),
+    });
+    let identity = Arc::new(Identity {
+        subject: "alice".into(),
+        email: None,
+        groups: vec!["eng".into()],
+        kind: IdentityKind::Human,
+        expires_at,
+        issuer: "test".into(),
+    });
+    let session = policy
+        .session_with("db", &policy_identity(&identity), &AccessContext::default())
+        .expect("access");
+    let info = Arc::new(SessionInfo {
+        id: SessionId(1),
+        worker: 0,
+        connection: "db".into(),
+        protocol: "postgres",
+        subject: "alice".into(),
+        email: None,
+        groups: Arc::from(Vec::new()),
+        client_addr: "127.0.0.1:1".into(),
+        upstream: "127.0.0.1:2".into(),
+        started_at: Micros(0),
+    });
+    Inspector::new(
+        info,
+        session,
+        snapshot,
+        identity,
+        Duration::ZERO,
+        Limits::default(),
+    )
+}
+
+fn query(sql: &str) -> FrontendMessage {
+    FrontendMessage::Query {
+        sql: Bytes::copy_from_slice(sql.as_bytes()),
+    }
+}
+
+fn backend_frame(tag: u8, body: &[u8]) -> backend::BackendFrame {
+    let mut raw = BytesMut::new();
+    raw.put_u8(tag);
+    raw.put_u32(u32::try_from(body.len() + 4).expect("small"));
+    raw.put_slice(body);
+    backend::decode_message(&mut raw, &Limits::default())
+        .expect("valid")
+        .expect("complete")
+}
+
+fn row_description(names: &[&str]) -> backend::BackendFrame {
+    let mut b = BytesMut::new();
+    b.put_u16(u16::try_from(names.len()).expect("few"));
+    for n in names {
+        b.put_slice(n.as_bytes());
+        b.put_u8(0);
+        b.put_u32(0);
+        b.put_i16(0);
+        b.put_u32(25); // text
+        b.put_i16(-1);
+        b.put_i32(-1);
+        b.put_i16(0);
+    }
+    backend_frame(b'T', &b)
+}
+
+fn data_row(values: &[&str]) -> backend::BackendFrame {
+    let mut b = BytesMut::new();
+    b.put_u16(u16::try_from(values.len()).expect("few"));
+    for v in values {
+        b.put_u32(u32::try_from(v.len()).expect("small"));
+        b.put_slice(v.as_bytes());
+    }
+    backend_frame(b'D', &b)
+}
+
+#[test]
+fn a_query_string_with_one_denied_statement_is_refused_whole_and_recorded_per_statement() {
+    let mut i = inspector(i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let verdict = i.on_client(
+        &query("SELECT 1; DROP TABLE t"),
+        &mut Scratch::new(),
+        true,
+        &mut |r| {
+            records.push(r);
+            true
+        },
+    );
+    match verdict {
+        ClientVerdict::Refuse(PgError::StatementDenied { rule, message }) => {
+            assert_eq!(rule, "no-drop");
+            assert_eq!(message, "no drops");
+        }
+        other => panic!("{other:?}"),
+    }
+    let summary: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r.action.to_string(),
+                r.decision,
+                r.rule_id.as_deref().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "select".to_owned(),
+                Decision::Allow,
+                Some("default".to_owned())
+            ),
+            (
+                "drop".to_owned(),
+                Decision::Deny,
+                Some("no-drop".to_owned())
+            ),
+        ]
+    );
+    assert!(
+        records.iter().all(|r| r.error.is_some()),
+        "none of them ran"
+    );
+    assert_eq!(records[1].text.as_deref(), Some(&b"DROP TABLE t"[..]));
+}
+
+#[test]
+fn an_allowed_select_is_masked_and_recorded_with_rows_when_the_server_answers() {
+    let mut i = inspector(i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let mut rec = |r| {
+        records.push(r);
+        true
+    };
+    let verdict = i.on_client(
+        &query("SELECT id, email FROM customers"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(verdict, ClientVerdict::Forward), "{verdict:?}");
+    let mut out = BytesMut::new();
+    for frame in [
+        row_description(&["id", "email"]),
+        data_row(&["1", "ann@example.com"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&frame, &mut out, &mut rec).expect("masked");
+    }
+    let seen = String::from_utf8_lossy(&out);
+    assert!(!seen.contains("ann@example.com"), "{seen}");
+    // The masked row decodes as a valid DataRow with the id untouched.
+    let mut decoded = out.clone();
+    let mut rows = Vec::new();
+    while let Some(f) = backend::decode_message(&mut decoded, &Limits::default()).expect("valid") {
+        if let backend::BackendMessage::DataRow(r) = f.message {
+            rows.push(
+                r.values()
+                    .map(|v| v.map(|b| b.to_vec()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0].as_deref(), Some(&b"1"[..]));
+    assert_ne!(rows[0][1].as_deref(), Some(&b"ann@example.com"[..]));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].rows, Some(1));
+    assert_eq!(records[0].masked_values, 1);
+    assert_eq!(records[0].decision, Decision::Allow);
+    assert_eq!(i.masked_total(), 1);
+}
+
+#[test]
+fn observe_is_forwarded_and_flagged() {
+    let mut i = inspector(i64::MAX);
+    let mut records = Vec::new();
+    let mut rec = |r| {
+        records.push(r);
+        true
+    };
+    let v = i.on_client(
+        &query("DELETE FROM t WHERE id = 1"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    let mut out = BytesMut::new();
+    i.on_backend(&backend_frame(b'C', b"DELETE 1\0"), &mut out, &mut rec)
+        .expect("ok");
+    assert_eq!(records[0].decision, Decision::Observe);
+    assert_eq!(records[0].rule_id.as_deref(), Some("watch-deletes"));
+    assert_eq!(records[0].rows, Some(1));
+}
+
+#[test]
+fn nothing_is_forwarded_while_the_recorder_refuses() {
+    let mut i = inspector(i64::MAX);
+    let v = i.on_client(&query("SELECT 1"), &mut Scratch::new(), false, &mut |_| {
+        false
+    });
+    assert!(
+        matches!(v, ClientVerdict::Refuse(PgError::AuditUnavailable)),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn an_expired_token_ends_the_session_at_the_next_statement() {
+    let mut i = inspector(1);
+    let mut records = Vec::new();
+    let v = i.on_client(&query("SELECT 1"), &mut Scratch::new(), true, &mut |r| {
+        records.push(r);
+        true
+    });
+    assert!(
+        matches!(v, ClientVerdict::Fatal(PgError::TokenExpired)),
+        "{v:?}"
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].decision, Decision::Deny);
+    assert!(
+        records[0].text.is_none(),
+        "the refused text is not needed to explain an expiry"
+    );
+}
