@@ -93,6 +93,8 @@ pub fn group(name: &str) -> Option<u64> {
             Credential,
         ])),
         "ip" => Some(bits(&[Ipv4, Ipv6])),
+        // The name policies commonly use for the US social security number detector.
+        "us_ssn" => Some(bits(&[Ssn])),
         _ => None,
     }
 }
