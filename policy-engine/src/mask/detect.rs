@@ -360,12 +360,16 @@ const CLASSES: [u8; 256] = {
     t
 };
 
-/// Which detectors could possibly match in `v`, from the byte classes present. Conservative:
-/// a detector is dropped only when a byte every one of its matches contains is absent.
+/// Which detectors could possibly match in `v`, from the byte classes present and the number
+/// of digits. Conservative: a detector is dropped only when every one of its matches needs a
+/// byte that is absent, or more digits than `v` has.
 fn gate(v: &[u8]) -> u64 {
     let mut c = 0u8;
+    let mut digits = 0usize;
     for &b in v {
-        c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+        let k = CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+        c |= k;
+        digits += usize::from(k & C_DIGIT);
     }
     let mut set =
         !(LITERAL_SET | DIGIT_SET | (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8));
@@ -373,13 +377,32 @@ fn gate(v: &[u8]) -> u64 {
         set |= LITERAL_SET;
     }
     if c & C_DIGIT != 0 {
-        set |= DIGIT_SET;
+        set |= digit_detectors_for(digits);
     }
     if c & C_AT != 0 {
         set |= 1 << Builtin::Email as u8;
     }
     if c & C_COLON != 0 {
         set |= 1 << Builtin::Ipv6 as u8;
+    }
+    set
+}
+
+/// The digit-anchored detectors that can match somewhere in a value holding `digits` digits:
+/// an IBAN has at least its two check digits, an IPv4 address four digits, an E.164 phone
+/// number eight, an SSN nine, other phone formats ten and a card thirteen.
+fn digit_detectors_for(digits: usize) -> u64 {
+    let mut set = 0u64;
+    if digits >= 2 {
+        set |= 1 << Builtin::Iban as u8;
+    }
+    if digits >= 4 {
+        set |= 1 << Builtin::Ipv4 as u8;
+    }
+    if digits >= 8 {
+        set |= (1 << Builtin::Phone as u8)
+            | (1 << Builtin::Ssn as u8)
+            | (1 << Builtin::CreditCard as u8);
     }
     set
 }
