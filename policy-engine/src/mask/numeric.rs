@@ -126,9 +126,9 @@ fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
     }
     // Most digit runs (ids, amounts, dates, times) cannot be any of the shapes below: find
     // that out without building the token.
-    let (end, digits, groups, has_dot) = token_shape(hay, s);
-    if digits < MIN_TOKEN_DIGITS && !(groups >= 4 && has_dot) {
-        return end;
+    let shape = token_shape(hay, s);
+    if !shape.may_match() {
+        return shape.end;
     }
     let tok = Token::parse(hay, s);
     tok.detect(hay, set, hits);
@@ -140,30 +140,68 @@ fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
     tok.end
 }
 
-/// What [`Token::parse`] would find at `s`, without storing groups: the token end, its digit
-/// count, its group count (up to `MAX_GROUPS`) and whether a dot joins two groups.
+/// What [`Token::parse`] would find at `s`, summarised without storing groups.
+struct Shape {
+    end: usize,
+    digits: usize,
+    groups: usize,
+    has_dot: bool,
+    /// Some group has exactly three digits (an SSN area, a NANP area code or exchange).
+    has_three: bool,
+    /// Digits from the first group that could open a national phone number (`0` then 1-4
+    /// more digits) to the end of the token.
+    national_digits: usize,
+}
+
+impl Shape {
+    /// Whether some detector in [`Token::match_from`] could match: a card needs 13 digits
+    /// and an IPv4 address four dot-joined groups; every other shape needs at least two
+    /// groups and either a three-digit group (SSN, NANP) or a trunk prefix followed by ten
+    /// or more digits (national numbers).
+    fn may_match(&self) -> bool {
+        self.digits >= MIN_CARD_DIGITS
+            || (self.groups >= 4 && self.has_dot)
+            || (self.groups >= 2
+                && self.digits >= MIN_TOKEN_DIGITS
+                && (self.has_three || self.national_digits >= 10))
+    }
+}
+
 #[inline]
-fn token_shape(hay: &[u8], s: usize) -> (usize, usize, usize, bool) {
+fn token_shape(hay: &[u8], s: usize) -> Shape {
+    let mut sh = Shape {
+        end: s,
+        digits: 0,
+        groups: 0,
+        has_dot: false,
+        has_three: false,
+        national_digits: 0,
+    };
+    let mut national_from = None;
     let mut i = s;
-    let mut digits = 0usize;
-    let mut groups = 0usize;
-    let mut has_dot = false;
     loop {
         let gs = i;
         while hay.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
         }
-        digits += i - gs;
-        groups += 1;
-        if groups < MAX_GROUPS
+        let len = i - gs;
+        if national_from.is_none() && hay.get(gs) == Some(&b'0') && (2..=5).contains(&len) {
+            national_from = Some(sh.digits);
+        }
+        sh.digits += len;
+        sh.groups += 1;
+        sh.has_three |= len == 3;
+        if sh.groups < MAX_GROUPS
             && let Some(sep @ (b' ' | b'-' | b'.')) = hay.get(i).copied()
             && hay.get(i + 1).is_some_and(u8::is_ascii_digit)
         {
-            has_dot |= sep == b'.';
+            sh.has_dot |= sep == b'.';
             i += 1;
             continue;
         }
-        return (i, digits, groups, has_dot);
+        sh.end = i;
+        sh.national_digits = national_from.map_or(0, |d| sh.digits - d);
+        return sh;
     }
 }
 
