@@ -243,7 +243,7 @@ impl Scanner {
             return;
         };
         let set = if to.saturating_sub(from) <= GATE_MAX {
-            set & gate(region.get(from..).unwrap_or_default())
+            set & gate(region.get(from..).unwrap_or_default(), set)
         } else {
             set
         };
@@ -445,13 +445,21 @@ const CLASSES: [u8; 256] = {
 /// Which detectors could possibly match in `v`, from the byte classes present and the number
 /// of digits. Conservative: a detector is dropped only when every one of its matches needs a
 /// byte that is absent, or more digits than `v` has.
-fn gate(v: &[u8]) -> u64 {
+fn gate(v: &[u8], set: u64) -> u64 {
     let mut c = 0u8;
     let mut digits = 0usize;
-    for &b in v {
-        let k = CLASSES.get(usize::from(b)).copied().unwrap_or(0);
-        c |= k;
-        digits += usize::from(k & C_DIGIT);
+    // Counting digits costs an add per byte; sessions without digit detectors (secrets
+    // only) skip it.
+    if set & DIGIT_SET != 0 {
+        for &b in v {
+            let k = CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+            c |= k;
+            digits += usize::from(k & C_DIGIT);
+        }
+    } else {
+        for &b in v {
+            c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+        }
     }
     let mut set =
         !(LITERAL_SET | DIGIT_SET | (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8));
