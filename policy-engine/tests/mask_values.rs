@@ -389,3 +389,56 @@ fn json_fields_and_detectors() {
     );
     assert!(out.is_empty());
 }
+
+/// Key-value secrets are found from the separator back to the key name, and token prefixes
+/// are matched case-sensitively; the same answers must come for a short cell (which goes
+/// through the byte-class gate) and inside a long value (which does not).
+#[test]
+fn assignments_tokens_and_ties_short_and_long() {
+    let s = redact_all();
+    let gh = format!("ghp_{}", "a1B2c3D4e5".repeat(4));
+    let cases: Vec<(String, String)> = vec![
+        ("password=hunter2".into(), "password=[SECRET]".into()),
+        (
+            "Password = 'hunter2'".into(),
+            "Password = '[SECRET]'".into(),
+        ),
+        (
+            r#""API_KEY": "k-123""#.into(),
+            r#""API_KEY": "[SECRET]""#.into(),
+        ),
+        ("db_password: s3cr3t".into(), "db_password: [SECRET]".into()),
+        ("pwd:=x1".into(), "pwd:=[SECRET]".into()),
+        // The key ends in `_secret`, so its value is a secret, as for JSON keys: an earlier
+        // scan missed this one because `client_secret` failed the word boundary first.
+        (
+            "xclient_secret=hunter2".into(),
+            "xclient_secret=[SECRET]".into(),
+        ),
+        ("password_hint = x".into(), "password_hint = x".into()),
+        ("mypassword=x".into(), "mypassword=x".into()),
+        ("password=null".into(), "password=null".into()),
+        ("at 12:30:45 id=77".into(), "at 12:30:45 id=77".into()),
+        // Equal spans: the specific detector wins over `credential`.
+        (format!("token={gh}"), "token=[GITHUB_TOKEN]".into()),
+        (
+            "2026-11-26 AKIAIOSFODNN7EXAMPLE".into(),
+            "2026-11-26 [AWS_ACCESS_KEY]".into(),
+        ),
+        ("akiaiosfodnn7example".into(), "akiaiosfodnn7example".into()),
+        (
+            "ORD-123456 2026-11-26".into(),
+            "ORD-123456 2026-11-26".into(),
+        ),
+    ];
+    let pad = "n/a ".repeat(80);
+    for (input, want) in &cases {
+        assert_eq!(&text(&s, input), want, "short: {input}");
+        let long = format!("{pad}{input}\t{pad}");
+        assert_eq!(
+            text(&s, &long),
+            format!("{pad}{want}\t{pad}"),
+            "long: {input}"
+        );
+    }
+}

@@ -99,6 +99,18 @@ pub fn group(name: &str) -> Option<u64> {
     }
 }
 
+/// Detectors found from a token prefix in [`TOKEN_ANCHORS`].
+const TOKEN_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
+    | (1 << Builtin::GcpApiKey as u8)
+    | (1 << Builtin::GithubToken as u8)
+    | (1 << Builtin::GitlabToken as u8)
+    | (1 << Builtin::SlackToken as u8)
+    | (1 << Builtin::Jwt as u8)
+    | (1 << Builtin::PrivateKey as u8);
+
+/// Detectors found from a key name in [`KEYWORDS`] before a `=` or `:`.
+const ASSIGNMENT_SET: u64 = (1 << Builtin::AwsSecretKey as u8) | (1 << Builtin::Credential as u8);
+
 /// Detectors found by literal anchors alone (no digit scan): the "secrets" set.
 pub const LITERAL_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
     | (1 << Builtin::AwsSecretKey as u8)
@@ -131,7 +143,8 @@ enum Anchor {
     AwsSecretKeyword,
 }
 
-const ANCHORS: &[(&str, Anchor)] = &[
+/// Case-sensitive literal prefixes of tokens, found by one aho-corasick automaton.
+const TOKEN_ANCHORS: &[(&str, Anchor)] = &[
     ("AKIA", Anchor::AwsKeyId),
     ("ASIA", Anchor::AwsKeyId),
     ("ABIA", Anchor::AwsKeyId),
@@ -152,6 +165,12 @@ const ANCHORS: &[(&str, Anchor)] = &[
     ("xoxe-", Anchor::Slack),
     ("eyJ", Anchor::Jwt),
     ("-----BEGIN ", Anchor::Pem),
+];
+
+/// Key names whose assigned value is a secret, matched ASCII-case-insensitively. They are not
+/// searched for: the scan stops at each `=` and `:` and looks back for a keyword, because
+/// case-insensitive `password`/`token`/`secret` would make an automaton stop on common letters.
+const KEYWORDS: &[(&str, Anchor)] = &[
     ("aws_secret_access_key", Anchor::AwsSecretKeyword),
     ("aws_secret_key", Anchor::AwsSecretKeyword),
     ("password", Anchor::Keyword),
@@ -202,9 +221,8 @@ pub struct Scanner {
 impl Scanner {
     pub fn new(customs: Vec<Custom>) -> Result<Self, MaskError> {
         let anchors = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostLongest)
-            .build(ANCHORS.iter().map(|(p, _)| p))
+            .build(TOKEN_ANCHORS.iter().map(|(p, _)| p))
             .map_err(|e| MaskError::Internal(e.to_string()))?;
         Ok(Self {
             anchors,
@@ -227,12 +245,15 @@ impl Scanner {
             return;
         };
         let set = if to.saturating_sub(from) <= GATE_MAX {
-            set & gate(region.get(from..).unwrap_or_default())
+            set & gate(region.get(from..).unwrap_or_default(), set)
         } else {
             set
         };
-        if set & LITERAL_SET != 0 {
-            self.scan_anchors(region, from, set, hits);
+        if set & TOKEN_SET != 0 {
+            self.scan_tokens(region, from, set, hits);
+        }
+        if set & ASSIGNMENT_SET != 0 {
+            scan_assignments(region, from, set, hits);
         }
         if set & (1 << Builtin::Email as u8) != 0 {
             scan_emails(region, from, hits);
@@ -270,64 +291,123 @@ impl Scanner {
         }
     }
 
-    fn scan_anchors(&self, hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+    fn scan_tokens(&self, hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
         let Some(tail) = hay.get(from..) else { return };
         for m in self.anchors.find_iter(tail) {
             let s = from + m.start();
             let e = from + m.end();
-            let Some(&(pat, anchor)) = ANCHORS.get(m.pattern().as_usize()) else {
+            let Some(&(_, anchor)) = TOKEN_ANCHORS.get(m.pattern().as_usize()) else {
                 continue;
             };
-            let exact = hay.get(s..e) == Some(pat.as_bytes());
             let found =
                 match anchor {
-                    Anchor::AwsKeyId if exact => token_at(hay, s, e, 16, 16, |b| {
+                    Anchor::AwsKeyId => token_at(hay, s, e, 16, 16, |b| {
                         b.is_ascii_uppercase() || b.is_ascii_digit()
                     })
-                    .map(|end| (s, end, Builtin::AwsAccessKey)),
-                    Anchor::Gcp if exact => token_at(hay, s, e, 35, 35, is_b64url)
-                        .map(|end| (s, end, Builtin::GcpApiKey)),
-                    Anchor::Github if exact => {
-                        token_at(hay, s, e, 36, 255, |b| b.is_ascii_alphanumeric())
-                            .map(|end| (s, end, Builtin::GithubToken))
+                    .map(|end| (end, Builtin::AwsAccessKey)),
+                    Anchor::Gcp => {
+                        token_at(hay, s, e, 35, 35, is_b64url).map(|end| (end, Builtin::GcpApiKey))
                     }
-                    Anchor::GithubPat if exact => token_at(hay, s, e, 22, 255, is_word)
-                        .map(|end| (s, end, Builtin::GithubToken)),
-                    Anchor::Gitlab if exact => token_at(hay, s, e, 20, 255, is_b64url)
-                        .map(|end| (s, end, Builtin::GitlabToken)),
-                    Anchor::Slack if exact => token_at(hay, s, e, 10, 255, is_b64url)
-                        .map(|end| (s, end, Builtin::SlackToken)),
-                    Anchor::Jwt if exact => jwt_at(hay, s).map(|end| (s, end, Builtin::Jwt)),
-                    Anchor::Pem if exact => {
-                        pem_header_at(hay, s).map(|end| (s, end, Builtin::PrivateKey))
+                    Anchor::Github => token_at(hay, s, e, 36, 255, |b| b.is_ascii_alphanumeric())
+                        .map(|end| (end, Builtin::GithubToken)),
+                    Anchor::GithubPat => {
+                        token_at(hay, s, e, 22, 255, is_word).map(|end| (end, Builtin::GithubToken))
                     }
-                    Anchor::Keyword => {
-                        assignment_at(hay, s, e).map(|(vs, ve)| (vs, ve, Builtin::Credential))
-                    }
-                    Anchor::AwsSecretKeyword => assignment_at(hay, s, e).map(|(vs, ve)| {
-                        let v = hay.get(vs..ve).unwrap_or_default();
-                        if v.len() == 40
-                            && v.iter()
-                                .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
-                        {
-                            (vs, ve, Builtin::AwsSecretKey)
-                        } else {
-                            (vs, ve, Builtin::Credential)
-                        }
-                    }),
-                    _ => None,
+                    Anchor::Gitlab => token_at(hay, s, e, 20, 255, is_b64url)
+                        .map(|end| (end, Builtin::GitlabToken)),
+                    Anchor::Slack => token_at(hay, s, e, 10, 255, is_b64url)
+                        .map(|end| (end, Builtin::SlackToken)),
+                    Anchor::Jwt => jwt_at(hay, s).map(|end| (end, Builtin::Jwt)),
+                    Anchor::Pem => pem_header_at(hay, s).map(|end| (end, Builtin::PrivateKey)),
+                    Anchor::Keyword | Anchor::AwsSecretKeyword => None,
                 };
-            if let Some((s, e, det)) = found
+            if let Some((end, det)) = found
                 && set & (1u64 << det as u8) != 0
             {
                 hits.push(Hit {
                     start: s,
-                    end: e,
+                    end,
                     det: det as u8,
                 });
             }
         }
     }
+}
+
+/// Secret assignments (`password=...`, `"api_key": "..."`): at every `=` and `:`, the key name
+/// before it (after an optional closing quote and spaces) is checked against [`KEYWORDS`].
+fn scan_assignments(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+    let Some(tail) = hay.get(from..) else { return };
+    for rel in memchr::memchr2_iter(b'=', b':', tail) {
+        let Some((s, e, anchor)) = keyword_before(hay, from, from + rel) else {
+            continue;
+        };
+        let found = match anchor {
+            Anchor::AwsSecretKeyword => assignment_at(hay, s, e).map(|(vs, ve)| {
+                let v = hay.get(vs..ve).unwrap_or_default();
+                if v.len() == 40
+                    && v.iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
+                {
+                    (vs, ve, Builtin::AwsSecretKey)
+                } else {
+                    (vs, ve, Builtin::Credential)
+                }
+            }),
+            _ => assignment_at(hay, s, e).map(|(vs, ve)| (vs, ve, Builtin::Credential)),
+        };
+        if let Some((vs, ve, det)) = found
+            && set & (1u64 << det as u8) != 0
+        {
+            hits.push(Hit {
+                start: vs,
+                end: ve,
+                det: det as u8,
+            });
+        }
+    }
+}
+
+/// The keyword whose assignment separator is at `sep`: it ends just before the separator,
+/// optional spaces and an optional closing quote, starts at or after `from` and not right
+/// after a letter or digit. When several keywords end there (`client_secret`, `secret`), the
+/// one starting first decides the kind, as `aws_secret_key` must win over a plain keyword.
+fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, Anchor)> {
+    let mut e = sep;
+    while e > from && hay.get(e - 1) == Some(&b' ') {
+        e -= 1;
+    }
+    if e > from && matches!(hay.get(e - 1), Some(b'"' | b'\'')) {
+        e -= 1;
+    }
+    // Every keyword ends in one of these letters; most separators (times, URLs, JSON keys)
+    // are rejected here with one comparison.
+    let last = hay.get(e.checked_sub(1)?)? | 0x20;
+    if !matches!(last, b'd' | b't' | b'n' | b'y') {
+        return None;
+    }
+    let avail = e.checked_sub(from)?;
+    let mut best: Option<(usize, Anchor)> = None;
+    for &(kw, anchor) in KEYWORDS {
+        let n = kw.len();
+        if n > avail {
+            continue;
+        }
+        let s = e - n;
+        if hay
+            .get(s..e)
+            .is_some_and(|w| w.eq_ignore_ascii_case(kw.as_bytes()))
+            && !(s > 0
+                && hay
+                    .get(s - 1)
+                    .copied()
+                    .is_some_and(|b| b.is_ascii_alphanumeric()))
+            && best.is_none_or(|(bs, _)| s < bs)
+        {
+            best = Some((s, anchor));
+        }
+    }
+    best.map(|(s, a)| (s, e, a))
 }
 
 /// Values up to this length go through [`gate`] first: for a short result-set cell the fixed
@@ -337,9 +417,11 @@ const GATE_MAX: usize = 256;
 const C_DIGIT: u8 = 1;
 const C_AT: u8 = 2;
 const C_COLON: u8 = 4;
-/// A byte every literal-anchored match needs one of: `A` (AWS, GCP), `_` (GitHub), `-`
-/// (GitLab, Slack, PEM), `J` (JWT `eyJ`), `=`/`:` (key-value assignments).
-const C_ANCHOR: u8 = 8;
+/// A byte every token-prefix match needs one of: `A` (AWS, GCP), `_` (GitHub), `-`
+/// (GitLab, Slack, PEM), `J` (JWT `eyJ`).
+const C_TOKEN: u8 = 8;
+/// `=`: with `:`, the separators a key-value assignment needs.
+const C_EQUALS: u8 = 16;
 
 #[expect(
     clippy::indexing_slicing,
@@ -353,35 +435,113 @@ const CLASSES: [u8; 256] = {
         d += 1;
     }
     t[b'@' as usize] = C_AT;
-    t[b':' as usize] = C_COLON | C_ANCHOR;
-    t[b'A' as usize] = C_ANCHOR;
-    t[b'_' as usize] = C_ANCHOR;
-    t[b'-' as usize] = C_ANCHOR;
-    t[b'J' as usize] = C_ANCHOR;
-    t[b'=' as usize] = C_ANCHOR;
+    t[b':' as usize] = C_COLON;
+    t[b'A' as usize] = C_TOKEN;
+    t[b'_' as usize] = C_TOKEN;
+    t[b'-' as usize] = C_TOKEN;
+    t[b'J' as usize] = C_TOKEN;
+    t[b'=' as usize] = C_EQUALS;
     t
 };
 
-/// Which detectors could possibly match in `v`, from the byte classes present. Conservative:
-/// a detector is dropped only when a byte every one of its matches contains is absent.
-fn gate(v: &[u8]) -> u64 {
+/// Which detectors could possibly match in `v`, from the byte classes present and the number
+/// of digits. Conservative: a detector is dropped only when every one of its matches needs a
+/// byte that is absent, or more digits than `v` has.
+fn gate(v: &[u8], set: u64) -> u64 {
     let mut c = 0u8;
-    for &b in v {
-        c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+    let mut digits = 0usize;
+    // Counting digits costs an add per byte; sessions without digit detectors (secrets
+    // only) skip it.
+    if set & DIGIT_SET != 0 {
+        for &b in v {
+            let k = CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+            c |= k;
+            digits += usize::from(k & C_DIGIT);
+        }
+    } else {
+        for &b in v {
+            c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
+        }
     }
     let mut set =
         !(LITERAL_SET | DIGIT_SET | (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8));
-    if c & C_ANCHOR != 0 {
-        set |= LITERAL_SET;
+    if c & C_TOKEN != 0 && has_token_pair(v) {
+        set |= TOKEN_SET;
+    }
+    if c & (C_EQUALS | C_COLON) != 0 {
+        set |= ASSIGNMENT_SET;
     }
     if c & C_DIGIT != 0 {
-        set |= DIGIT_SET;
+        set |= digit_detectors_for(digits);
     }
     if c & C_AT != 0 {
         set |= 1 << Builtin::Email as u8;
     }
     if c & C_COLON != 0 {
         set |= 1 << Builtin::Ipv6 as u8;
+    }
+    set
+}
+
+/// First two bytes of every [`TOKEN_ANCHORS`] prefix, as one bit per pair shared by its
+/// first byte (in `PAIR_FIRST`) and its second (in `PAIR_SECOND`): `AK AS AB AC AI`, `gh gl`,
+/// `xo`, `ey`, `--`. A date's `-` or a capital `A` alone no longer sends a cell through the
+/// automaton.
+const PAIR_FIRST: [u8; 256] = pair_table(&[(b'A', 1), (b'g', 2), (b'x', 4), (b'e', 8), (b'-', 16)]);
+const PAIR_SECOND: [u8; 256] = pair_table(&[
+    (b'K', 1),
+    (b'S', 1),
+    (b'B', 1),
+    (b'C', 1),
+    (b'I', 1),
+    (b'h', 2),
+    (b'l', 2),
+    (b'o', 4),
+    (b'y', 8),
+    (b'-', 16),
+]);
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: a bad index fails the build, never the gateway"
+)]
+const fn pair_table(entries: &[(u8, u8)]) -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < entries.len() {
+        let (b, bit) = entries[i];
+        t[b as usize] |= bit;
+        i += 1;
+    }
+    t
+}
+
+/// Whether `v` holds the first two bytes of some token prefix.
+fn has_token_pair(v: &[u8]) -> bool {
+    v.windows(2).any(|w| {
+        let (Some(&a), Some(&b)) = (w.first(), w.get(1)) else {
+            return false;
+        };
+        let f = PAIR_FIRST.get(usize::from(a)).copied().unwrap_or(0);
+        f != 0 && f & PAIR_SECOND.get(usize::from(b)).copied().unwrap_or(0) != 0
+    })
+}
+
+/// The digit-anchored detectors that can match somewhere in a value holding `digits` digits:
+/// an IBAN has at least its two check digits, an IPv4 address four digits, an E.164 phone
+/// number eight, an SSN nine, other phone formats ten and a card thirteen.
+fn digit_detectors_for(digits: usize) -> u64 {
+    let mut set = 0u64;
+    if digits >= 2 {
+        set |= 1 << Builtin::Iban as u8;
+    }
+    if digits >= 4 {
+        set |= 1 << Builtin::Ipv4 as u8;
+    }
+    if digits >= 8 {
+        set |= (1 << Builtin::Phone as u8)
+            | (1 << Builtin::Ssn as u8)
+            | (1 << Builtin::CreditCard as u8);
     }
     set
 }
@@ -566,7 +726,7 @@ pub fn secret_key_kind(key: &[u8], value: &[u8]) -> Option<DetectorId> {
                     .is_some_and(u8::is_ascii_alphanumeric))
     };
     let mut found = None;
-    for &(kw, anchor) in ANCHORS {
+    for &(kw, anchor) in KEYWORDS {
         match anchor {
             Anchor::Keyword if named(kw) => found = found.or(Some(Builtin::Credential)),
             Anchor::AwsSecretKeyword if named(kw) => {

@@ -571,7 +571,15 @@ impl Inner {
             let Some(found) = hits.get_mut(base..) else {
                 return;
             };
-            found.sort_unstable_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
+            // Equal spans (`token=ghp_...`, where the value is also a GitHub token) go to the
+            // lower detector id, so the more specific built-in wins over `credential` and the
+            // result does not depend on the order the scanners reported them in.
+            found.sort_unstable_by(|a, b| {
+                a.start
+                    .cmp(&b.start)
+                    .then(b.end.cmp(&a.end))
+                    .then(a.det.cmp(&b.det))
+            });
             let mut w = base;
             let mut last_end = from;
             let mut pem_at = None;

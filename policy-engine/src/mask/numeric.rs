@@ -11,6 +11,14 @@ use super::validate;
 /// Most digit groups one numeric token is split into before the scan gives up on it.
 const MAX_GROUPS: usize = 12;
 
+/// Fewest digits of a match found by token shape: an SSN (9); NANP and national phone
+/// numbers have 10-11, cards 13-19. (E.164 and `(ddd)` phones are matched before a token is
+/// parsed; IPv4 addresses are the one shape with fewer digits and are checked separately.)
+const MIN_TOKEN_DIGITS: usize = 9;
+
+/// Fewest digits of a card number.
+const MIN_CARD_DIGITS: usize = 13;
+
 /// Bitmask of ASCII digits in a 32-byte block; written so the compiler vectorises it
 /// (compare + movemask), which keeps the digit prefilter at SIMD speed without `unsafe`.
 #[inline]
@@ -26,31 +34,40 @@ pub(crate) fn scan_digits(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>
     let mut skip_until = from;
     let mut pos = from;
     let mut prev_digit = from > 0 && hay.get(from - 1).is_some_and(u8::is_ascii_digit);
+    let mut starts_in = |m: u32, pos: usize, prev_digit: bool, skip_until: &mut usize| {
+        let mut starts = m & !((m << 1) | u32::from(prev_digit));
+        while starts != 0 {
+            let s = pos + starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            if s >= *skip_until {
+                *skip_until = digit_token(hay, s, set, hits);
+            }
+        }
+    };
     while let Some(block) = hay.get(pos..pos + 32) {
         let Ok(block) = <&[u8; 32]>::try_from(block) else {
             break;
         };
         let m = digit_mask(block);
         if m != 0 {
-            let mut starts = m & !((m << 1) | u32::from(prev_digit));
-            while starts != 0 {
-                let s = pos + starts.trailing_zeros() as usize;
-                starts &= starts - 1;
-                if s >= skip_until {
-                    skip_until = digit_token(hay, s, set, hits);
-                }
-            }
+            starts_in(m, pos, prev_digit, &mut skip_until);
         }
         prev_digit = m & (1 << 31) != 0;
         pos += 32;
     }
-    while let Some(&b) = hay.get(pos) {
-        let d = b.is_ascii_digit();
-        if d && !prev_digit && pos >= skip_until {
-            skip_until = digit_token(hay, pos, set, hits);
+    // The last partial block (all of a short cell) goes through the same vector mask, padded
+    // with zero bytes, which are not digits: a byte-at-a-time loop here cost more than the
+    // rest of the scan for result-set cells.
+    let rest = hay.get(pos..).unwrap_or_default();
+    if !rest.is_empty() {
+        let mut block = [0u8; 32];
+        if let Some(dst) = block.get_mut(..rest.len()) {
+            dst.copy_from_slice(rest);
         }
-        prev_digit = d;
-        pos += 1;
+        let m = digit_mask(&block);
+        if m != 0 {
+            starts_in(m, pos, prev_digit, &mut skip_until);
+        }
     }
 }
 
@@ -107,6 +124,12 @@ fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
             return e;
         }
     }
+    // Most digit runs (ids, amounts, dates, times) cannot be any of the shapes below: find
+    // that out without building the token.
+    let shape = token_shape(hay, s);
+    if !shape.may_match() {
+        return shape.end;
+    }
     let tok = Token::parse(hay, s);
     tok.detect(hay, set, hits);
     if tok.truncated {
@@ -117,12 +140,81 @@ fn digit_token(hay: &[u8], s: usize, set: u64, hits: &mut Vec<Hit>) -> usize {
     tok.end
 }
 
+/// What [`Token::parse`] would find at `s`, summarised without storing groups.
+struct Shape {
+    end: usize,
+    digits: usize,
+    groups: usize,
+    has_dot: bool,
+    /// Some group has exactly three digits (an SSN area, a NANP area code or exchange).
+    has_three: bool,
+    /// Digits from the first group that could open a national phone number (`0` then 1-4
+    /// more digits) to the end of the token.
+    national_digits: usize,
+}
+
+impl Shape {
+    /// Whether some detector in [`Token::match_from`] could match: a card needs 13 digits
+    /// and an IPv4 address four dot-joined groups; every other shape needs at least two
+    /// groups and either a three-digit group (SSN, NANP) or a trunk prefix followed by ten
+    /// or more digits (national numbers).
+    fn may_match(&self) -> bool {
+        self.digits >= MIN_CARD_DIGITS
+            || (self.groups >= 4 && self.has_dot)
+            || (self.groups >= 2
+                && self.digits >= MIN_TOKEN_DIGITS
+                && (self.has_three || self.national_digits >= 10))
+    }
+}
+
+#[inline]
+fn token_shape(hay: &[u8], s: usize) -> Shape {
+    let mut sh = Shape {
+        end: s,
+        digits: 0,
+        groups: 0,
+        has_dot: false,
+        has_three: false,
+        national_digits: 0,
+    };
+    let mut national_from = None;
+    let mut i = s;
+    loop {
+        let gs = i;
+        while hay.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let len = i - gs;
+        if national_from.is_none() && hay.get(gs) == Some(&b'0') && (2..=5).contains(&len) {
+            national_from = Some(sh.digits);
+        }
+        sh.digits += len;
+        sh.groups += 1;
+        sh.has_three |= len == 3;
+        if sh.groups < MAX_GROUPS
+            && let Some(sep @ (b' ' | b'-' | b'.')) = hay.get(i).copied()
+            && hay.get(i + 1).is_some_and(u8::is_ascii_digit)
+        {
+            sh.has_dot |= sep == b'.';
+            i += 1;
+            continue;
+        }
+        sh.end = i;
+        sh.national_digits = national_from.map_or(0, |d| sh.digits - d);
+        return sh;
+    }
+}
+
 /// A run of digit groups joined by single separators (` `, `-`, `.`).
 struct Token {
     groups: [(usize, usize); MAX_GROUPS],
     seps: [u8; MAX_GROUPS],
     n: usize,
     end: usize,
+    /// Digits in the token, and whether any separator is a dot: enough to rule out every
+    /// detector for most tokens (ids, amounts, dates) before looking at group shapes.
+    digits: usize,
+    has_dot: bool,
     /// The byte after the token does not glue a word to it.
     end_ok: bool,
     /// Stopped at `MAX_GROUPS` with more groups following.
@@ -136,6 +228,8 @@ impl Token {
             seps: [0; MAX_GROUPS],
             n: 0,
             end: s,
+            digits: 0,
+            has_dot: false,
             end_ok: true,
             truncated: false,
         };
@@ -148,6 +242,7 @@ impl Token {
             if let Some(g) = t.groups.get_mut(t.n) {
                 *g = (gs, i);
             }
+            t.digits += i - gs;
             t.n += 1;
             t.end = i;
             let sep = hay.get(i).copied();
@@ -158,6 +253,7 @@ impl Token {
                 if let Some(x) = t.seps.get_mut(t.n - 1) {
                     *x = sep;
                 }
+                t.has_dot |= sep == b'.';
                 i += 1;
                 continue;
             }
@@ -208,7 +304,10 @@ impl Token {
 
     fn detect(&self, hay: &[u8], set: u64, hits: &mut Vec<Hit>) {
         let n = self.n.min(MAX_GROUPS);
-        if self.n > MAX_GROUPS {
+        // Every match found here has at least `MIN_TOKEN_DIGITS` digits, except an IPv4
+        // address, which needs four dot-joined groups. Most digit runs in real rows (ids,
+        // amounts, dates, times) fail both, and skip the per-group checks below.
+        if self.n > MAX_GROUPS || (self.digits < MIN_TOKEN_DIGITS && !(n >= 4 && self.has_dot)) {
             return;
         }
         let mut i = 0;
@@ -268,7 +367,7 @@ impl Token {
             }
         }
         // Cards: 13-19 digits in groups joined by one kind of separator (` ` or `-`).
-        if on(set, Builtin::CreditCard) {
+        if on(set, Builtin::CreditCard) && self.digits >= MIN_CARD_DIGITS {
             let mut digits = [0u8; 19];
             let mut nd = 0usize;
             let mut best = None;
