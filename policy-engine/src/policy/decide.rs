@@ -21,6 +21,11 @@ pub struct Scratch {
     norm: String,
     cmd: String,
     results: Vec<StatementResult>,
+    /// Union of candidate-rule bitsets for statements with several kinds.
+    candidates: Vec<u64>,
+    /// Tests compare the kind-indexed walk against walking every rule.
+    #[cfg(test)]
+    pub(crate) full_walk: bool,
 }
 
 impl Scratch {
@@ -148,8 +153,16 @@ impl SessionPolicy {
                 reason: Reason::Unclassifiable(e),
             };
         }
+        #[cfg(test)]
+        let full_walk = scratch.full_walk;
+        #[cfg(not(test))]
+        let full_walk = false;
         let Scratch {
-            sql, norm, results, ..
+            sql,
+            norm,
+            results,
+            candidates,
+            ..
         } = scratch;
         let n = sql.statements().len();
         if n == 0 {
@@ -161,7 +174,7 @@ impl SessionPolicy {
         for (i, st) in sql.statements().iter().enumerate() {
             let mut norm_state = NormState::Pending;
             let prefilter = self.policy.regex_prefilter.as_ref();
-            let r = self.evaluate(|rule| {
+            let matches = |rule: &Rule| {
                 sql_miss(
                     rule,
                     sql,
@@ -174,7 +187,14 @@ impl SessionPolicy {
                     prefilter,
                 )
                 .is_none()
-            });
+            };
+            // Opaque statements match refusing rules whatever their kinds: walk every rule.
+            let r = if st.opaque || full_walk {
+                self.evaluate(matches)
+            } else {
+                let set = self.kind_index.candidates(st.kinds.bits(), candidates);
+                self.evaluate_in(set, matches)
+            };
             results.push(r);
             if worst.is_none_or(|(_, w)| r.verdict > w.verdict) {
                 worst = Some((i, r));
@@ -187,11 +207,36 @@ impl SessionPolicy {
     }
 
     /// Walks the session's rules with `matches` and applies precedence.
-    pub(crate) fn evaluate(&self, mut matches: impl FnMut(&Rule) -> bool) -> StatementResult {
+    pub(crate) fn evaluate(&self, matches: impl FnMut(&Rule) -> bool) -> StatementResult {
+        self.evaluate_from(self.rule_indices().iter().copied(), matches)
+    }
+
+    /// Walks only the session rules whose positions are set in `set` (see `KindIndex`).
+    fn evaluate_in(&self, set: &[u64], matches: impl FnMut(&Rule) -> bool) -> StatementResult {
+        let session = self.rule_indices();
+        let positions = set.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                Some(w * 64 + b)
+            })
+        });
+        self.evaluate_from(positions.filter_map(|p| session.get(p).copied()), matches)
+    }
+
+    fn evaluate_from(
+        &self,
+        indices: impl Iterator<Item = u32>,
+        mut matches: impl FnMut(&Rule) -> bool,
+    ) -> StatementResult {
         let rules = &self.policy.rules;
         let mut best: Option<(Verdict, u32)> = None;
         let mut observe: Option<u32> = None;
-        for &ri in self.rule_indices() {
+        for ri in indices {
             let Some(rule) = rules.get(ri as usize) else {
                 continue;
             };

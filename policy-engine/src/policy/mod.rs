@@ -339,10 +339,12 @@ impl Policy {
         } else {
             Verdict::Allow
         };
+        let kind_index = KindIndex::new(&self.rules, &rules);
         SessionPolicy {
             policy: Arc::clone(self),
             rules,
             default,
+            kind_index,
         }
     }
 }
@@ -358,6 +360,88 @@ pub struct SessionPolicy {
     policy: Arc<Policy>,
     rules: Vec<u32>,
     default: Verdict,
+    kind_index: KindIndex,
+}
+
+/// Which of the session's rules can match a non-opaque SQL statement of each kind: one bitset
+/// over positions in the session's rule list per kind bit, plus one for statements without a
+/// kind. A rule outside a kind's set would miss on its statement kinds (or protocol) anyway, so
+/// walking only the set, in position order, decides exactly as walking the whole list does.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KindIndex {
+    /// Bitset length in `u64` words.
+    words: usize,
+    /// `64 * words` words: kind bit `k`'s set is `per_kind[k * words..(k + 1) * words]`.
+    per_kind: Vec<u64>,
+    /// Rules with SQL matchers naming no kind, or no protocol matcher at all.
+    any_kind: Vec<u64>,
+}
+
+impl KindIndex {
+    fn new(all: &[Rule], session: &[u32]) -> KindIndex {
+        let words = session.len().div_ceil(64);
+        let mut per_kind = vec![0u64; 64 * words];
+        let mut any_kind = vec![0u64; words];
+        for (pos, &ri) in session.iter().enumerate() {
+            let Some(rule) = all.get(ri as usize) else {
+                continue;
+            };
+            let (w, bit) = (pos / 64, 1u64 << (pos % 64));
+            let kinds = match &rule.sql {
+                Some(m) if !m.kinds.is_empty() => m.kinds.bits(),
+                Some(_) => u64::MAX,
+                None if rule.matches_everything() => u64::MAX,
+                None => 0,
+            };
+            if kinds == u64::MAX
+                && let Some(x) = any_kind.get_mut(w)
+            {
+                *x |= bit;
+            }
+            for k in 0..64 {
+                if kinds & (1u64 << k) != 0
+                    && let Some(x) = per_kind.get_mut(k * words + w)
+                {
+                    *x |= bit;
+                }
+            }
+        }
+        KindIndex {
+            words,
+            per_kind,
+            any_kind,
+        }
+    }
+
+    /// The candidate set for a non-opaque statement with these kind bits: borrowed when it is
+    /// one stored set, else the union written into `buf`.
+    pub(crate) fn candidates<'a>(&'a self, kinds: u64, buf: &'a mut Vec<u64>) -> &'a [u64] {
+        if kinds == 0 {
+            return &self.any_kind;
+        }
+        if kinds.count_ones() == 1 {
+            let k = kinds.trailing_zeros() as usize;
+            return self
+                .per_kind
+                .get(k * self.words..(k + 1) * self.words)
+                .unwrap_or(&[]);
+        }
+        buf.clear();
+        buf.resize(self.words, 0);
+        let mut rest = kinds;
+        while rest != 0 {
+            let k = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let set = self
+                .per_kind
+                .get(k * self.words..(k + 1) * self.words)
+                .unwrap_or(&[]);
+            for (b, s) in buf.iter_mut().zip(set) {
+                *b |= *s;
+            }
+        }
+        buf
+    }
 }
 
 impl SessionPolicy {

@@ -1,1 +1,111 @@
+//! The kind-indexed rule walk decides exactly as walking every session rule does.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::compile_sources;
+use crate::policy::Scratch;
+use crate::request::{Action, Dialect, Identity};
+
+const RULES: &str = r#"
+[[rule]]
+id = "any"
+match.tables = ["secret", "*.secret"]
+action = "deny"
+
+[[rule]]
+id = "obs-select"
+match.statement = ["select"]
+match.tables = ["audit_*"]
+action = "observe"
+
+[[rule]]
+id = "review-write"
+match.statement = ["update", "delete"]
+match.without_where = true
+action = "review"
+review = { approvers = ["dba"] }
+
+[[rule]]
+id = "allow-select"
+match.statement = ["select"]
+action = "allow"
+
+[[rule]]
+id = "deny-ddl"
+match.statement = ["drop", "truncate", "alter", "create"]
+action = "deny"
+
+[[rule]]
+id = "regex"
+match.regex = ['\bpg_sleep\b']
+action = "deny"
+
+[[rule]]
+id = "multi"
+match.multi_statement = true
+match.statement = ["insert"]
+action = "review"
+review = { approvers = ["dba"] }
+
+[[rule]]
+id = "http-only"
+match.http.paths = ["/x"]
+action = "deny"
+
+[[rule]]
+id = "everything-observe"
+action = "observe"
+"#;
+
+#[test]
+fn kind_index_decides_like_full_walk() {
+    let mut rules = String::from(RULES);
+    // Enough rules that the bitsets span several words.
+    for i in 0..150 {
+        rules.push_str(&format!(
+            "\n[[rule]]\nid = \"gen-{i}\"\nmatch.statement = [\"{}\"]\nmatch.tables = [\"t{i}\"]\naction = \"{}\"\n",
+            ["select", "insert", "update", "delete", "copy"][i % 5],
+            ["allow", "deny", "observe"][i % 3],
+        ));
+    }
+    let policy =
+        Arc::new(compile_sources(&[(PathBuf::from("a.toml"), rules)]).expect("rules compile"));
+    let session = policy.session_unchecked("db", &Identity::default());
+    let corpus = include_str!("../../tests/corpus/classify.txt");
+    let mut extra: Vec<String> = (0..150)
+        .map(|i| format!("SELECT * FROM t{i}; DELETE FROM t{i}; COPY t{i} TO STDOUT"))
+        .collect();
+    extra.push("WITH g AS (DELETE FROM secret RETURNING *) SELECT * FROM g".into());
+    extra.push("EXECUTE p; SELECT 1".into());
+    let mut statements: Vec<(Dialect, String)> = corpus
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut p = l.splitn(4, " | ");
+            let d = match p.next()?.trim() {
+                "my" => Dialect::Mysql,
+                _ => Dialect::Postgres,
+            };
+            Some((d, p.nth(2)?.replace("\\n", "\n").replace("\\t", "\t")))
+        })
+        .collect();
+    statements.extend(extra.into_iter().map(|s| (Dialect::Postgres, s)));
+    assert!(statements.len() > 300);
+    let (mut indexed, mut full) = (Scratch::new(), Scratch::new());
+    full.full_walk = true;
+    for (dialect, text) in &statements {
+        let a = Action::Sql {
+            dialect: *dialect,
+            text,
+        };
+        let x = session.decide(&a, &mut indexed);
+        let y = session.decide(&a, &mut full);
+        assert_eq!(x, y, "{text}");
+        assert_eq!(
+            indexed.statement_results(),
+            full.statement_results(),
+            "{text}"
+        );
+    }
+}

@@ -196,6 +196,11 @@ impl KindSet {
         self.0 & other.0 != 0
     }
 
+    /// One bit per kind, bit `k as u8` for kind `k`.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

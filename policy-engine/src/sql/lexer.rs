@@ -324,21 +324,57 @@ fn dollar_tag_end(b: &[u8], from: usize) -> Option<usize> {
 fn number_end(b: &[u8], from: usize) -> usize {
     let mut i = from;
     while let Some(&c) = b.get(i) {
-        let exponent_sign = (c == b'+' || c == b'-')
-            && i > from
-            && matches!(b.get(i - 1), Some(b'e' | b'E'))
-            && !b
-                .get(from..i)
-                .unwrap_or_default()
-                .iter()
-                .any(|x| matches!(x, b'x' | b'X'));
-        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || exponent_sign {
+        // The common byte is tested first by table; the exponent sign check looks back and
+        // runs only on `+`/`-`.
+        if in_table(&NUMBER_CONTINUE, c)
+            || ((c == b'+' || c == b'-')
+                && i > from
+                && matches!(b.get(i - 1), Some(b'e' | b'E'))
+                && !b
+                    .get(from..i)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|x| matches!(x, b'x' | b'X')))
+        {
             i += 1;
         } else {
             break;
         }
     }
     i
+}
+
+/// Bytes that continue a number: ASCII alphanumerics, `_` and `.`.
+static NUMBER_CONTINUE: [bool; 256] = byte_table(b"_.", false);
+/// Bytes that continue an identifier: ASCII alphanumerics, `_`, `$` and every non-ASCII byte.
+static IDENT_CONTINUE: [bool; 256] = byte_table(b"_$", true);
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "a u8 always indexes a 256-entry table"
+)]
+fn in_table(t: &[bool; 256], c: u8) -> bool {
+    t[c as usize]
+}
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "const fn at compile time: indices are below 256 by construction"
+)]
+const fn byte_table(extra: &[u8], high: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || (high && b >= 0x80);
+        c += 1;
+    }
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
 }
 
 fn op_end(b: &[u8], from: usize, mysql: bool) -> usize {
@@ -382,7 +418,7 @@ fn is_ident_start(c: u8) -> bool {
 }
 
 fn is_ident_continue(c: u8, _mysql: bool) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    in_table(&IDENT_CONTINUE, c)
 }
 
 fn string_prefix(word: &[u8], mysql: bool) -> bool {
