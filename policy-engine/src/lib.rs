@@ -16,6 +16,7 @@ pub mod policy;
 pub mod request;
 pub mod sql;
 pub mod testfile;
+pub mod workload;
 
 pub use policy::{
     AccessContext, AccessDenied, Decision, Explanation, LoadError, LoadErrors, Policy, Reason,
