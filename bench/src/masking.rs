@@ -12,25 +12,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use policy_engine::mask::corpus::{self, Cell};
-use policy_engine::mask::{
-    MaskEngine, MaskSpec, MaskStats, SessionMasker, StrategyName, ValueKind,
-};
+use policy_engine::mask::{MaskEngine, MaskStats, SessionMasker, ValueKind};
 use serde_json::json;
 
 use crate::SuiteArgs;
-
-fn spec(detectors: &[&str]) -> MaskSpec {
-    MaskSpec {
-        connections: vec![],
-        groups: vec![],
-        columns: vec![],
-        fields: vec![],
-        detectors: detectors.iter().map(|s| (*s).to_owned()).collect(),
-        strategy: StrategyName::Redact,
-        keep: None,
-        replacement: None,
-    }
-}
 
 struct Case {
     name: &'static str,
@@ -44,17 +29,8 @@ struct Case {
 }
 
 fn make_case(name: &'static str, session: SessionMasker, rows: &[Vec<Cell>]) -> Case {
-    let cells: Vec<Vec<u8>> = rows
-        .iter()
-        .flatten()
-        .map(|c| c.text.clone().into_bytes())
-        .collect();
-    let mut stream = Vec::new();
-    for row in rows {
-        let line: Vec<&str> = row.iter().map(|c| c.text.as_str()).collect();
-        stream.extend_from_slice(line.join("\t").as_bytes());
-        stream.push(b'\n');
-    }
+    let cells = corpus::cell_values(rows);
+    let stream = corpus::tsv_stream(rows);
     let bytes = cells.iter().map(Vec::len).sum();
     Case {
         name,
@@ -111,7 +87,14 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     } else {
         (20_000, 7, Duration::from_millis(700))
     };
-    let all = MaskEngine::compile(&[spec(&["all"]), spec(&["secrets"])], &[], b"bench-key")?;
+    let all = MaskEngine::compile(
+        &[
+            corpus::detector_rule(&["all"]),
+            corpus::detector_rule(&["secrets"]),
+        ],
+        &[],
+        b"bench-key",
+    )?;
     let with_pii = corpus::rows(1, rows_n, 8, 5);
     let clean = corpus::rows(2, rows_n, 8, 0);
     let mut cases = [

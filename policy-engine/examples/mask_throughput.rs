@@ -12,22 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use policy_engine::mask::corpus::{self, Cell};
-use policy_engine::mask::{
-    MaskEngine, MaskSpec, MaskStats, SessionMasker, StrategyName, ValueKind,
-};
-
-fn spec(detectors: &[&str]) -> MaskSpec {
-    MaskSpec {
-        connections: vec![],
-        groups: vec![],
-        columns: vec![],
-        fields: vec![],
-        detectors: detectors.iter().map(|s| (*s).to_owned()).collect(),
-        strategy: StrategyName::Redact,
-        keep: None,
-        replacement: None,
-    }
-}
+use policy_engine::mask::{MaskEngine, MaskStats, SessionMasker, ValueKind};
 
 struct Case {
     name: &'static str,
@@ -40,17 +25,8 @@ struct Case {
 }
 
 fn make_case(name: &'static str, session: SessionMasker, rows: &[Vec<Cell>]) -> Case {
-    let cells: Vec<Vec<u8>> = rows
-        .iter()
-        .flatten()
-        .map(|c| c.text.clone().into_bytes())
-        .collect();
-    let mut stream = Vec::new();
-    for row in rows {
-        let line: Vec<&str> = row.iter().map(|c| c.text.as_str()).collect();
-        stream.extend_from_slice(line.join("\t").as_bytes());
-        stream.push(b'\n');
-    }
+    let cells = corpus::cell_values(rows);
+    let stream = corpus::tsv_stream(rows);
     let bytes = cells.iter().map(Vec::len).sum();
     Case {
         name,
@@ -109,7 +85,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let budget = Duration::from_millis(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(500));
     let rows_n = if passes.is_some() { 2_000 } else { 20_000 };
 
-    let all = MaskEngine::compile(&[spec(&["all"]), spec(&["secrets"])], &[], b"bench-key")?;
+    let all = MaskEngine::compile(
+        &[
+            corpus::detector_rule(&["all"]),
+            corpus::detector_rule(&["secrets"]),
+        ],
+        &[],
+        b"bench-key",
+    )?;
     let with_pii = corpus::rows(1, rows_n, 8, 5);
     let clean = corpus::rows(2, rows_n, 8, 0);
     let mut cases = [

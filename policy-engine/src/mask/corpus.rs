@@ -488,6 +488,40 @@ pub fn rows(seed: u64, rows: usize, cells: usize, pii_percent: u64) -> Vec<Vec<C
     (0..rows).map(|_| row(&mut r, cells, pii_percent)).collect()
 }
 
+/// A session-wide rule running `detectors` with the `redact` strategy: the rule the
+/// throughput measurements use.
+pub fn detector_rule(detectors: &[&str]) -> super::MaskSpec {
+    super::MaskSpec {
+        connections: vec![],
+        groups: vec![],
+        columns: vec![],
+        fields: vec![],
+        detectors: detectors.iter().map(|s| (*s).to_owned()).collect(),
+        strategy: super::StrategyName::Redact,
+        keep: None,
+        replacement: None,
+    }
+}
+
+/// The rows' cells as separate values, as a result set hands them to `mask_value`.
+pub fn cell_values(rows: &[Vec<Cell>]) -> Vec<Vec<u8>> {
+    rows.iter()
+        .flatten()
+        .map(|c| c.text.clone().into_bytes())
+        .collect()
+}
+
+/// The rows as one tab-separated, newline-terminated byte stream, as COPY text sends them.
+pub fn tsv_stream(rows: &[Vec<Cell>]) -> Vec<u8> {
+    let mut stream = Vec::new();
+    for row in rows {
+        let line: Vec<&str> = row.iter().map(|c| c.text.as_str()).collect();
+        stream.extend_from_slice(line.join("\t").as_bytes());
+        stream.push(b'\n');
+    }
+    stream
+}
+
 /// Precision and recall of one detector over a corpus (exact span match).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accuracy {
