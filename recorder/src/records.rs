@@ -265,6 +265,9 @@ pub struct ReviewEvent {
 pub(crate) enum Record {
     SessionStarted(Arc<SessionInfo>),
     SessionEnded(SessionEnd),
+    /// A command decided and about to be forwarded: kept open by the writer (and in the
+    /// in-flight snapshot) until its [`Record::Command`] arrives.
+    CommandStarted(CommandRecord),
     Command(CommandRecord),
     Frame(FrameRecord),
     Review(ReviewEvent),

@@ -218,6 +218,21 @@ impl SessionsBuilder {
 
     /// Appends a session row; `end` is `None` for a session still open at shutdown.
     pub(crate) fn append(&mut self, s: &SessionInfo, end: Option<&SessionEnd>) {
+        self.append_with(s, end, None);
+    }
+
+    /// Appends the row of a session that was open when the gateway stopped without shutting
+    /// down (the crash snapshot): no end time, outcome `error`, and `reason`.
+    pub(crate) fn append_interrupted(&mut self, s: &SessionInfo, reason: &str) {
+        self.append_with(s, None, Some(reason));
+    }
+
+    fn append_with(
+        &mut self,
+        s: &SessionInfo,
+        end: Option<&SessionEnd>,
+        interrupted: Option<&str>,
+    ) {
         self.schema_version.append_value(SCHEMA_VERSION);
         append_session_id(&mut self.session_id, s.id);
         self.worker.append_value(s.worker);
@@ -241,9 +256,12 @@ impl SessionsBuilder {
                 self.ended_at.append_null();
                 self.bytes_in.append_value(0);
                 self.bytes_out.append_value(0);
-                self.outcome
-                    .append_value(crate::records::Outcome::Open.as_str());
-                self.outcome_reason.append_null();
+                let outcome = match interrupted {
+                    Some(_) => crate::records::Outcome::Error,
+                    None => crate::records::Outcome::Open,
+                };
+                self.outcome.append_value(outcome.as_str());
+                self.outcome_reason.append_option(interrupted);
             }
         }
         self.rows += 1;
