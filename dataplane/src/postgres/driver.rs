@@ -15,8 +15,9 @@
 //!
 //! Backpressure: a side is read only after everything read before has been written to the
 //! other side, so a slow peer slows its counterpart and buffers stay bounded by one read
-//! plus one message. The driver does not record frames for replay yet, and does not hold
-//! statements for review (they are refused until reviews exist).
+//! plus one message. With `record_frames`, every batch written to either side is also
+//! queued as a `frames` row (client side after masking). The driver does not hold
+//! statements for review yet (they are refused until reviews exist).
 //!
 //! [`CancelRegistry`]: crate::services::CancelRegistry
 
@@ -31,12 +32,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::io::Canceller;
 use monoio::net::TcpStream;
-use recorder::{Micros, Outcome, SessionEnd, SessionInfo};
+use recorder::{Direction, FrameRecord, Micros, Outcome, SessionEnd, SessionInfo};
 
 use super::backend;
 use super::client_session::{ClientConfig, ClientEvent, ClientSession};
 use super::frontend::{self, CancelKey, FrontendMessage};
-use super::inspect::{ClientVerdict, Inspector, policy_identity};
+use super::inspect::{ClientVerdict, CommandEvent, Inspector, policy_identity};
 use super::reply;
 use super::route::{PgRoute, STARTUP_TIMEOUT};
 use super::sequencer::ResponseSequencer;
@@ -279,14 +280,15 @@ pub async fn serve(
             route,
             ws,
             last_activity: Instant::now(),
+            frame_seq: 0,
         };
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
             .await;
         relay
             .inspector
-            .abandon("session ended before the server answered", &mut |r| {
-                ws.record(|p| p.command(r))
+            .abandon("session ended before the server answered", &mut |e| {
+                record_command(ws, e)
             });
         end(&client, outcome, reason)
     } else {
@@ -315,6 +317,14 @@ pub async fn serve(
         tracing::warn!(session = %info.id, "the recorder refused a session end record");
     }
     totals
+}
+
+/// Queues one of the inspector's command records on this worker's recorder queue.
+fn record_command(ws: &WorkerServices, event: CommandEvent) -> bool {
+    match event {
+        CommandEvent::Started(r) => ws.record(|p| p.command_started(r)),
+        CommandEvent::Finished(r) => ws.record(|p| p.command(r)),
+    }
 }
 
 /// Records a session that never reached the relay: its start and end together.
@@ -600,6 +610,8 @@ struct Relay<'a> {
     route: &'a PgRoute,
     ws: &'a WorkerServices,
     last_activity: Instant,
+    /// Next `frames.seq` of this session.
+    frame_seq: u64,
 }
 
 impl Relay<'_> {
@@ -616,6 +628,9 @@ impl Relay<'_> {
         loop {
             // Client → upstream, one bounded batch.
             let client_step = self.client_batch(cin, &mut to_up, &mut to_client);
+            if !to_up.is_empty() && !self.frame(Direction::FromClient, &to_up) {
+                return self.frames_refused(client).await;
+            }
             if !to_up.is_empty()
                 && let Err(e) = upstream.write_all(to_up.split().to_vec()).await
             {
@@ -628,17 +643,22 @@ impl Relay<'_> {
             match client_step {
                 Step::Continue(_) => {}
                 Step::End => {
+                    self.frame(Direction::ToClient, &to_client);
                     let _ = client.write(&mut to_client).await;
                     return (Outcome::Ok, None);
                 }
                 Step::Fatal(e) => {
                     self.session.refuse(&e, &mut to_client);
+                    self.frame(Direction::ToClient, &to_client);
                     let _ = client.write(&mut to_client).await;
                     return (Outcome::Error, Some(e.to_string()));
                 }
             }
             // Upstream → client, one bounded batch.
             let up_step = self.upstream_batch(uin, &mut to_client);
+            if !self.frame(Direction::ToClient, &to_client) {
+                return self.frames_refused(client).await;
+            }
             if let Err(e) = client.write(&mut to_client).await {
                 return (Outcome::Error, Some(format!("client write failed: {e}")));
             }
@@ -704,6 +724,38 @@ impl Relay<'_> {
         }
     }
 
+    /// Queues a `frames` row for replay when the connection records frames: the bytes about to
+    /// be forwarded upstream, or about to be written to the client (after masking, so replay
+    /// shows what the client saw). One row per write, not per protocol message: replay needs
+    /// the bytes and their order, and a batch is what went over the wire at once. Returns
+    /// false when the recorder refused it (the caller ends the session: the traffic would
+    /// otherwise go unrecorded).
+    fn frame(&mut self, direction: Direction, bytes: &[u8]) -> bool {
+        if !self.route.record_frames || bytes.is_empty() {
+            return true;
+        }
+        let seq = self.frame_seq;
+        self.frame_seq += 1;
+        let frame = FrameRecord {
+            session: Arc::clone(self.inspector.session()),
+            seq,
+            at: Micros::now(),
+            direction,
+            payload: Bytes::copy_from_slice(bytes),
+        };
+        self.ws.record(|p| p.frame(frame))
+    }
+
+    /// Ends a session whose frames the recorder no longer takes (fail closed).
+    async fn frames_refused(&mut self, client: &mut Client<'_>) -> (Outcome, Option<String>) {
+        let e = PgError::AuditUnavailable;
+        client.fatal(&mut self.session, &e).await;
+        (
+            Outcome::Error,
+            Some("the recorder refused a frame record".into()),
+        )
+    }
+
     /// Decides buffered client messages until the buffer needs more bytes or a batch is full.
     fn client_batch(
         &mut self,
@@ -712,7 +764,7 @@ impl Relay<'_> {
         to_client: &mut BytesMut,
     ) -> Step {
         let ws = self.ws;
-        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let mut record = |e| record_command(ws, e);
         loop {
             if to_up.len() >= WRITE_BATCH || to_client.len() >= WRITE_BATCH {
                 return Step::Continue(true);
@@ -780,7 +832,7 @@ impl Relay<'_> {
     /// for the client is full.
     fn upstream_batch(&mut self, uin: &mut BytesMut, to_client: &mut BytesMut) -> Step {
         let ws = self.ws;
-        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let mut record = |e| record_command(ws, e);
         loop {
             if to_client.len() >= WRITE_BATCH {
                 return Step::Continue(true);

@@ -7,10 +7,13 @@
 //! order replies (the [`super::sequencer::ResponseSequencer`] does) or follow the protocol
 //! state (the [`super::client_session::ClientSession`] does).
 //!
-//! Records of forwarded statements are completed when the server answers (rows from
-//! CommandComplete, duration, masked values) and queued then; a statement is only forwarded
-//! while the worker's recorder queue accepts records, so a full queue refuses statements
-//! rather than letting them run unrecorded. Refused statements are recorded at once.
+//! Records: a statement to be forwarded is first announced to the recorder
+//! ([`CommandEvent::Started`], with its text, decision and rule) and forwarded only if the
+//! recorder took it, so nothing reaches the server without a queued record and a full queue
+//! refuses statements instead of letting them run unrecorded. When the server answers, the
+//! same record comes back completed (rows from CommandComplete, duration, masked values) as
+//! [`CommandEvent::Finished`]; the recorder keeps one row per statement. Refused statements
+//! are recorded at once, finished.
 //!
 //! Masking follows the latest RowDescription. A DataRow whose columns are unknown (a client
 //! that executes without describing) is masked with the session-wide detectors only, and a
@@ -39,9 +42,26 @@ use crate::services::PolicySnapshot;
 /// Rule id recorded when no rule matched and the connection's default decided.
 pub const DEFAULT_RULE: &str = "default";
 
+/// Error of a statement announced to the recorder and then not forwarded, because the
+/// recorder refused a later statement of the same query string.
+const AUDIT_REFUSED: &str = "not executed: the audit recorder refused the query string";
+
 /// Largest statement text kept in one audit record; longer text is cut (the statement still
 /// runs whole). Bounds what one statement can cost the recorder.
 pub const MAX_RECORDED_TEXT: usize = 64 * 1024;
+
+/// What the inspector hands to the recorder. The callback returns whether the recorder took
+/// it; a refused `Started` means the statement must not be forwarded.
+#[derive(Debug)]
+pub enum CommandEvent {
+    /// Decided and about to be forwarded: queue it before the bytes leave.
+    Started(CommandRecord),
+    /// Finished (answered, refused or abandoned): its `commands` row.
+    Finished(CommandRecord),
+}
+
+/// The callback through which records leave the inspector.
+pub type RecordFn<'a> = dyn FnMut(CommandEvent) -> bool + 'a;
 
 /// What the driver does with one client message.
 #[derive(Debug)]
@@ -140,19 +160,24 @@ impl Inspector {
         }
     }
 
+    /// The session every record of this inspector belongs to.
+    pub fn session(&self) -> &Arc<SessionInfo> {
+        &self.info
+    }
+
     /// Values masked so far in this session.
     pub fn masked_total(&self) -> u64 {
         self.masked_total
     }
 
-    /// Decides one client message. `record` queues a finished record and says whether the
-    /// recorder took it; `recorder_accepting` says whether new statements may run.
+    /// Decides one client message. `record` queues records and says whether the recorder took
+    /// them; `recorder_accepting` says whether new statements may be prepared.
     pub fn on_client(
         &mut self,
         message: &FrontendMessage,
         scratch: &mut Scratch,
         recorder_accepting: bool,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> ClientVerdict {
         match message {
             FrontendMessage::Query { sql } => {
@@ -187,9 +212,12 @@ impl Inspector {
                     decision: RecDecision::Allow,
                     rule: None,
                 });
-                let record = self.new_record(meta.kind, text, meta.decision, meta.rule);
+                let r = self.new_record(meta.kind, text, meta.decision, meta.rule);
+                if !record(CommandEvent::Started(r.clone())) {
+                    return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                }
                 self.pending.push_back(Pending {
-                    record,
+                    record: r,
                     started: Instant::now(),
                     sync_no: self.syncs_forwarded + 1,
                 });
@@ -212,7 +240,7 @@ impl Inspector {
                     RecDecision::Deny,
                     Some(DEFAULT_RULE.into()),
                 );
-                record(r);
+                record(CommandEvent::Finished(r));
                 ClientVerdict::Refuse(PgError::StatementDenied {
                     rule: DEFAULT_RULE.into(),
                     message: "fast-path function calls are not allowed through the gateway".into(),
@@ -222,16 +250,13 @@ impl Inspector {
         }
     }
 
-    fn expiry_check(
-        &mut self,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
-    ) -> Option<ClientVerdict> {
+    fn expiry_check(&mut self, record: &mut RecordFn<'_>) -> Option<ClientVerdict> {
         if !self.identity.expired(now_unix(), self.grace) {
             return None;
         }
         let mut r = self.new_record("token_expired".into(), None, RecDecision::Deny, None);
         r.error = Some("token expired: reconnect with a fresh token".into());
-        record(r);
+        record(CommandEvent::Finished(r));
         Some(ClientVerdict::Fatal(PgError::TokenExpired))
     }
 
@@ -241,7 +266,7 @@ impl Inspector {
         parse_name: Option<Bytes>,
         scratch: &mut Scratch,
         recorder_accepting: bool,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> ClientVerdict {
         if let Some(v) = self.expiry_check(record) {
             return v;
@@ -250,7 +275,7 @@ impl Inspector {
             let mut r =
                 self.new_record("unknown".into(), Some(sql.clone()), RecDecision::Deny, None);
             r.error = Some("statement text is not utf-8".into());
-            record(r);
+            record(CommandEvent::Finished(r));
             return ClientVerdict::Refuse(PgError::StatementDenied {
                 rule: DEFAULT_RULE.into(),
                 message: "the statement text is not valid utf-8, so it cannot be checked".into(),
@@ -315,7 +340,7 @@ impl Inspector {
                 for (kind, piece, decision, rule) in parts {
                     let mut r = self.new_record(kind, Some(piece), decision, rule);
                     r.error = Some(Arc::clone(&error));
-                    record(r);
+                    record(CommandEvent::Finished(r));
                 }
                 let e = if overall == Verdict::Deny {
                     PgError::StatementDenied {
@@ -351,13 +376,28 @@ impl Inspector {
                         }
                     }
                     None => {
+                        let started = Instant::now();
+                        let records: Vec<CommandRecord> = parts
+                            .into_iter()
+                            .map(|(kind, piece, decision, rule)| {
+                                self.new_record(kind, Some(piece), decision, rule)
+                            })
+                            .collect();
+                        for (i, r) in records.iter().enumerate() {
+                            if !record(CommandEvent::Started(r.clone())) {
+                                // Close the ones already announced: none of them runs.
+                                for mut r in records.into_iter().take(i) {
+                                    r.error = Some(AUDIT_REFUSED.into());
+                                    record(CommandEvent::Finished(r));
+                                }
+                                return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                            }
+                        }
                         let sync_no = self.syncs_forwarded + 1;
                         self.syncs_forwarded = sync_no;
-                        let started = Instant::now();
-                        for (kind, piece, decision, rule) in parts {
-                            let record = self.new_record(kind, Some(piece), decision, rule);
+                        for r in records {
                             self.pending.push_back(Pending {
-                                record,
+                                record: r,
                                 started,
                                 sync_no,
                             });
@@ -408,7 +448,7 @@ impl Inspector {
         &mut self,
         frame: &BackendFrame,
         out: &mut BytesMut,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> Result<(), PgError> {
         match &frame.message {
             BackendMessage::RowDescription(fields) => {
@@ -560,7 +600,7 @@ impl Inspector {
         &mut self,
         rows: Option<u64>,
         error: Option<Arc<str>>,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) {
         if self.current_mut().is_none() {
             return;
@@ -571,17 +611,17 @@ impl Inspector {
         p.record.rows = rows;
         p.record.error = error;
         p.record.duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        record(p.record);
+        record(CommandEvent::Finished(p.record));
     }
 
     /// Records every statement still waiting for an answer (the session is ending).
-    pub fn abandon(&mut self, reason: &str, record: &mut dyn FnMut(CommandRecord) -> bool) {
+    pub fn abandon(&mut self, reason: &str, record: &mut RecordFn<'_>) {
         let reason: Arc<str> = reason.into();
         while let Some(mut p) = self.pending.pop_front() {
             p.record.error = Some(Arc::clone(&reason));
             p.record.duration_us =
                 u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            record(p.record);
+            record(CommandEvent::Finished(p.record));
         }
     }
 }

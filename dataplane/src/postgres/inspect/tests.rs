@@ -10,7 +10,7 @@ use policy_engine::policy::compile_sources;
 use policy_engine::{AccessContext, Scratch};
 use recorder::{CommandRecord, Decision, Micros, SessionId, SessionInfo};
 
-use super::{ClientVerdict, Inspector, policy_identity};
+use super::{ClientVerdict, CommandEvent, Inspector, policy_identity};
 use crate::identity::{Identity, IdentityKind};
 use crate::postgres::backend;
 use crate::postgres::frontend::FrontendMessage;
@@ -132,7 +132,9 @@ fn a_query_string_with_one_denied_statement_is_refused_whole_and_recorded_per_st
         &mut Scratch::new(),
         true,
         &mut |r| {
-            records.push(r);
+            if let CommandEvent::Finished(r) = r {
+                records.push(r);
+            }
             true
         },
     );
@@ -180,7 +182,9 @@ fn an_allowed_select_is_masked_and_recorded_with_rows_when_the_server_answers() 
     let mut i = inspector(i64::MAX);
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut rec = |r| {
-        records.push(r);
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
         true
     };
     let verdict = i.on_client(
@@ -228,7 +232,9 @@ fn observe_is_forwarded_and_flagged() {
     let mut i = inspector(i64::MAX);
     let mut records = Vec::new();
     let mut rec = |r| {
-        records.push(r);
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
         true
     };
     let v = i.on_client(
@@ -263,7 +269,9 @@ fn an_expired_token_ends_the_session_at_the_next_statement() {
     let mut i = inspector(1);
     let mut records = Vec::new();
     let v = i.on_client(&query("SELECT 1"), &mut Scratch::new(), true, &mut |r| {
-        records.push(r);
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
         true
     });
     assert!(
@@ -275,5 +283,81 @@ fn an_expired_token_ends_the_session_at_the_next_statement() {
     assert!(
         records[0].text.is_none(),
         "the refused text is not needed to explain an expiry"
+    );
+}
+
+#[test]
+fn a_forwarded_statement_is_announced_before_it_leaves_and_finished_when_answered() {
+    let mut i = inspector(i64::MAX);
+    let mut events = Vec::new();
+    let mut rec = |e: CommandEvent| {
+        events.push(match e {
+            CommandEvent::Started(r) => ("started", r.seq, r.rows),
+            CommandEvent::Finished(r) => ("finished", r.seq, r.rows),
+        });
+        true
+    };
+    let v = i.on_client(
+        &query("SELECT 1; SELECT 2"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    // Both statements were queued before the verdict let the bytes go.
+    let mut out = BytesMut::new();
+    for frame in [
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&frame, &mut out, &mut rec).expect("ok");
+    }
+    assert_eq!(
+        events,
+        [
+            ("started", 1, None),
+            ("started", 2, None),
+            ("finished", 1, Some(1)),
+            ("finished", 2, Some(1)),
+        ]
+    );
+}
+
+#[test]
+fn a_refused_announcement_refuses_the_whole_query_and_closes_what_was_announced() {
+    let mut i = inspector(i64::MAX);
+    let mut taken = 0;
+    let mut finished = Vec::new();
+    let v = i.on_client(
+        &query("SELECT 1; SELECT 2"),
+        &mut Scratch::new(),
+        true,
+        &mut |e| match e {
+            CommandEvent::Started(_) => {
+                taken += 1;
+                taken == 1
+            }
+            CommandEvent::Finished(r) => {
+                finished.push(r);
+                true
+            }
+        },
+    );
+    assert!(
+        matches!(v, ClientVerdict::Refuse(PgError::AuditUnavailable)),
+        "{v:?}"
+    );
+    assert_eq!(
+        finished.len(),
+        1,
+        "the first, announced, is closed as not executed"
+    );
+    assert!(
+        finished[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("not executed")
     );
 }
