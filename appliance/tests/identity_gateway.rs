@@ -368,10 +368,12 @@ fn with(mut claims: Value, key: &str, value: Value) -> Value {
     claims
 }
 
-/// One invalid token: what it is, the token, what the client's message must say, and the
-/// subject the audit record must carry when the payload is readable.
+/// One invalid token: what it is, its audit kind, the token, what the client's message must
+/// say, and the subject the audit record must carry when the payload is readable.
 struct Bad {
     name: &'static str,
+    /// The stable reason recorded in front of the message.
+    kind: &'static str,
     token: String,
     says: &'static str,
     subject: Option<&'static str>,
@@ -416,12 +418,14 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
     vec![
         Bad {
             name: "bad signature",
+            kind: "bad_signature",
             token: bad_signature,
             says: "signature does not verify",
             subject: Some("case-bad-signature"),
         },
         Bad {
             name: "wrong iss",
+            kind: "wrong_issuer",
             token: sign(
                 setup,
                 &kid,
@@ -436,6 +440,7 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "wrong aud",
+            kind: "wrong_audience",
             token: sign(
                 setup,
                 &kid,
@@ -450,6 +455,7 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "expired",
+            kind: "expired",
             token: sign(
                 setup,
                 &kid,
@@ -460,6 +466,7 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "not yet valid",
+            kind: "not_yet_valid",
             token: sign(
                 setup,
                 &kid,
@@ -470,6 +477,7 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "alg none",
+            kind: "alg_not_allowed",
             token: unsigned(
                 json!({"alg": "none", "typ": "JWT", "kid": kid}),
                 good_claims("case-alg-none"),
@@ -480,18 +488,21 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "HS256 with the public key",
+            kind: "alg_not_allowed",
             token: hs_confusion,
             says: "algorithm `HS256` is not allowed",
             subject: Some("case-hs-confusion"),
         },
         Bad {
             name: "unknown kid",
+            kind: "unknown_kid",
             token: sign(setup, "no-such-key", &good_claims("case-unknown-kid")),
             says: "key id `no-such-key` is not in the issuer's key set",
             subject: Some("case-unknown-kid"),
         },
         Bad {
             name: "oversized",
+            kind: "oversized",
             token: sign(
                 setup,
                 &kid,
@@ -502,6 +513,7 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "malformed base64",
+            kind: "malformed",
             token: format!(
                 "{}.not*base64*at*all.c2lnbmF0dXJlLW9mLWEtbWFsZm9ybWVkLXRva2Vu",
                 b64(br#"{"alg":"EdDSA"}"#)
@@ -511,12 +523,14 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
         },
         Bad {
             name: "malformed json payload",
+            kind: "malformed",
             token: sign_raw(setup, &kid, br#"{"sub": "case-json", "exp": oops"#),
             says: "token is malformed: payload is not a json object",
             subject: None,
         },
         Bad {
             name: "malformed json header",
+            kind: "malformed",
             token: format!(
                 "{}.{}.c2lnbmF0dXJlLW9mLWJyb2tlbi1qc29uLWhlYWRlcg",
                 b64(br#"{"alg": EdDSA"#),
@@ -635,6 +649,12 @@ fn every_invalid_token_is_refused_recorded_and_never_stored() {
                 failed.len()
             );
             for s in &failed {
+                let reason = s.outcome_reason.as_deref().unwrap_or_default();
+                assert!(
+                    reason.starts_with(&format!("{}: ", case.kind)),
+                    "{driver}: {}: {reason}",
+                    case.name
+                );
                 assert!(s.client_addr.starts_with("127.0.0.1:"), "{driver}: {s:?}");
                 assert!(s.connection.starts_with("orders-"), "{s:?}");
                 if let Some(sub) = case.subject {
@@ -663,6 +683,7 @@ fn every_invalid_token_is_refused_recorded_and_never_stored() {
             .iter()
             .find(|s| s.subject == "case-mid-session")
             .expect("the expired session is recorded");
+        assert_eq!(session.outcome, "error", "{driver}: {session:?}");
         assert!(
             session
                 .outcome_reason
