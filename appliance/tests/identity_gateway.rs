@@ -494,6 +494,17 @@ fn bad_tokens(setup: &Setup) -> Vec<Bad> {
             subject: Some("case-hs-confusion"),
         },
         Bad {
+            name: "kid of another key type",
+            kind: "alg_not_allowed",
+            token: unsigned(
+                json!({"alg": "ES256", "typ": "JWT", "kid": kid}),
+                good_claims("case-kid-type"),
+                "c2lnbmF0dXJlLWZvci1hbm90aGVyLWtleS10eXBl",
+            ),
+            says: "token algorithm `ES256` does not match key",
+            subject: Some("case-kid-type"),
+        },
+        Bad {
             name: "unknown kid",
             kind: "unknown_kid",
             token: sign(setup, "no-such-key", &good_claims("case-unknown-kid")),
