@@ -289,6 +289,7 @@ fn every_invalid_token_is_refused_recorded_and_never_stored() {
         assert_serves(tls, &good, driver);
 
         let bad = bad_tokens(&setup);
+        let mut raw_addrs = Vec::new();
         for case in &bad {
             let what = format!("{driver}: {}", case.name);
             // psql over TLS: refused, and the message names the problem.
@@ -304,7 +305,9 @@ fn every_invalid_token_is_refused_recorded_and_never_stored() {
                 "{what}: token echoed to the client"
             );
             // The raw client sees the exact ErrorResponse: FATAL, 28P01, the same message.
-            let (answer, closed) = Raw::connect(plain, &case.token).until_ready();
+            let mut raw = Raw::connect(plain, &case.token);
+            raw_addrs.push(raw.local_addr().to_string());
+            let (answer, closed) = raw.until_ready();
             let (severity, code, message) =
                 error_of(&answer).unwrap_or_else(|| panic!("{what}: no error in {answer:?}"));
             assert_eq!(
@@ -361,7 +364,7 @@ fn every_invalid_token_is_refused_recorded_and_never_stored() {
         stop(&mut gw, driver);
         let root = setup.recordings();
         let rows = sessions(&root);
-        for case in &bad {
+        for (case, raw_addr) in bad.iter().zip(&raw_addrs) {
             let failed: Vec<_> = rows
                 .iter()
                 .filter(|s| {
@@ -377,6 +380,14 @@ fn every_invalid_token_is_refused_recorded_and_never_stored() {
                 "{driver}: {}: {} auth_failed sessions: {rows:?}",
                 case.name,
                 failed.len()
+            );
+            // The raw client's row names its exact address.
+            assert!(
+                failed
+                    .iter()
+                    .any(|s| &s.client_addr == raw_addr && s.connection == "orders-plain"),
+                "{driver}: {}: no row from {raw_addr}: {failed:?}",
+                case.name
             );
             for s in &failed {
                 let reason = s.outcome_reason.as_deref().unwrap_or_default();

@@ -162,6 +162,11 @@ impl Raw {
         raw
     }
 
+    /// The client's own address, as the gateway sees it on loopback.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.s.local_addr().unwrap()
+    }
+
     pub fn send_query(&mut self, sql: &str) {
         let mut msg = vec![b'Q'];
         msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
