@@ -196,7 +196,7 @@ pub async fn serve(
         Ok(id) => id,
         Err((e, presented)) => {
             info.subject = presented.unwrap_or_default().into();
-            let reason = e.to_string();
+            let reason = e.audit_reason();
             client.fatal(&mut session, &e).await;
             let totals = end(&client, Outcome::AuthFailed, Some(reason));
             record_session(ws, Arc::new(info), &totals);
@@ -425,14 +425,7 @@ fn verify(ws: &WorkerServices, token: &[u8]) -> Result<Arc<Identity>, (PgError, 
     let mut cache = ws.tokens.borrow_mut();
     verifier
         .verify_cached(&mut cache, token, now_unix())
-        .map_err(|e| {
-            (
-                PgError::ClientAuth {
-                    reason: e.client_message(),
-                },
-                verifier.presented_subject(token),
-            )
-        })
+        .map_err(|e| (PgError::TokenRefused(e), verifier.presented_subject(token)))
 }
 
 fn upstream_credential(route: &PgRoute, session: &ClientSession) -> UpstreamCredential {
