@@ -205,6 +205,9 @@ fn replay_frames_show_what_the_client_saw_and_a_crash_keeps_running_statements()
             .collect();
         assert_eq!(long.len(), 1, "{driver}: exactly one row: {long:?}");
         assert_eq!(long[0].decision, "allow");
+        // The policy version the statement was decided under (the same the session row has).
+        let version = long[0].policy_version.clone().unwrap_or_default();
+        assert!(!version.is_empty(), "{driver}: {long:?}");
         assert_eq!(
             long[0].error.as_deref(),
             Some("outcome unknown: the gateway stopped before the command completed"),
@@ -216,6 +219,7 @@ fn replay_frames_show_what_the_client_saw_and_a_crash_keeps_running_statements()
             .collect();
         assert_eq!(interrupted.len(), 1, "{driver}: {interrupted:?}");
         assert_eq!(interrupted[0].outcome, "error");
+        assert_eq!(interrupted[0].policy_version.as_deref(), Some(version.as_str()));
         assert!(
             interrupted[0]
                 .outcome_reason

@@ -100,6 +100,10 @@ pub struct SessionInfo {
     /// Upstream address as `host:port`.
     pub upstream: Arc<str>,
     pub started_at: Micros,
+    /// Version of the policy snapshot the session was decided under (it keeps that snapshot
+    /// for its whole life); empty when no policy was consulted (a raw tcp relay, a refused
+    /// token).
+    pub policy_version: Arc<str>,
 }
 
 /// How a session ended.

@@ -15,7 +15,7 @@ use arrow::error::ArrowError;
 use crate::records::{CommandRecord, FrameRecord, ReviewEvent, SessionEnd, SessionInfo};
 
 /// Value of every row's `schema_version` column.
-pub const SCHEMA_VERSION: u16 = 1;
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// One of the recorded tables; also the directory and file-name prefix on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +100,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("bytes_out", DataType::UInt64, false),
             f("outcome", DataType::Utf8, false),
             f("outcome_reason", DataType::Utf8, true),
+            f("policy_version", DataType::Utf8, false),
         ],
         Table::Commands => vec![
             f("schema_version", DataType::UInt16, false),
@@ -120,6 +121,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("bytes", DataType::UInt64, false),
             f("masked_values", DataType::UInt64, false),
             f("error", DataType::Utf8, true),
+            f("policy_version", DataType::Utf8, false),
         ],
         Table::Frames => vec![
             f("schema_version", DataType::UInt16, false),
@@ -190,6 +192,7 @@ pub(crate) struct SessionsBuilder {
     bytes_out: UInt64Builder,
     outcome: StringBuilder,
     outcome_reason: StringBuilder,
+    policy_version: StringBuilder,
     rows: usize,
 }
 
@@ -212,6 +215,7 @@ impl SessionsBuilder {
             bytes_out: UInt64Builder::new(),
             outcome: StringBuilder::new(),
             outcome_reason: StringBuilder::new(),
+            policy_version: StringBuilder::new(),
             rows: 0,
         }
     }
@@ -264,6 +268,7 @@ impl SessionsBuilder {
                 self.outcome_reason.append_option(interrupted);
             }
         }
+        self.policy_version.append_value(&s.policy_version);
         self.rows += 1;
     }
 
@@ -290,6 +295,7 @@ impl SessionsBuilder {
             Arc::new(self.bytes_out.finish()),
             Arc::new(self.outcome.finish()),
             Arc::new(self.outcome_reason.finish()),
+            Arc::new(self.policy_version.finish()),
         ];
         RecordBatch::try_new(Table::Sessions.schema(), cols)
     }
@@ -316,6 +322,7 @@ pub(crate) struct CommandsBuilder {
     bytes: UInt64Builder,
     masked_values: UInt64Builder,
     error: StringBuilder,
+    policy_version: StringBuilder,
     rows: usize,
 }
 
@@ -340,6 +347,7 @@ impl CommandsBuilder {
             bytes: UInt64Builder::new(),
             masked_values: UInt64Builder::new(),
             error: StringBuilder::new(),
+            policy_version: StringBuilder::new(),
             rows: 0,
         }
     }
@@ -367,6 +375,7 @@ impl CommandsBuilder {
         self.bytes.append_value(c.bytes);
         self.masked_values.append_value(c.masked_values);
         self.error.append_option(c.error.as_deref());
+        self.policy_version.append_value(&s.policy_version);
         self.rows += 1;
     }
 
@@ -395,6 +404,7 @@ impl CommandsBuilder {
             Arc::new(self.bytes.finish()),
             Arc::new(self.masked_values.finish()),
             Arc::new(self.error.finish()),
+            Arc::new(self.policy_version.finish()),
         ];
         RecordBatch::try_new(Table::Commands.schema(), cols)
     }

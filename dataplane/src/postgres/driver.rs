@@ -191,6 +191,7 @@ pub async fn serve(
         client_addr: client_addr.to_string().into(),
         upstream: Arc::clone(&route.upstream_label),
         started_at,
+        policy_version: "".into(),
     };
     let identity = match verify(ws, &token) {
         Ok(id) => id,
@@ -210,8 +211,10 @@ pub async fn serve(
         .iter()
         .map(|g| Arc::from(g.as_str()))
         .collect();
-    let info = Arc::new(info);
+    // The snapshot current now decides the whole session; its version goes on every record.
     let snapshot = ws.shared.policy.current();
+    info.policy_version = Arc::clone(&snapshot.version);
+    let info = Arc::new(info);
     let access = snapshot.policy.session_with(
         &route.name,
         &policy_identity(&identity),

@@ -70,6 +70,7 @@ fn inspector(expires_at: i64) -> Inspector {
         client_addr: "127.0.0.1:1".into(),
         upstream: "127.0.0.1:2".into(),
         started_at: Micros(0),
+        policy_version: "policy-v1".into(),
     });
     Inspector::new(
         info,
