@@ -37,7 +37,6 @@ use super::backend;
 use super::client_session::{ClientConfig, ClientEvent, ClientSession};
 use super::frontend::{self, CancelKey, FrontendMessage};
 use super::inspect::{ClientVerdict, Inspector, policy_identity};
-use super::reply;
 use super::route::{PgRoute, STARTUP_TIMEOUT};
 use super::sequencer::ResponseSequencer;
 use super::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamReady};
@@ -167,7 +166,14 @@ pub async fn serve(
     .await
     {
         Ok(Ok(Some(token))) => token,
-        Ok(Ok(None)) => return end(&client, Outcome::Ok, None),
+        Ok(Ok(None)) => {
+            // libpq 17+ sends its CancelRequest inside TLS and waits for the TLS close_notify:
+            // a bare TCP close reads as "unexpected eof" and the cancel is reported failed.
+            if let Some(t) = client.transport.as_mut() {
+                let _ = t.shutdown().await;
+            }
+            return end(&client, Outcome::Ok, None);
+        }
         Ok(Err(reason)) => return end(&client, Outcome::Error, Some(reason)),
         Err(_) => {
             return end(
@@ -741,23 +747,15 @@ impl Relay<'_> {
                             to_up.extend_from_slice(&frame.raw);
                         }
                         ClientVerdict::Refuse(e) => {
-                            let fields = e.to_error_fields();
-                            let mut denial = BytesMut::new();
-                            if matches!(
+                            if !matches!(
                                 frame.message,
                                 FrontendMessage::Query { .. }
                                     | FrontendMessage::FunctionCall { .. }
                             ) {
-                                reply::refuse_simple_query(
-                                    &mut denial,
-                                    &fields,
-                                    self.session.transaction_status(),
-                                );
-                            } else {
-                                reply::error_response(&mut denial, &fields);
                                 self.session.enter_extended_error();
                             }
-                            if let Err(e) = self.sequencer.inject(denial.freeze(), to_client) {
+                            let fields = e.to_error_fields();
+                            if let Err(e) = self.sequencer.refuse(&frame.message, &fields, to_up) {
                                 return Step::Fatal(e);
                             }
                         }
@@ -791,10 +789,13 @@ impl Relay<'_> {
                 Err(e) => return Step::Fatal(e),
             };
             self.session.observe_backend(&frame.message);
+            if self.sequencer.answer_refusal(&frame, to_client) {
+                continue;
+            }
             if let Err(e) = self.inspector.on_backend(&frame, to_client, &mut record) {
                 return Step::Fatal(e);
             }
-            self.sequencer.on_backend(&frame.message, to_client);
+            self.sequencer.on_backend(&frame.message);
         }
     }
 }

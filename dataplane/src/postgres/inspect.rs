@@ -30,7 +30,7 @@ use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 
 use super::backend::{BackendFrame, BackendMessage};
 use super::frontend::FrontendMessage;
-use super::rewrite::{self, CellEdit};
+use super::rewrite::{self, BinaryCopyRewriter, CellEdit};
 use super::statement::{CommandTag, StatementTracker};
 use super::{Limits, PgError};
 use crate::identity::{Identity, now_unix};
@@ -94,6 +94,8 @@ pub struct Inspector {
     columns: Option<Vec<Column>>,
     unknown_column: ColumnMask,
     copy_out: Option<StreamMasker>,
+    /// Binary COPY-out: column types unknown, so a detector hit becomes NULL.
+    copy_out_binary: Option<BinaryCopyRewriter>,
     pending: VecDeque<Pending>,
     syncs_forwarded: u64,
     ready_seen: u64,
@@ -130,6 +132,7 @@ impl Inspector {
             columns: None,
             unknown_column,
             copy_out: None,
+            copy_out_binary: None,
             pending: VecDeque::new(),
             syncs_forwarded: 0,
             ready_seen: 0,
@@ -472,11 +475,28 @@ impl Inspector {
                     p.record.masked_values = p.record.masked_values.saturating_add(masked);
                 }
             }
-            BackendMessage::CopyOutResponse(_) | BackendMessage::CopyBothResponse(_) => {
-                if !self.masker.is_empty() {
+            BackendMessage::CopyOutResponse(c) | BackendMessage::CopyBothResponse(c) => {
+                if !self.masker.is_empty() && c.format == 1 {
+                    self.copy_out_binary = Some(BinaryCopyRewriter::new());
+                } else if !self.masker.is_empty() {
                     self.copy_out = Some(self.masker.stream());
                 }
                 out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::CopyData(data) if self.copy_out_binary.is_some() => {
+                let (masker, unknown, cell) = (&self.masker, &self.unknown_column, &mut self.cell);
+                let before = self.stats.total();
+                let stats = &mut self.stats;
+                if let Some(rw) = &mut self.copy_out_binary {
+                    rw.push(data, &self.limits, out, |_, v| {
+                        cell.clear();
+                        match masker.mask_value(unknown, ValueKind::Other, v, cell, stats) {
+                            MaskOutcome::Unchanged => CellEdit::Keep,
+                            MaskOutcome::Null | MaskOutcome::Rewritten => CellEdit::Null,
+                        }
+                    })?;
+                }
+                self.count_masked(before);
             }
             BackendMessage::CopyData(data) => match &mut self.copy_out {
                 Some(stream) => {
@@ -489,6 +509,7 @@ impl Inspector {
                 None => out.extend_from_slice(&frame.raw),
             },
             BackendMessage::CopyDone => {
+                self.copy_out_binary = None;
                 if let Some(mut stream) = self.copy_out.take() {
                     self.cell.clear();
                     let before = self.stats.total();
@@ -513,6 +534,7 @@ impl Inspector {
                 self.finish_current(None, Some(error), record);
                 self.columns = None;
                 self.copy_out = None;
+                self.copy_out_binary = None;
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::ReadyForQuery(status) => {
@@ -531,6 +553,7 @@ impl Inspector {
                 }
                 self.columns = None;
                 self.copy_out = None;
+                self.copy_out_binary = None;
                 if *status == super::reply::TransactionStatus::Idle {
                     self.statements.transaction_ended();
                 }
