@@ -4,7 +4,7 @@
 //! some values replaced or nulled, recomputing every length so the client sees a well-formed
 //! message. It also says which type OIDs carry text a detector may rewrite: a masked string in
 //! an `int4` or a binary-format column would corrupt the client's decoding, so only text-like
-//! types in text format are eligible. It does not choose columns or detect values.
+//! types in text format are eligible, plus the few whose binary format is their text bytes. It does not choose columns or detect values.
 //!
 //! Binary COPY-out data ([`BinaryCopyRewriter`]) is re-encoded tuple by tuple in the same way:
 //! the header passes unchanged, each field is offered to the caller, and lengths are rewritten,
@@ -58,9 +58,25 @@ pub fn is_text_like(type_oid: u32) -> bool {
     )
 }
 
-/// Whether a described column may be rewritten: text-like type and text format.
+/// Whether values of this type are sent in binary format as exactly their text bytes (the
+/// server's `textsend`, `namesend`, `bpcharsend`, `varcharsend`, `unknownsend`, `json_send`).
+/// Not `jsonb` (a version byte first), `xml` (re-encoded) or `"char"` (one raw byte).
+pub fn binary_is_text(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        oid::NAME | oid::TEXT | oid::JSON | oid::BPCHAR | oid::VARCHAR | oid::UNKNOWN
+    )
+}
+
+/// Whether a described column may be rewritten: a text-like type in text format, or a type
+/// whose binary format is its text (libpq clients ask for binary results, psycopg's
+/// `binary=True` for instance, and would otherwise get NULL for every masked value).
 pub fn is_rewritable(field: &FieldDescription) -> bool {
-    field.format == 0 && is_text_like(field.type_oid)
+    match field.format {
+        0 => is_text_like(field.type_oid),
+        1 => binary_is_text(field.type_oid),
+        _ => false,
+    }
 }
 
 /// What happens to one value.
@@ -397,7 +413,15 @@ mod tests {
         };
         assert!(is_rewritable(&field(oid::TEXT, 0)));
         assert!(is_rewritable(&field(oid::VARCHAR, 0)));
-        assert!(!is_rewritable(&field(oid::TEXT, 1)));
+        assert!(is_rewritable(&field(oid::TEXT, 1)));
+        assert!(is_rewritable(&field(oid::VARCHAR, 1)));
+        assert!(
+            !is_rewritable(&field(oid::JSONB, 1)),
+            "jsonb binary has a version byte"
+        );
+        assert!(!is_rewritable(&field(oid::CHAR, 1)));
+        assert!(!is_rewritable(&field(23, 1)));
+        assert!(!is_rewritable(&field(oid::TEXT, 2)));
         assert!(!is_rewritable(&field(23, 0)));
     }
 

@@ -193,9 +193,11 @@ impl ResponseSequencer {
     /// [`ResponseSequencer::on_backend`]. Probe answers never reach the inspector, so they are
     /// not counted as a statement's result.
     pub fn answer_refusal(&mut self, frame: &BackendFrame, out: &mut BytesMut) -> bool {
+        // `V` is the severity never translated (9.6+); `S` may be localized.
         let fatal = |message: &BackendMessage| match message {
             BackendMessage::ErrorResponse(fields) => fields
-                .get(b'S')
+                .get(b'V')
+                .or_else(|| fields.get(b'S'))
                 .is_some_and(|s| s.as_ref() == b"FATAL" || s.as_ref() == b"PANIC"),
             _ => false,
         };
