@@ -101,6 +101,34 @@ def case_extended():
             assert row[0] == i * 3 and masked(row[1]), row
         ok("automatic preparation")
 
+        # executemany (pipelined by psycopg under libpq 14+), with RETURNING.
+        conn.execute("DROP TABLE IF EXISTS many_t")
+        conn.execute("CREATE TABLE many_t (id int, email text)")
+        cur = conn.cursor()
+        cur.executemany(
+            "INSERT INTO many_t VALUES (%s, %s) RETURNING id, email",
+            [(i, f"u{i}@example.com") for i in range(50)],
+            returning=True,
+        )
+        returned = []
+        while True:
+            returned.append(cur.fetchone())
+            if not cur.nextset():
+                break
+        assert [r[0] for r in returned] == list(range(50)), returned[:3]
+        assert all(masked(r[1]) for r in returned), returned[:3]
+        ok("executemany with returning")
+
+        # Notices and non-ASCII text pass through.
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+        # (Not a DO block: policy treats its body as opaque, so the drop rule matches it.)
+        conn.execute('DROP TABLE IF EXISTS "nö_such_table"')
+        assert notices == ['table "nö_such_table" does not exist, skipping'], notices
+        row = conn.execute("SELECT %s::text, 'zoë@exämple.com'::text AS email", ("日本語",)).fetchone()
+        assert row[0] == "日本語" and "exämple" not in row[1], row
+        ok(f"notices and unicode: {row}")
+
         # Errors in extended mode leave the session usable.
         try:
             conn.execute("SELECT no_such_column FROM customers WHERE id = %s", (1,))
@@ -261,12 +289,15 @@ def case_notify():
         deadline = time.time() + 30
         for n in listener.notifies(timeout=30):
             got.append((n.channel, n.payload))
+            assert n.pid == sender.info.backend_pid, (n.pid, sender.info.backend_pid)
             if n.payload == "done" or time.time() > deadline:
                 break
         t.join()
         assert [p for _, p in got] == ["payload 0", "payload 1", "payload 2", "done"], got
         assert all(c == "portcullis_events" for c, _ in got), got
-        # The notifying process id is the gateway's view, never the upstream's secret key.
+        # The notifying pid is the sender's backend pid as its client knows it, so a client
+        # can skip its own notifications; and it is what pg_backend_pid() says.
+        assert sender.info.backend_pid == sender.execute("SELECT pg_backend_pid()").fetchone()[0]
         listener.execute("UNLISTEN *")
         ok(f"listen/notify: {len(got)} notifications")
 
