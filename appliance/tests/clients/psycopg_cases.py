@@ -348,6 +348,12 @@ def case_tls():
         assert conn.pgconn.ssl_in_use, "not encrypted"
         assert conn.execute("SELECT 1").fetchone() == (1,)
         ok("verify-full")
+    # libpq 18 can ask for protocol 3.2 (longer cancel keys); the gateway negotiates 3.0.
+    if pq.version() >= 180000:
+        with connect(max_protocol_version="latest") as conn:
+            assert conn.execute("SELECT 5").fetchone() == (5,)
+            assert conn.pgconn.protocol_version == 3, conn.pgconn.protocol_version
+        ok("protocol 3.2 request negotiated down")
     # A wrong CA is refused by the client.
     try:
         connect(sslrootcert=env("PGC_OTHER_CA")).close()
