@@ -291,6 +291,7 @@ fn psycopg_through_the_gateway() {
                     ],
                 ),
                 ("notify", &["ok: listen/notify: 4 notifications"]),
+                ("jdbc_style", &["ok: undescribed execute masked"]),
                 ("cancel", &["ok: cancel: 57014"]),
                 ("tls", &["ok: verify-full", "ok: plaintext refused"]),
                 (

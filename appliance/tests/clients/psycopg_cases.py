@@ -509,6 +509,68 @@ def case_large():
     ok(f"large single result: {n} rows")
 
 
+def case_jdbc_style():
+    """A raw protocol client doing what pgjdbc does with a reused server-prepared statement:
+    Parse and Describe it once, then Bind/Execute/Sync without a Describe (it keeps the
+    columns it cached). The rows must still be masked by the `email` column rule."""
+    import socket
+    import struct
+
+    def msg(tag, body=b""):
+        return tag + struct.pack("!I", len(body) + 4) + body
+
+    def cstr(b):
+        return b + b"\0"
+
+    s = socket.create_connection(("127.0.0.1", int(env("PGC_PLAIN_PORT"))), timeout=60)
+    buf = b""
+
+    def until_ready():
+        nonlocal buf
+        out = []
+        while True:
+            while len(buf) >= 5:
+                (n,) = struct.unpack("!I", buf[1:5])
+                if len(buf) < 1 + n:
+                    break
+                out.append((buf[:1], buf[5 : 1 + n]))
+                buf = buf[1 + n :]
+                if out[-1][0] == b"Z":
+                    return out
+            chunk = s.recv(65536)
+            assert chunk, f"closed: {out}"
+            buf += chunk
+
+    params = cstr(b"user") + cstr(b"alice") + cstr(b"database") + cstr(b"orders") + b"\0"
+    startup = struct.pack("!II", len(params) + 8, 196608) + params
+    s.sendall(startup + msg(b"p", cstr(env("PGC_TOKEN").encode())))
+    assert until_ready()[-1][0] == b"Z"
+
+    sql = b"SELECT id, email FROM customers WHERE id = $1"
+    s.sendall(
+        msg(b"P", cstr(b"S_1") + cstr(sql) + struct.pack("!H", 0))
+        + msg(b"D", b"S" + cstr(b"S_1"))
+        + msg(b"S")
+    )
+    first = until_ready()
+    assert [t for t, _ in first] == [b"1", b"t", b"T", b"Z"], first
+
+    def execute(extra_sync=False):
+        bind = cstr(b"") + cstr(b"S_1") + struct.pack("!H", 0) + struct.pack("!H", 1)
+        bind += struct.pack("!I", 1) + b"1" + struct.pack("!H", 0)
+        s.sendall(msg(b"B", bind) + msg(b"E", cstr(b"") + struct.pack("!I", 0)) + msg(b"S"))
+        return until_ready()
+
+    for _ in range(3):
+        answer = execute()
+        rows = [body for t, body in answer if t == b"D"]
+        assert len(rows) == 1, answer
+        assert b"ann@example.com" not in rows[0], f"email leaked without a Describe: {rows[0]!r}"
+    s.sendall(msg(b"X"))
+    s.close()
+    ok(f"undescribed execute masked: {rows[0]!r}")
+
+
 def case_small():
     with connect() as conn:
         for _ in range(20):

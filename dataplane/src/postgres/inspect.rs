@@ -31,7 +31,7 @@ use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 use super::backend::{BackendFrame, BackendMessage};
 use super::frontend::FrontendMessage;
 use super::rewrite::{self, BinaryCopyRewriter, CellEdit};
-use super::statement::{CommandTag, StatementTracker};
+use super::statement::{CommandTag, ResultShapes, StatementTracker};
 use super::{Limits, PgError};
 use crate::identity::{Identity, now_unix};
 use crate::services::PolicySnapshot;
@@ -74,7 +74,7 @@ struct Pending {
     sync_no: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Column {
     mask: ColumnMask,
     kind: ValueKind,
@@ -91,6 +91,8 @@ pub struct Inspector {
     grace: Duration,
     limits: Limits,
     statements: StatementTracker<Meta>,
+    /// Columns of described statements, for rows of an Execute described in an earlier batch.
+    shapes: ResultShapes<Vec<Column>>,
     columns: Option<Vec<Column>>,
     unknown_column: ColumnMask,
     copy_out: Option<StreamMasker>,
@@ -128,6 +130,7 @@ impl Inspector {
             identity,
             grace,
             statements: StatementTracker::new(&limits),
+            shapes: ResultShapes::new(&limits),
             limits,
             columns: None,
             unknown_column,
@@ -151,6 +154,20 @@ impl Inspector {
     /// Decides one client message. `record` queues a finished record and says whether the
     /// recorder took it; `recorder_accepting` says whether new statements may run.
     pub fn on_client(
+        &mut self,
+        message: &FrontendMessage,
+        scratch: &mut Scratch,
+        recorder_accepting: bool,
+        record: &mut dyn FnMut(CommandRecord) -> bool,
+    ) -> ClientVerdict {
+        let verdict = self.decide_client(message, scratch, recorder_accepting, record);
+        if matches!(verdict, ClientVerdict::Forward) {
+            self.shapes.forwarded(message, &self.statements);
+        }
+        verdict
+    }
+
+    fn decide_client(
         &mut self,
         message: &FrontendMessage,
         scratch: &mut Scratch,
@@ -428,9 +445,13 @@ impl Inspector {
                         })
                         .collect(),
                 );
+                if let Some(c) = &self.columns {
+                    self.shapes.on_row_description(c);
+                }
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::NoData => {
+                self.shapes.on_no_data();
                 self.columns = None;
                 out.extend_from_slice(&frame.raw);
             }
@@ -441,6 +462,9 @@ impl Inspector {
                 if self.masker.is_empty() {
                     out.extend_from_slice(&frame.raw);
                     return Ok(());
+                }
+                if self.columns.is_none() {
+                    self.columns = self.shapes.executing().cloned();
                 }
                 let columns = self
                     .columns
@@ -520,16 +544,23 @@ impl Inspector {
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::CommandComplete { tag } => {
+                self.shapes.on_execute_end();
                 let rows = CommandTag::parse(tag).rows;
                 self.finish_current(rows, None, record);
                 self.columns = None;
                 out.extend_from_slice(&frame.raw);
             }
+            BackendMessage::PortalSuspended => {
+                self.shapes.on_execute_end();
+                out.extend_from_slice(&frame.raw);
+            }
             BackendMessage::EmptyQueryResponse => {
+                self.shapes.on_execute_end();
                 self.finish_current(None, None, record);
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::ErrorResponse(fields) => {
+                self.shapes.on_error();
                 let error: Arc<str> = format!("{} {}", fields.code(), fields.message()).into();
                 self.finish_current(None, Some(error), record);
                 self.columns = None;
@@ -538,6 +569,7 @@ impl Inspector {
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::ReadyForQuery(status) => {
+                self.shapes.on_ready();
                 self.ready_seen += 1;
                 // Statements of this batch the server never reached (an earlier one failed).
                 while self
