@@ -538,4 +538,30 @@ mod tests {
         assert!(rw.push(&huge, &small, &mut out, null_secrets).is_err());
         assert!(out.is_empty());
     }
+
+    proptest::proptest! {
+        /// Whatever the upstream sends as binary COPY data, cut anywhere: no panic, and what
+        /// reaches the client is whole CopyData messages.
+        #[test]
+        fn binary_copy_arbitrary_input_never_panics(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            cut in 0usize..400,
+        ) {
+            let limits = Limits::with_max_message_len(256);
+            let stream = [copy_header(), tail].concat();
+            let cut = cut.min(stream.len());
+            let mut rw = BinaryCopyRewriter::new();
+            let mut out = BytesMut::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                if rw.push(part, &limits, &mut out, null_secrets).is_err() {
+                    break;
+                }
+            }
+            let mut buf = out.clone();
+            while let Some(f) = decode_message(&mut buf, &Limits::default()).unwrap() {
+                proptest::prop_assert!(matches!(f.message, BackendMessage::CopyData(_)));
+            }
+            proptest::prop_assert!(buf.is_empty());
+        }
+    }
 }
