@@ -286,6 +286,7 @@ fn psycopg_through_the_gateway() {
                 (
                     "copy",
                     &[
+                        "ok: extended-protocol copy from stdin keeps the session in step",
                         "ok: copy to stdout text: 1000 lines",
                         "ok: copy to stdout binary: 500 rows",
                     ],

@@ -235,6 +235,30 @@ def case_copy():
         assert conn.execute("SELECT 1").fetchone() == (1,)
         ok("copy from stdin error recovered")
 
+        # COPY FROM STDIN in the extended protocol (PQexecParams, as libpq sends it: the Sync
+        # right behind the Execute, which the server ignores during the copy, and another one
+        # after CopyDone). The session must stay in step: a denial afterwards is still 42501.
+        pgconn = conn.pgconn
+        pgconn.send_query_params(b"COPY copy_t (id) FROM STDIN", None)
+        while (res := pgconn.get_result()) is not None:
+            if res.status == pq.ExecStatus.COPY_IN:
+                break
+        assert res is not None and res.status == pq.ExecStatus.COPY_IN, res
+        pgconn.put_copy_data(b"5000\n5001\n")
+        pgconn.put_copy_end()
+        statuses = []
+        while (res := pgconn.get_result()) is not None:
+            statuses.append(res.status)
+        assert statuses == [pq.ExecStatus.COMMAND_OK], statuses
+        for _ in range(2):
+            try:
+                conn.execute("DROP TABLE customers")
+                raise AssertionError("DROP accepted")
+            except errors.InsufficientPrivilege as e:
+                assert "no-drop" in str(e), str(e)
+            assert conn.execute("SELECT count(*) FROM copy_t WHERE id >= 5000").fetchone() == (2,)
+        ok("extended-protocol copy from stdin keeps the session in step")
+
         # COPY TO STDOUT, text: rows arrive, the card detector masks the note.
         text = bytearray()
         with cur.copy("COPY (SELECT id, note FROM copy_t WHERE id < 1000 ORDER BY id) TO STDOUT") as copy:
@@ -255,7 +279,7 @@ def case_copy():
 
         # COPY TO STDOUT, binary: the stream stays decodable, values not leaked.
         with cur.copy(
-            "COPY (SELECT id, note, data FROM copy_t WHERE id >= 1000 ORDER BY id) TO STDOUT (FORMAT BINARY)"
+            "COPY (SELECT id, note, data FROM copy_t WHERE id BETWEEN 1000 AND 4999 ORDER BY id) TO STDOUT (FORMAT BINARY)"
         ) as copy:
             copy.set_types(["int4", "text", "bytea"])
             brows = list(copy.rows())

@@ -72,6 +72,8 @@ struct Pending {
     started: Instant,
     /// The ReadyForQuery (counted from the session start) that closes its batch.
     sync_no: u64,
+    /// From an Execute (its batch ends at a Sync), not a simple Query.
+    extended: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -98,6 +100,8 @@ pub struct Inspector {
     copy_out: Option<StreamMasker>,
     /// Binary COPY-out: column types unknown, so a detector hit becomes NULL.
     copy_out_binary: Option<BinaryCopyRewriter>,
+    /// The server is in COPY FROM STDIN.
+    copy_in: bool,
     pending: VecDeque<Pending>,
     syncs_forwarded: u64,
     ready_seen: u64,
@@ -136,6 +140,7 @@ impl Inspector {
             unknown_column,
             copy_out: None,
             copy_out_binary: None,
+            copy_in: false,
             pending: VecDeque::new(),
             syncs_forwarded: 0,
             ready_seen: 0,
@@ -212,11 +217,19 @@ impl Inspector {
                     record,
                     started: Instant::now(),
                     sync_no: self.syncs_forwarded + 1,
+                    extended: true,
                 });
                 ClientVerdict::Forward
             }
             FrontendMessage::Sync => {
-                self.syncs_forwarded += 1;
+                // During COPY FROM STDIN the server ignores Sync (see `CopyInResponse` below).
+                if !self.copy_in {
+                    self.syncs_forwarded += 1;
+                }
+                ClientVerdict::Forward
+            }
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                self.copy_in = false;
                 ClientVerdict::Forward
             }
             FrontendMessage::Close { target, name } => {
@@ -380,6 +393,7 @@ impl Inspector {
                                 record,
                                 started,
                                 sync_no,
+                                extended: false,
                             });
                         }
                     }
@@ -499,6 +513,16 @@ impl Inspector {
                     p.record.masked_values = p.record.masked_values.saturating_add(masked);
                 }
             }
+            BackendMessage::CopyInResponse(_) => {
+                // libpq's extended-protocol COPY sends Sync behind the Execute; the server,
+                // copying, ignores it and ends the batch at the Sync after CopyDone.
+                self.copy_in = true;
+                if let Some(p) = self.current_mut().filter(|p| p.extended) {
+                    let sync_no = p.sync_no;
+                    self.syncs_forwarded = self.syncs_forwarded.min(sync_no.saturating_sub(1));
+                }
+                out.extend_from_slice(&frame.raw);
+            }
             BackendMessage::CopyOutResponse(c) | BackendMessage::CopyBothResponse(c) => {
                 if !self.masker.is_empty() && c.format == 1 {
                     self.copy_out_binary = Some(BinaryCopyRewriter::new());
@@ -561,6 +585,7 @@ impl Inspector {
             }
             BackendMessage::ErrorResponse(fields) => {
                 self.shapes.on_error();
+                self.copy_in = false;
                 let error: Arc<str> = format!("{} {}", fields.code(), fields.message()).into();
                 self.finish_current(None, Some(error), record);
                 self.columns = None;

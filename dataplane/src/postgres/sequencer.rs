@@ -114,6 +114,8 @@ impl Pending {
 #[derive(Debug, Default)]
 pub struct ResponseSequencer {
     queue: VecDeque<Pending>,
+    /// The server is in COPY FROM STDIN: it ignores Sync (and Flush) until CopyDone/CopyFail.
+    copy_in: bool,
 }
 
 impl ResponseSequencer {
@@ -139,6 +141,16 @@ impl ResponseSequencer {
 
     /// Call after forwarding a client message upstream.
     pub fn forwarded(&mut self, message: &FrontendMessage) -> Result<(), PgError> {
+        if self.copy_in {
+            match message {
+                // Ignored by the server during the copy: no ReadyForQuery will answer it.
+                FrontendMessage::Sync => return Ok(()),
+                FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                    self.copy_in = false;
+                }
+                _ => {}
+            }
+        }
         let pending = match message {
             FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. } => {
                 Pending::UntilReady
@@ -229,7 +241,22 @@ impl ResponseSequencer {
 
     /// Call after appending an upstream message's bytes to `out`.
     pub fn on_backend(&mut self, message: &BackendMessage) {
+        if let BackendMessage::CopyInResponse(_) = message {
+            // An extended-protocol client (libpq's PQexecParams) sends Sync right behind the
+            // COPY's Execute, before it knows a copy starts; the server, already copying,
+            // ignores it and answers only the Sync after CopyDone. Forget those early Syncs, or
+            // every later answer would be matched one Sync too late.
+            self.copy_in = true;
+            let mut index = 0usize;
+            self.queue.retain(|p| {
+                index += 1;
+                index == 1 || !matches!(p, Pending::Sync)
+            });
+            return;
+        }
         if let BackendMessage::ErrorResponse(_) = message {
+            // A copy ends with the server's error, after which Sync counts again.
+            self.copy_in = false;
             if self.queue.front().is_some_and(Pending::is_extended) {
                 // The server now ignores everything up to the next Sync, and so do we: nothing
                 // forwarded in between will be answered, probes included (a batch gets one
@@ -444,6 +471,43 @@ mod tests {
         let mut out = BytesMut::new();
         feed(&mut seq, &upstream, &mut out);
         assert_eq!(&out[..], &upstream[..]);
+    }
+
+    /// Regression: libpq's extended-protocol COPY FROM STDIN sends a Sync behind the Execute
+    /// that the server ignores during the copy; counted, it left a stale Sync in the queue and
+    /// the next probe's error reached the client unreplaced (42601 instead of 42501).
+    #[test]
+    fn syncs_the_server_ignores_during_copy_in_are_not_awaited() {
+        let mut seq = ResponseSequencer::new();
+        let mut up = BytesMut::new();
+        seq.forwarded(&parse()).unwrap();
+        seq.forwarded(&FrontendMessage::Execute {
+            portal: Bytes::new(),
+            max_rows: 0,
+        })
+        .unwrap();
+        seq.forwarded(&FrontendMessage::Sync).unwrap();
+        let mut out = BytesMut::new();
+        feed(&mut seq, PARSE_COMPLETE, &mut out);
+        feed(&mut seq, b"G\0\0\0\x09\0\0\x01\0\0", &mut out);
+        seq.forwarded(&FrontendMessage::Sync).unwrap();
+        seq.forwarded(&FrontendMessage::CopyDone).unwrap();
+        seq.forwarded(&FrontendMessage::Sync).unwrap();
+        feed(&mut seq, b"C\0\0\0\x0bCOPY 2\0", &mut out);
+        feed(&mut seq, READY_IDLE, &mut out);
+        assert_eq!(
+            seq.pending(),
+            0,
+            "one ReadyForQuery answers the copy's batch"
+        );
+        seq.refuse(&query(), &denial(), &mut up).unwrap();
+        let mut upstream = error("ERROR", "42601");
+        upstream.extend_from_slice(READY_IDLE);
+        let mut out = BytesMut::new();
+        feed(&mut seq, &upstream, &mut out);
+        let mut want = denial_bytes();
+        want.extend_from_slice(READY_IDLE);
+        assert_eq!(&out[..], &want[..]);
     }
 
     #[test]
