@@ -38,7 +38,6 @@ use super::backend;
 use super::client_session::{ClientConfig, ClientEvent, ClientSession};
 use super::frontend::{self, CancelKey, FrontendMessage};
 use super::inspect::{ClientVerdict, CommandEvent, Inspector, policy_identity};
-use super::reply;
 use super::route::{PgRoute, STARTUP_TIMEOUT};
 use super::sequencer::ResponseSequencer;
 use super::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamReady};
@@ -168,7 +167,14 @@ pub async fn serve(
     .await
     {
         Ok(Ok(Some(token))) => token,
-        Ok(Ok(None)) => return end(&client, Outcome::Ok, None),
+        Ok(Ok(None)) => {
+            // libpq 17+ sends its CancelRequest inside TLS and waits for the TLS close_notify:
+            // a bare TCP close reads as "unexpected eof" and the cancel is reported failed.
+            if let Some(t) = client.transport.as_mut() {
+                let _ = t.shutdown().await;
+            }
+            return end(&client, Outcome::Ok, None);
+        }
         Ok(Err(reason)) => return end(&client, Outcome::Error, Some(reason)),
         Err(_) => {
             return end(
@@ -555,6 +561,27 @@ fn upstream_closed() -> PgError {
 /// leads. The upstream's own key never reaches the client.
 fn register_cancel(ws: &WorkerServices, route: &PgRoute, ready: &UpstreamReady) -> CancelKey {
     let core = u32::try_from(ws.index).unwrap_or(u32::MAX);
+    // The server's process id when it is free in the table: clients compare BackendKeyData
+    // with `pg_backend_pid()` and with the pid of a NotificationResponse (to skip their own
+    // notifications). The secret stays the gateway's; minted ids cover a clash between upstreams.
+    let mut secret = [0u8; 4];
+    if let Some(upstream_key) = ready.cancel_key
+        && aws_lc_rs::rand::fill(&mut secret).is_ok()
+        && i32::try_from(upstream_key.process_id).is_ok_and(|pid| pid > 0)
+    {
+        let secret = u32::from_be_bytes(secret);
+        let r = CancelRoute {
+            secret,
+            upstream: route.upstream,
+            upstream_key,
+        };
+        if ws.shared.cancels.register(upstream_key.process_id, r) {
+            return CancelKey {
+                process_id: upstream_key.process_id,
+                secret_key: secret,
+            };
+        }
+    }
     for _ in 0..8 {
         let mut secret = [0u8; 4];
         if aws_lc_rs::rand::fill(&mut secret).is_err() {
@@ -789,23 +816,15 @@ impl Relay<'_> {
                             to_up.extend_from_slice(&frame.raw);
                         }
                         ClientVerdict::Refuse(e) => {
-                            let fields = e.to_error_fields();
-                            let mut denial = BytesMut::new();
-                            if matches!(
+                            if !matches!(
                                 frame.message,
                                 FrontendMessage::Query { .. }
                                     | FrontendMessage::FunctionCall { .. }
                             ) {
-                                reply::refuse_simple_query(
-                                    &mut denial,
-                                    &fields,
-                                    self.session.transaction_status(),
-                                );
-                            } else {
-                                reply::error_response(&mut denial, &fields);
                                 self.session.enter_extended_error();
                             }
-                            if let Err(e) = self.sequencer.inject(denial.freeze(), to_client) {
+                            let fields = e.to_error_fields();
+                            if let Err(e) = self.sequencer.refuse(&frame.message, &fields, to_up) {
                                 return Step::Fatal(e);
                             }
                         }
@@ -839,10 +858,13 @@ impl Relay<'_> {
                 Err(e) => return Step::Fatal(e),
             };
             self.session.observe_backend(&frame.message);
+            if self.sequencer.answer_refusal(&frame, to_client) {
+                continue;
+            }
             if let Err(e) = self.inspector.on_backend(&frame, to_client, &mut record) {
                 return Step::Fatal(e);
             }
-            self.sequencer.on_backend(&frame.message, to_client);
+            self.sequencer.on_backend(&frame.message);
         }
     }
 }
