@@ -34,6 +34,7 @@ use super::rewrite::{self, CellEdit};
 use super::statement::{CommandTag, StatementTracker};
 use super::{Limits, PgError};
 use crate::identity::{Identity, now_unix};
+use crate::metrics::StageTimes;
 use crate::services::PolicySnapshot;
 
 /// Rule id recorded when no rule matched and the connection's default decided.
@@ -101,6 +102,8 @@ pub struct Inspector {
     stats: MaskStats,
     cell: Vec<u8>,
     masked_total: u64,
+    /// Policy and masking time of the current round trip, taken by the driver's clock.
+    pub stage_times: StageTimes,
 }
 
 impl Inspector {
@@ -137,6 +140,7 @@ impl Inspector {
             stats: MaskStats::default(),
             cell: Vec::new(),
             masked_total: 0,
+            stage_times: StageTimes::default(),
         }
     }
 
@@ -256,6 +260,7 @@ impl Inspector {
                 message: "the statement text is not valid utf-8, so it cannot be checked".into(),
             });
         };
+        let decide_began = Instant::now();
         let decision = self.policy.decide(
             &Action::Sql {
                 dialect: Dialect::Postgres,
@@ -263,6 +268,7 @@ impl Inspector {
             },
             scratch,
         );
+        self.stage_times.add_policy(decide_began);
         let overall = decision.verdict;
         let overall_rule: Arc<str> = decision
             .rule
@@ -443,7 +449,7 @@ impl Inspector {
                     .columns
                     .as_ref()
                     .filter(|c| c.len() == usize::from(row.column_count));
-                let before = self.stats.total();
+                let (before, mask_began) = (self.stats.total(), Instant::now());
                 let masker = &self.masker;
                 let stats = &mut self.stats;
                 let cell = &mut self.cell;
@@ -466,6 +472,7 @@ impl Inspector {
                         MaskOutcome::Rewritten => CellEdit::Replace(Cow::Owned(cell.clone())),
                     }
                 })?;
+                self.stage_times.add_masking(mask_began);
                 let masked = self.stats.total().saturating_sub(before);
                 self.masked_total = self.masked_total.saturating_add(masked);
                 if let Some(p) = self.current_mut() {
@@ -539,6 +546,11 @@ impl Inspector {
             _ => out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// ReadyForQuery messages handled so far: the driver's clock ends a round trip on each.
+    pub fn ready_seen(&self) -> u64 {
+        self.ready_seen
     }
 
     fn count_masked(&mut self, before: u64) {
