@@ -230,11 +230,14 @@ pub struct Proc {
     pub child: Child,
     pub port: u16,
     pub dir: Scratch,
+    /// The measured process when it is not the child itself.
+    pid: Option<u32>,
 }
 
 impl Proc {
+    /// The process whose CPU time and memory are measured.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid.unwrap_or_else(|| self.child.id())
     }
 }
 
@@ -278,7 +281,7 @@ pub fn pgbouncer(pg: &Postgres) -> anyhow::Result<Proc> {
              listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
              auth_type = scram-sha-256\nauth_file = {dir}/userlist.txt\npool_mode = session\n\
              max_client_conn = 1000\ndefault_pool_size = 250\nlogfile = {dir}/pgbouncer.log\n\
-             pidfile =\n",
+             pidfile = {dir}/pgbouncer.pid\n",
             db = pg.database(),
             pgport = pg.port,
             dir = dir.0.display(),
@@ -302,8 +305,18 @@ pub fn pgbouncer(pg: &Postgres) -> anyhow::Result<Proc> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting pgbouncer")?;
-    let proc = Proc { child, port, dir };
+    let mut proc = Proc {
+        child,
+        port,
+        dir,
+        pid: None,
+    };
     wait_port(port, Duration::from_secs(20))?;
+    // `runuser` stays as the parent (it closes the PAM session at exit), so the CPU time to
+    // bill is PgBouncer's own pid, from its pid file.
+    proc.pid = std::fs::read_to_string(proc.dir.0.join("pgbouncer.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
     Ok(proc)
 }
 
@@ -392,7 +405,12 @@ pub fn gateway(
         )
         .spawn()
         .context("starting portcullis")?;
-    let proc = Proc { child, port, dir };
+    let proc = Proc {
+        child,
+        port,
+        dir,
+        pid: None,
+    };
     wait_port(port, Duration::from_secs(30))?;
     wait_port(admin, Duration::from_secs(30))?;
     Ok((proc, token))
