@@ -346,3 +346,95 @@ pub fn interval_log(base: std::time::SystemTime, intervals: &[Interval]) -> Resu
     drop(log);
     String::from_utf8(out).map_err(|e| format!("interval log is not utf-8: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn count(m: &Metrics, which: Latency) -> u64 {
+        m.latency()
+            .iter()
+            .flatten()
+            .map(|s| s.get(which).map_or(0, Histogram::len))
+            .sum()
+    }
+
+    #[test]
+    fn a_round_trip_splits_into_gateway_and_upstream_time() {
+        let m = Metrics::new(2, vec!["db".into()]);
+        let counters = &m.workers[1].connections[0];
+        let mut clock = CommandClock::default();
+        let mut stages = StageTimes::default();
+        // Pass 1 forwards a statement (with one decision); the upstream then takes 30 ms;
+        // pass 2 handles its answer.
+        let began = Instant::now();
+        stages.add_policy(began);
+        clock.pass(began, true, false, &mut stages, counters);
+        std::thread::sleep(Duration::from_millis(30));
+        let began = Instant::now();
+        stages.add_masking(began);
+        clock.pass(began, false, true, &mut stages, counters);
+        assert_eq!(count(&m, Latency::Added), 1);
+        assert_eq!(count(&m, Latency::Upstream), 1);
+        assert_eq!(count(&m, Latency::Policy), 1);
+        assert_eq!(count(&m, Latency::Masking), 1);
+        let set = m.latency()[1].clone().unwrap();
+        let upstream = set.get(Latency::Upstream).unwrap().max();
+        let added = set.get(Latency::Added).unwrap().max();
+        assert!(
+            upstream >= 30_000_000,
+            "upstream {upstream} ns < the 30 ms wait"
+        );
+        assert!(added < 30_000_000, "added {added} ns includes the wait");
+        assert!(m.latency()[0].is_none(), "worker 0 recorded nothing");
+
+        // A refused statement: decided, never forwarded; only its decision is counted.
+        let began = Instant::now();
+        stages.add_policy(began);
+        clock.pass(began, false, false, &mut stages, counters);
+        assert_eq!(count(&m, Latency::Policy), 2);
+        assert_eq!(count(&m, Latency::Added), 1);
+
+        counters.record_setup(Instant::now());
+        let text = m.render();
+        assert!(
+            text.contains("portcullis_added_seconds_count{worker=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("portcullis_session_setup_seconds_count{worker=\"1\"} 1"));
+        assert!(text.contains("portcullis_upstream_seconds_bucket{worker=\"1\",le=\"0.025\"} 0"));
+        assert!(text.contains("portcullis_upstream_seconds_bucket{worker=\"1\",le=\"+Inf\"} 1"));
+    }
+
+    #[test]
+    fn interval_log_reads_back_with_its_tags() {
+        use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+        let mut set = LatencySet::new().unwrap();
+        for us in [10, 20, 30] {
+            set.record(Latency::Added, Duration::from_micros(us));
+        }
+        let earlier = set.clone();
+        set.record(Latency::Added, Duration::from_micros(40));
+        set.record(Latency::Policy, Duration::from_micros(2));
+        let since = set.since(&earlier);
+        assert_eq!(since.get(Latency::Added).unwrap().len(), 1);
+        let base = std::time::SystemTime::now();
+        let log = interval_log(
+            base,
+            &[Interval {
+                start: base,
+                length: Duration::from_secs(10),
+                set: since,
+            }],
+        )
+        .unwrap();
+        let tags: Vec<String> = IntervalLogIterator::new(log.as_bytes())
+            .filter_map(|e| match e {
+                Ok(LogEntry::Interval(h)) => h.tag().map(|t| t.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tags, ["added", "policy"]);
+    }
+}
