@@ -13,7 +13,9 @@
 //! server's ReadyForQuery) the driver sums the time it spends running its batch loop (decoding,
 //! deciding, masking, recording, writing to both sockets), never the time it waits on a socket.
 //! Upstream latency is the rest of the round trip: from the first forwarded byte to the
-//! ReadyForQuery being handled, minus the gateway's own time. Wake-up latency of the runtime
+//! ReadyForQuery being handled, minus the gateway's own time. A pipelined batch (several
+//! statements sent before the first answer) is one sample, closed by its first ReadyForQuery:
+//! the histograms count client round trips, not statements. Wake-up latency of the runtime
 //! (an io_uring completion being noticed) is in neither; the end-to-end harness measures it
 //! from outside (gateway latency minus direct latency).
 //!
