@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
 mod cmd;
+mod histograms;
 mod serve;
 
 #[global_allocator]

@@ -233,7 +233,10 @@ pub fn serve(
         Arc::new(move |out: &mut String| render_services(&extra_services, &extra_recorder, out));
     let admin = match crate::admin::spawn(
         config.gateway.admin,
-        crate::admin::base_router(gateway.metrics(), extra),
+        crate::histograms::routes(
+            crate::admin::base_router(gateway.metrics(), extra),
+            gateway.metrics(),
+        ),
     ) {
         Ok(a) => a,
         Err(e) => {

@@ -44,7 +44,7 @@ use super::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamReady};
 use super::{PgError, cancel};
 use crate::config::UpstreamTls;
 use crate::identity::{Identity, now_unix};
-use crate::metrics::{ConnCounters, ErrorKind};
+use crate::metrics::{CommandClock, ConnCounters, ErrorKind};
 use crate::services::{CancelRoute, WorkerServices};
 use crate::tcp::{SessionStop, StopReason};
 use crate::transport::{self, TlsStream, Transport};
@@ -157,6 +157,7 @@ pub async fn serve(
         limits: route.limits,
     });
     let started_at = Micros::now();
+    let setup_began = Instant::now();
     let mut cin = BytesMut::new();
 
     // 1. Startup, bounded in time: a client that never finishes it holds nothing for long.
@@ -274,6 +275,7 @@ pub async fn serve(
         .is_ok()
         && client.write(&mut out).await.is_ok();
     let totals = if greeted {
+        counters.record_setup(setup_began);
         // 4. Relay.
         let mut relay = Relay {
             session,
@@ -290,6 +292,7 @@ pub async fn serve(
             ws,
             last_activity: Instant::now(),
             frame_seq: 0,
+            clock: CommandClock::default(),
         };
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
@@ -635,6 +638,7 @@ struct Relay<'a> {
     last_activity: Instant,
     /// Next `frames.seq` of this session.
     frame_seq: u64,
+    clock: CommandClock,
 }
 
 impl Relay<'_> {
@@ -650,10 +654,12 @@ impl Relay<'_> {
         let mut to_client = BytesMut::new();
         loop {
             // Client → upstream, one bounded batch.
+            let (pass_began, ready_before) = (Instant::now(), self.inspector.ready_seen());
             let client_step = self.client_batch(cin, &mut to_up, &mut to_client);
             if !to_up.is_empty() && !self.frame(Direction::FromClient, &to_up) {
                 return self.frames_refused(client).await;
             }
+            let forwarded = !to_up.is_empty();
             if !to_up.is_empty()
                 && let Err(e) = upstream.write_all(to_up.split().to_vec()).await
             {
@@ -685,6 +691,9 @@ impl Relay<'_> {
             if let Err(e) = client.write(&mut to_client).await {
                 return (Outcome::Error, Some(format!("client write failed: {e}")));
             }
+            let answered = self.inspector.ready_seen() > ready_before;
+            let stages = &mut self.inspector.stage_times;
+            (self.clock).pass(pass_began, forwarded, answered, stages, client.counters);
             if let Step::Fatal(e) = up_step {
                 client.fatal(&mut self.session, &e).await;
                 return (Outcome::Error, Some(e.to_string()));

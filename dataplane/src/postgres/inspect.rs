@@ -37,6 +37,7 @@ use super::rewrite::{self, BinaryCopyRewriter, CellEdit};
 use super::statement::{CommandTag, ResultShapes, StatementTracker};
 use super::{Limits, PgError};
 use crate::identity::{Identity, now_unix};
+use crate::metrics::StageTimes;
 use crate::services::PolicySnapshot;
 
 /// Rule id recorded when no rule matched and the connection's default decided.
@@ -129,6 +130,8 @@ pub struct Inspector {
     stats: MaskStats,
     cell: Vec<u8>,
     masked_total: u64,
+    /// Policy and masking time of the current round trip, taken by the driver's clock.
+    pub stage_times: StageTimes,
 }
 
 impl Inspector {
@@ -168,6 +171,7 @@ impl Inspector {
             stats: MaskStats::default(),
             cell: Vec::new(),
             masked_total: 0,
+            stage_times: StageTimes::default(),
         }
     }
 
@@ -314,6 +318,7 @@ impl Inspector {
                 message: "the statement text is not valid utf-8, so it cannot be checked".into(),
             });
         };
+        let decide_began = Instant::now();
         let decision = self.policy.decide(
             &Action::Sql {
                 dialect: Dialect::Postgres,
@@ -321,6 +326,7 @@ impl Inspector {
             },
             scratch,
         );
+        self.stage_times.add_policy(decide_began);
         let overall = decision.verdict;
         let overall_rule: Arc<str> = decision
             .rule
@@ -524,7 +530,7 @@ impl Inspector {
                     .columns
                     .as_ref()
                     .filter(|c| c.len() == usize::from(row.column_count));
-                let before = self.stats.total();
+                let (before, mask_began) = (self.stats.total(), Instant::now());
                 let masker = &self.masker;
                 let stats = &mut self.stats;
                 let cell = &mut self.cell;
@@ -547,6 +553,7 @@ impl Inspector {
                         MaskOutcome::Rewritten => CellEdit::Replace(Cow::Owned(cell.clone())),
                     }
                 })?;
+                self.stage_times.add_masking(mask_began);
                 let masked = self.stats.total().saturating_sub(before);
                 self.masked_total = self.masked_total.saturating_add(masked);
                 if let Some(p) = self.current_mut() {
@@ -659,6 +666,11 @@ impl Inspector {
             _ => out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// ReadyForQuery messages handled so far: the driver's clock ends a round trip on each.
+    pub fn ready_seen(&self) -> u64 {
+        self.ready_seen
     }
 
     fn count_masked(&mut self, before: u64) {
