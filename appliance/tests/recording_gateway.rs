@@ -219,7 +219,10 @@ fn replay_frames_show_what_the_client_saw_and_a_crash_keeps_running_statements()
             .collect();
         assert_eq!(interrupted.len(), 1, "{driver}: {interrupted:?}");
         assert_eq!(interrupted[0].outcome, "error");
-        assert_eq!(interrupted[0].policy_version.as_deref(), Some(version.as_str()));
+        assert_eq!(
+            interrupted[0].policy_version.as_deref(),
+            Some(version.as_str())
+        );
         assert!(
             interrupted[0]
                 .outcome_reason
