@@ -22,12 +22,13 @@ use std::process::{Command, Output};
 use common::{BIN, DRIVERS, Gateway, start};
 use pgcluster::PgCluster;
 
-/// The masked column (`email`), the card detector, a deny rule; everything else, `pg_sleep`
-/// included, is allowed by the default.
+/// The masked column (`email`, for engineering), the card detector (everyone), a deny rule;
+/// everything else, `pg_sleep` included, is allowed by the default. `loaders` have no column
+/// rule, so COPY out is theirs to use (with column rules it is refused).
 const POLICY: &str = r#"
 [[access]]
 connections = ["orders-db", "orders-plain"]
-groups = ["engineering"]
+groups = ["engineering", "loaders"]
 
 [[rule]]
 id = "no-drop"
@@ -38,6 +39,7 @@ message = "schema changes go through migrations"
 
 [[mask]]
 columns = ["email"]
+groups = ["engineering"]
 strategy = "redact"
 
 [[mask]]
@@ -119,6 +121,8 @@ struct Fixture {
     dir: tempfile::TempDir,
     gw: Gateway,
     token: String,
+    /// A `loaders` identity: detectors only, no column rule.
+    loader_token: String,
 }
 
 fn cluster() -> PgCluster {
@@ -180,26 +184,31 @@ fn fixture(cluster: PgCluster, driver: &str) -> Fixture {
     );
     let gw = start(driver, &extra, &connections);
     let key = keys.join("signing-key.pem").display().to_string();
-    let out = portcullis(&[
-        "token",
-        "mint",
-        "--key",
-        &key,
-        "--sub",
-        "alice",
-        "--email",
-        "alice@corp.example",
-        "--groups",
-        "engineering",
-        "--ttl",
-        "30m",
-    ]);
-    let token = text(&out.stdout).trim().to_owned();
+    let mint = |sub: &str, group: &str| {
+        let out = portcullis(&[
+            "token",
+            "mint",
+            "--key",
+            &key,
+            "--sub",
+            sub,
+            "--email",
+            &format!("{sub}@corp.example"),
+            "--groups",
+            group,
+            "--ttl",
+            "30m",
+        ]);
+        text(&out.stdout).trim().to_owned()
+    };
+    let token = mint("alice", "engineering");
+    let loader_token = mint("lou", "loaders");
     Fixture {
         cluster,
         dir,
         gw,
         token,
+        loader_token,
     }
 }
 
@@ -213,6 +222,7 @@ impl Fixture {
                 self.gw.addr("orders-plain").port().to_string(),
             ),
             ("PGC_TOKEN", self.token.clone()),
+            ("PGC_LOADER_TOKEN", self.loader_token.clone()),
             ("PGC_CA", d.join("ca.crt").display().to_string()),
             ("PGC_OTHER_CA", d.join("other-ca.crt").display().to_string()),
         ]
@@ -287,6 +297,7 @@ fn psycopg_through_the_gateway() {
                     "copy",
                     &[
                         "ok: extended-protocol copy from stdin keeps the session in step",
+                        "ok: copy to stdout refused under column rules",
                         "ok: copy to stdout text: 1000 lines",
                         "ok: copy to stdout binary: 500 rows",
                     ],

@@ -28,7 +28,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use policy_engine::mask::{
     ColumnMask, MaskOutcome, MaskStats, SessionMasker, StreamMasker, ValueKind,
 };
-use policy_engine::{Action, Dialect, Scratch, SessionPolicy, Verdict};
+use policy_engine::{Action, Dialect, Scratch, SessionPolicy, StatementKind, Verdict};
 use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 
 use super::backend::{BackendFrame, BackendMessage};
@@ -46,6 +46,19 @@ pub const DEFAULT_RULE: &str = "default";
 /// Error of a statement announced to the recorder and then not forwarded, because the
 /// recorder refused a later statement of the same query string.
 const AUDIT_REFUSED: &str = "not executed: the audit recorder refused the query string";
+
+/// Rule id recorded for a COPY out refused because column masking rules apply.
+pub const COPY_OUT_RULE: &str = "copy-out-with-column-masks";
+
+/// Why such a COPY is refused, for the client and the record.
+const COPY_OUT_REFUSED: &str = "COPY ... TO is refused: column masking rules apply to this session \
+     and COPY data carries no column names to apply them to; use SELECT";
+
+/// A `COPY ... TO` (or a COPY whose direction could not be read): its data leaves without
+/// column names. `COPY ... FROM` is classified as an insert as well.
+fn copies_out(st: &policy_engine::Statement) -> bool {
+    st.kinds.contains(StatementKind::Copy) && !st.kinds.contains(StatementKind::Insert)
+}
 
 /// Largest statement text kept in one audit record; longer text is cut (the statement still
 /// runs whole). Bounds what one statement can cost the recorder.
@@ -367,6 +380,26 @@ impl Inspector {
                 rec_decision(overall),
                 Some(Arc::clone(&overall_rule)),
             ));
+        }
+        if overall != Verdict::Deny
+            && self.masker.has_column_rules()
+            && statements.iter().any(copies_out)
+        {
+            let error: Arc<str> = COPY_OUT_REFUSED.into();
+            for (kind, piece, _, _) in parts {
+                let mut r = self.new_record(
+                    kind,
+                    Some(piece),
+                    RecDecision::Deny,
+                    Some(COPY_OUT_RULE.into()),
+                );
+                r.error = Some(Arc::clone(&error));
+                record(CommandEvent::Finished(r));
+            }
+            return ClientVerdict::Refuse(PgError::StatementDenied {
+                rule: COPY_OUT_RULE.into(),
+                message: COPY_OUT_REFUSED.into(),
+            });
         }
 
         match overall {

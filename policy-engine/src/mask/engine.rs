@@ -401,6 +401,12 @@ impl SessionMasker {
         self.global.set == 0 && self.column_rules.is_empty() && self.field_rules.is_empty()
     }
 
+    /// Whether any rule of this session masks by column name. Data that carries no column
+    /// names (COPY out) cannot honour such rules, so the data plane refuses it.
+    pub fn has_column_rules(&self) -> bool {
+        !self.column_rules.is_empty()
+    }
+
     /// What applies to a result-set column named `column_name` (from RowDescription /
     /// column definitions). Column-scoped detector rules take precedence over session-wide
     /// ones for the same detector; the first matching whole-value rule wins.
