@@ -292,6 +292,7 @@ pub async fn serve(
             ws,
             last_activity: Instant::now(),
             frame_seq: 0,
+            probe_readies: 0,
             clock: CommandClock::default(),
         };
         let (outcome, reason) = relay
@@ -638,6 +639,8 @@ struct Relay<'a> {
     last_activity: Instant,
     /// Next `frames.seq` of this session.
     frame_seq: u64,
+    /// ReadyForQuery answers to refusal probes, which the inspector never sees.
+    probe_readies: u64,
     clock: CommandClock,
 }
 
@@ -654,7 +657,7 @@ impl Relay<'_> {
         let mut to_client = BytesMut::new();
         loop {
             // Client → upstream, one bounded batch.
-            let (pass_began, ready_before) = (Instant::now(), self.inspector.ready_seen());
+            let (pass_began, ready_before) = (Instant::now(), self.readies());
             let client_step = self.client_batch(cin, &mut to_up, &mut to_client);
             if !to_up.is_empty() && !self.frame(Direction::FromClient, &to_up) {
                 return self.frames_refused(client).await;
@@ -691,7 +694,7 @@ impl Relay<'_> {
             if let Err(e) = client.write(&mut to_client).await {
                 return (Outcome::Error, Some(format!("client write failed: {e}")));
             }
-            let answered = self.inspector.ready_seen() > ready_before;
+            let answered = self.readies() > ready_before;
             let stages = &mut self.inspector.stage_times;
             (self.clock).pass(pass_began, forwarded, answered, stages, client.counters);
             if let Step::Fatal(e) = up_step {
@@ -754,6 +757,12 @@ impl Relay<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// Round trips the server has closed with ReadyForQuery, refusal probes included: the
+    /// latency clock ends a round trip on each.
+    fn readies(&self) -> u64 {
+        self.inspector.ready_seen() + self.probe_readies
     }
 
     /// Queues a `frames` row for replay when the connection records frames: the bytes about to
@@ -868,6 +877,9 @@ impl Relay<'_> {
             };
             self.session.observe_backend(&frame.message);
             if self.sequencer.answer_refusal(&frame, to_client) {
+                if matches!(frame.message, backend::BackendMessage::ReadyForQuery(_)) {
+                    self.probe_readies += 1;
+                }
                 continue;
             }
             if let Err(e) = self.inspector.on_backend(&frame, to_client, &mut record) {
