@@ -15,8 +15,10 @@
 //!
 //! Backpressure: a side is read only after everything read before has been written to the
 //! other side, so a slow peer slows its counterpart and buffers stay bounded by one read
-//! plus one message. The driver does not record frames for replay yet, and does not hold
-//! statements for review (they are refused until reviews exist).
+//! plus one message. A statement a `review` rule matched is held on its core (see
+//! [`super::hold`]): the client is told the review id, later client messages wait in the
+//! buffer, and the statement is forwarded unchanged on approval or refused on denial, timeout
+//! or cancellation. The driver does not record frames for replay yet.
 //!
 //! [`CancelRegistry`]: crate::services::CancelRegistry
 
@@ -35,7 +37,9 @@ use recorder::{Micros, Outcome, SessionEnd, SessionInfo};
 
 use super::backend;
 use super::client_session::{ClientConfig, ClientEvent, ClientSession};
+use super::frontend::FrontendFrame;
 use super::frontend::{self, CancelKey, FrontendMessage};
+use super::hold::{Held, HeldEnd};
 use super::inspect::{ClientVerdict, Inspector, policy_identity};
 use super::reply;
 use super::route::{PgRoute, STARTUP_TIMEOUT};
@@ -45,7 +49,9 @@ use super::{PgError, cancel};
 use crate::config::UpstreamTls;
 use crate::identity::{Identity, now_unix};
 use crate::metrics::{ConnCounters, ErrorKind};
-use crate::services::{CancelRoute, WorkerServices};
+use crate::reviews::{Outcome as ReviewOutcome, Requested, Requester, ReviewRequest, Subject};
+use crate::services::{CancelRoute, PolicySnapshot, WorkerServices};
+use crate::sessions::LiveGuard;
 use crate::tcp::{SessionStop, StopReason};
 use crate::transport::{self, TlsStream, Transport};
 
@@ -214,7 +220,14 @@ pub async fn serve(
     let access = snapshot.policy.session_with(
         &route.name,
         &policy_identity(&identity),
-        &policy_engine::AccessContext::default(),
+        &policy_engine::AccessContext {
+            has_grant: ws
+                .shared
+                .reviews
+                .grants()
+                .has(&identity.subject, &route.name, now_unix()),
+            ..policy_engine::AccessContext::default()
+        },
     );
     let policy = match access {
         Ok(p) => p,
@@ -265,7 +278,11 @@ pub async fn serve(
         && client.write(&mut out).await.is_ok();
     let totals = if greeted {
         // 4. Relay.
+        let live = ws.shared.sessions.register(&info);
         let mut relay = Relay {
+            identity: Arc::clone(&identity),
+            held: None,
+            live: &live,
             session,
             sequencer: ResponseSequencer::new(),
             inspector: Inspector::new(
@@ -276,6 +293,7 @@ pub async fn serve(
                 ws.shared.session_grace,
                 route.limits,
             ),
+            snapshot: Arc::clone(&snapshot),
             route,
             ws,
             last_activity: Instant::now(),
@@ -283,6 +301,18 @@ pub async fn serve(
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
             .await;
+        if let Some(held) = relay.held.take() {
+            // The session ended while a statement was held: the review is cancelled and the
+            // statement recorded as never run.
+            let why = reason.as_deref().unwrap_or("the client disconnected");
+            ws.shared.reviews.cancel(&held.id, why);
+            relay.inspector.refuse_hold(
+                held.hold,
+                Some(held.id),
+                format!("review cancelled: {why}"),
+                &mut |r| ws.record(|p| p.command(r)),
+            );
+        }
         relay
             .inspector
             .abandon("session ended before the server answered", &mut |r| {
@@ -594,6 +624,11 @@ async fn forward_cancel(ws: &WorkerServices, key: CancelKey) {
 
 /// The authenticated part of a session.
 struct Relay<'a> {
+    identity: Arc<Identity>,
+    /// The statement waiting for a review, if any: while set, no client message is decided.
+    held: Option<Held>,
+    live: &'a LiveGuard<'a>,
+    snapshot: Arc<PolicySnapshot>,
     session: ClientSession,
     sequencer: ResponseSequencer,
     inspector: Inspector,
@@ -658,6 +693,25 @@ impl Relay<'_> {
                     .await;
                 return (Outcome::Ok, Some("gateway shutdown".into()));
             }
+            if self.live.killed() {
+                client
+                    .fatal(&mut self.session, &PgError::AdminTerminated)
+                    .await;
+                return (Outcome::Ok, Some("ended by an administrator".into()));
+            }
+            if let Some(held) = &self.held {
+                if let Some(end) = held.ended(&self.ws.shared.reviews) {
+                    let step = self.finish_hold(end, &mut to_up, &mut to_client);
+                    if let Step::Fatal(e) = step {
+                        self.session.refuse(&e, &mut to_client);
+                        let _ = client.write(&mut to_client).await;
+                        return (Outcome::Error, Some(e.to_string()));
+                    }
+                    continue;
+                }
+                // A held session is waiting on people, not idle.
+                self.last_activity = Instant::now();
+            }
             let idle_left = self
                 .route
                 .idle_timeout
@@ -672,10 +726,33 @@ impl Relay<'_> {
             let Ok(client_transport) = client.transport_mut() else {
                 return (Outcome::Error, Some("client transport lost".into()));
             };
-            let (rc, ru) =
-                read_either(client_transport, cin, upstream, uin, idle_left.min(TICK)).await;
+            let (wait, read_client, waiter) = match self.held.as_mut() {
+                Some(h) => (
+                    h.time_left().min(TICK),
+                    cin.len() < super::hold::HELD_CLIENT_BYTES,
+                    Some(&mut h.waiter),
+                ),
+                None => (idle_left.min(TICK), true, None),
+            };
+            let (rc, ru) = read_either(
+                client_transport,
+                cin,
+                read_client,
+                upstream,
+                uin,
+                wait,
+                waiter,
+            )
+            .await;
             match rc {
-                Some(Ok(0)) => return (Outcome::Ok, None),
+                Some(Ok(0)) => {
+                    let why = if self.held.is_some() {
+                        Some("the client disconnected while its statement was held".into())
+                    } else {
+                        None
+                    };
+                    return (Outcome::Ok, why);
+                }
                 Some(Ok(n)) => {
                     client.count_in(n);
                     self.last_activity = Instant::now();
@@ -714,6 +791,9 @@ impl Relay<'_> {
         let ws = self.ws;
         let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
         loop {
+            if self.held.is_some() {
+                return Step::Continue(false);
+            }
             if to_up.len() >= WRITE_BATCH || to_client.len() >= WRITE_BATCH {
                 return Step::Continue(true);
             }
@@ -733,35 +813,12 @@ impl Relay<'_> {
                             &mut record,
                         )
                     };
-                    match verdict {
-                        ClientVerdict::Forward => {
-                            if let Err(e) = self.sequencer.forwarded(&frame.message) {
-                                return Step::Fatal(e);
-                            }
-                            to_up.extend_from_slice(&frame.raw);
-                        }
-                        ClientVerdict::Refuse(e) => {
-                            let fields = e.to_error_fields();
-                            let mut denial = BytesMut::new();
-                            if matches!(
-                                frame.message,
-                                FrontendMessage::Query { .. }
-                                    | FrontendMessage::FunctionCall { .. }
-                            ) {
-                                reply::refuse_simple_query(
-                                    &mut denial,
-                                    &fields,
-                                    self.session.transaction_status(),
-                                );
-                            } else {
-                                reply::error_response(&mut denial, &fields);
-                                self.session.enter_extended_error();
-                            }
-                            if let Err(e) = self.sequencer.inject(denial.freeze(), to_client) {
-                                return Step::Fatal(e);
-                            }
-                        }
-                        ClientVerdict::Fatal(e) => return Step::Fatal(e),
+                    if let Some(step) = self.apply(verdict, frame, to_up, to_client) {
+                        return step;
+                    }
+                    if self.held.is_some() {
+                        // Later messages stay buffered until the review ends.
+                        return Step::Continue(false);
                     }
                 }
                 Some(ClientEvent::Terminate) => {
@@ -773,6 +830,142 @@ impl Relay<'_> {
                     return Step::Fatal(PgError::client("startup message after authentication"));
                 }
             }
+        }
+    }
+
+    /// Carries out one verdict on `frame`: forward it, answer it with an error, or hold it for
+    /// review. `Some(step)` when the batch must stop.
+    fn apply(
+        &mut self,
+        verdict: ClientVerdict,
+        frame: FrontendFrame,
+        to_up: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Option<Step> {
+        match verdict {
+            ClientVerdict::Forward => {
+                if let Err(e) = self.sequencer.forwarded(&frame.message) {
+                    return Some(Step::Fatal(e));
+                }
+                to_up.extend_from_slice(&frame.raw);
+            }
+            ClientVerdict::Refuse(e) => {
+                let fields = e.to_error_fields();
+                let mut denial = BytesMut::new();
+                if matches!(
+                    frame.message,
+                    FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. }
+                ) {
+                    reply::refuse_simple_query(
+                        &mut denial,
+                        &fields,
+                        self.session.transaction_status(),
+                    );
+                } else {
+                    reply::error_response(&mut denial, &fields);
+                    self.session.enter_extended_error();
+                }
+                if let Err(e) = self.sequencer.inject(denial.freeze(), to_client) {
+                    return Some(Step::Fatal(e));
+                }
+            }
+            ClientVerdict::Fatal(e) => return Some(Step::Fatal(e)),
+            ClientVerdict::Hold(hold) => return self.hold(hold, frame, to_up, to_client),
+        }
+        None
+    }
+
+    /// Opens a review for a held statement and tells the client it waits.
+    fn hold(
+        &mut self,
+        hold: super::inspect::Hold,
+        frame: FrontendFrame,
+        to_up: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Option<Step> {
+        let ws = self.ws;
+        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let request = ReviewRequest {
+            requester: Requester::from_identity(&self.identity),
+            connection: Arc::clone(&self.route.name),
+            subject: Subject::Command {
+                session: self.inspector.session_id(),
+                command_seq: Some(hold.command_seq),
+            },
+            text: Arc::clone(&hold.text),
+            rule: Arc::clone(&hold.rule),
+            spec: hold.spec.clone(),
+            webhooks: self
+                .snapshot
+                .policy
+                .webhooks_for(&self.route.name)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        };
+        match ws.shared.reviews.request(request) {
+            Err(e) => {
+                let e = self.inspector.refuse_hold(
+                    hold,
+                    None,
+                    format!("the statement needs review, which could not be opened: {e}"),
+                    &mut record,
+                );
+                self.apply(ClientVerdict::Refuse(e), frame, to_up, to_client)
+            }
+            Ok(Requested::Covered { id, approvers }) => {
+                let verdict = self.inspector.release(
+                    hold,
+                    id,
+                    &approvers,
+                    ws.recorder_accepting(),
+                    &mut record,
+                );
+                self.apply(verdict, frame, to_up, to_client)
+            }
+            Ok(Requested::Pending { id, waiter }) => {
+                super::hold::notice(to_client, &id, &hold);
+                self.live.set_held(Some(Arc::clone(&id)));
+                self.held = Some(Held::new(id, waiter, hold, frame));
+                None
+            }
+        }
+    }
+
+    /// The held statement's review ended: forward it or refuse it.
+    fn finish_hold(
+        &mut self,
+        end: HeldEnd,
+        to_up: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Step {
+        let Some(held) = self.held.take() else {
+            return Step::Continue(false);
+        };
+        self.live.set_held(None);
+        let ws = self.ws;
+        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let verdict = match end {
+            HeldEnd(ReviewOutcome::Approved { approvers }) => self.inspector.release(
+                held.hold,
+                Arc::clone(&held.id),
+                &approvers,
+                ws.recorder_accepting(),
+                &mut record,
+            ),
+            HeldEnd(other) => {
+                let message = super::hold::refusal(&held.id, &other);
+                ClientVerdict::Refuse(self.inspector.refuse_hold(
+                    held.hold,
+                    Some(Arc::clone(&held.id)),
+                    message,
+                    &mut record,
+                ))
+            }
+        };
+        match self.apply(verdict, held.frame, to_up, to_client) {
+            Some(step) => step,
+            None => Step::Continue(true),
         }
     }
 
@@ -816,12 +1009,17 @@ fn cancelled(e: &io::Error) -> bool {
 /// Reads both sockets at once; when one delivers (or `wait` passes) the other read is
 /// cancelled and awaited, so no byte the kernel delivered is lost. A side whose read was
 /// cancelled before any data came reports `Err(ECANCELED)`.
+///
+/// `read_client = false` leaves the client unread (a held session whose buffer is full), and
+/// `wake`, when given, ends the wait early like the timer does (a review decided).
 async fn read_either(
     client: &mut Transport,
     cin: &mut BytesMut,
+    read_client: bool,
     upstream: &mut Transport,
     uin: &mut BytesMut,
     wait: Duration,
+    mut wake: Option<&mut crate::reviews::Waiter>,
 ) -> (Option<io::Result<usize>>, Option<io::Result<usize>>) {
     let mut canceller = Some(Canceller::new());
     let Some(handle) = canceller.as_ref().map(Canceller::handle) else {
@@ -832,11 +1030,19 @@ async fn read_either(
     let mut timer = pin!(monoio::time::sleep(wait));
     let mut rc = None;
     let mut ru = None;
+    let mut woken = false;
     std::future::poll_fn(|cx| {
-        if rc.is_none()
+        if read_client
+            && rc.is_none()
             && let Poll::Ready(r) = c.as_mut().poll(cx)
         {
             rc = Some(r);
+        }
+        if !woken && let Some(w) = wake.as_mut() {
+            woken = std::pin::Pin::new(&mut **w).poll(cx).is_ready();
+        }
+        if !read_client && ru.is_some() {
+            return Poll::Ready(());
         }
         if ru.is_none()
             && let Poll::Ready(r) = u.as_mut().poll(cx)
@@ -847,7 +1053,7 @@ async fn read_either(
             return Poll::Ready(());
         }
         if canceller.is_some()
-            && (rc.is_some() || ru.is_some() || timer.as_mut().poll(cx).is_ready())
+            && (rc.is_some() || ru.is_some() || woken || timer.as_mut().poll(cx).is_ready())
             && let Some(cn) = canceller.take()
         {
             drop(cn.cancel());
