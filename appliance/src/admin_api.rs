@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::admin::{Request, Response, Router};
 
-/// Shortest grant that may be requested: shorter ones are almost certainly a unit mistake.
-const MIN_GRANT: Duration = Duration::from_secs(60);
+/// Shortest grant that may be requested (a zero-length grant admits nobody).
+const MIN_GRANT: Duration = Duration::from_secs(1);
 
 /// How long a grant request waits for approvers before it times out.
 const GRANT_REVIEW_TIMEOUT: Duration = Duration::from_secs(24 * 3600);

@@ -1,0 +1,794 @@
+//! Reviews end to end through the real `portcullis` binary: a throwaway PostgreSQL, stock
+//! `psql`, tokens from `portcullis token`, approvals with `portcullis reviews ...` and the
+//! admin API, a local webhook receiver, just-in-time grants across a restart, and the
+//! `reviews` and `commands` tables read back with the recorder's reader.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "integration test: a failed step is a failed test"
+)]
+
+mod common;
+#[path = "../../dataplane/tests/support/pgcluster.rs"]
+mod pgcluster;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Gateway, start};
+use pgcluster::PgCluster;
+use serde_json::Value;
+
+const POLICY: &str = r#"
+[[access]]
+connections = ["orders"]
+groups = ["engineering", "dba"]
+
+[[access]]
+connections = ["vault"]
+groups = ["engineering"]
+require_grant = true
+approvers = ["dba"]
+max_grant = "8h"
+
+[[rule]]
+id = "review-deletes"
+connections = ["orders"]
+match.statement = ["delete"]
+action = "review"
+review = { approvers = ["dba"], approvals = 1, timeout = "2m" }
+
+[[rule]]
+id = "two-person-updates"
+connections = ["orders"]
+match.statement = ["update"]
+action = "review"
+review = { approvers = ["dba"], approvals = 2, timeout = "2m" }
+
+[[rule]]
+id = "probe-inserts"
+connections = ["orders"]
+match.statement = ["insert"]
+match.tables = ["audit_probe"]
+action = "review"
+review = { approvers = ["dba"], timeout = "3s" }
+
+[[admin]]
+groups = ["dba"]
+operations = ["*"]
+
+[[admin]]
+groups = ["engineering"]
+operations = ["reviews.list", "reviews.approve", "grants.request"]
+"#;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+}
+
+fn portcullis(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "portcullis failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn mint(setup: &Setup, sub: &str, groups: &str) -> String {
+    let key = setup.key.display().to_string();
+    let out = portcullis(
+        &[
+            "token", "mint", "--key", &key, "--sub", sub, "--groups", groups, "--ttl", "30m",
+        ],
+        &[],
+    );
+    ok(&out).trim().to_owned()
+}
+
+fn setup(webhook: SocketAddr) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("issuer");
+    ok(&portcullis(
+        &["token", "keygen", "--out", &keys.display().to_string()],
+        &[],
+    ));
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/00-reviews.toml"),
+        format!(
+            "{POLICY}\n[[webhook]]\nurl = \"http://{webhook}/hook\"\nconnections = [\"orders\"]\n"
+        ),
+    )
+    .unwrap();
+    Setup {
+        key: keys.join("signing-key.pem"),
+        dir,
+    }
+}
+
+fn config(setup: &Setup, cluster: &PgCluster) -> (String, String) {
+    let d = setup.dir.path();
+    std::fs::write(d.join("db.password"), format!("{}\n", cluster.password)).unwrap();
+    let extra = format!(
+        "recordings = \"{}\"\npolicies = \"{}\"\n",
+        d.join("recordings").display(),
+        d.join("policies").display()
+    );
+    let upstream = cluster.addr();
+    let conn = |name: &str| {
+        format!(
+            "[[connections]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ndatabase = \"{}\"\nupstream_tls = \"disable\"\nallow_plaintext = true\nidle_timeout = \"5m\"\n[connections.credentials]\nuser = \"{}\"\npassword_file = \"{}\"\n",
+            cluster.database,
+            cluster.user,
+            d.join("db.password").display()
+        )
+    };
+    let connections = format!(
+        "[identity]\nissuer = \"portcullis-local\"\naudience = \"portcullis\"\njwks = {{ file = \"{}\" }}\nleeway_secs = 0\n\n[recorder]\nflush_interval = \"50ms\"\n\n{}\n{}",
+        d.join("issuer/jwks.json").display(),
+        conn("orders"),
+        conn("vault"),
+    );
+    (extra, connections)
+}
+
+fn psql(addr: SocketAddr, token: &str, sql: &str) -> Output {
+    Command::new("psql")
+        .arg(format!(
+            "host={} port={} dbname=orders user=x sslmode=disable connect_timeout=60",
+            addr.ip(),
+            addr.port()
+        ))
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .args(["-c", sql])
+        .env("PGPASSWORD", token)
+        .output()
+        .expect("run psql (install postgresql-client)")
+}
+
+fn psql_bg(addr: SocketAddr, token: &str, sql: &str) -> JoinHandle<Output> {
+    let (token, sql) = (token.to_owned(), sql.to_owned());
+    std::thread::spawn(move || psql(addr, &token, &sql))
+}
+
+/// The admin CLI with `token`, through the environment variables.
+fn cli(gw: &Gateway, token: &str, args: &[&str]) -> Output {
+    let admin = format!("http://{}", gw.admin);
+    portcullis(
+        args,
+        &[("PORTCULLIS_ADMIN", &admin), ("PORTCULLIS_TOKEN", token)],
+    )
+}
+
+fn pending_reviews(gw: &Gateway, token: &str) -> Vec<Value> {
+    let out = ok(&cli(gw, token, &["reviews", "list", "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["reviews"].as_array().unwrap().clone()
+}
+
+/// Waits until a pending review's text contains `needle`; returns its id.
+fn wait_review(gw: &Gateway, token: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = pending_reviews(gw, token)
+            .into_iter()
+            .find(|r| r["text"].as_str().unwrap().contains(needle))
+        {
+            return r["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending review for `{needle}`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scalar(cluster: &PgCluster, sql: &str) -> String {
+    cluster.admin_sql(&cluster.database, sql).trim().to_owned()
+}
+
+/// One raw HTTP request to the admin listener; status and JSON body.
+fn admin(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(gw.admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A webhook receiver: keeps every request body, answers 200.
+fn webhook_receiver() -> (SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut s = s;
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let n = s.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    };
+                    let head = text(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + 4 + len {
+                        let n = s.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = &buf[head_end + 4..head_end + 4 + len];
+                    sink.lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(body).unwrap_or(Value::Null));
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
+                    return;
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// A raw protocol client: holds a session open and sends queries without psql.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    fn login(addr: SocketAddr, token: &str) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut raw = Raw { s, buf: Vec::new() };
+        let mut startup = 196_608u32.to_be_bytes().to_vec();
+        startup.extend_from_slice(b"user\0x\0database\0orders\0\0");
+        let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(&startup);
+        msg.push(b'p');
+        msg.extend_from_slice(&((token.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(token.as_bytes());
+        msg.push(0);
+        raw.s.write_all(&msg).unwrap();
+        let greeting = raw.until(b'Z');
+        assert!(greeting.iter().any(|(t, _)| *t == b'Z'), "login failed");
+        raw
+    }
+
+    fn send_query(&mut self, sql: &str) {
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        msg.extend_from_slice(sql.as_bytes());
+        msg.push(0);
+        self.s.write_all(&msg).unwrap();
+    }
+
+    /// Messages up to and including the first with tag `stop`, or up to the close.
+    fn until(&mut self, stop: u8) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            while self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() < 1 + len {
+                    break;
+                }
+                let msg: Vec<u8> = self.buf.drain(..1 + len).collect();
+                let tag = msg[0];
+                out.push((tag, msg[5..].to_vec()));
+                if tag == stop {
+                    return out;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.s.read(&mut chunk) {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn field(messages: &[(u8, Vec<u8>)], tag: u8, code: u8) -> Option<String> {
+    let (_, body) = messages.iter().find(|(t, _)| *t == tag)?;
+    body.split(|b| *b == 0)
+        .find_map(|f| f.strip_prefix(&[code][..]))
+        .map(text)
+}
+
+/// The live session (id, worker) of `subject` that appeared after `known`.
+fn new_session(gw: &Gateway, token: &str, known: &[String]) -> (String, u64) {
+    let out = ok(&cli(gw, token, &["sessions", "list", "--json"]));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let s = v["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| !known.contains(&s["id"].as_str().unwrap().to_owned()))
+        .expect("a new live session")
+        .clone();
+    (
+        s["id"].as_str().unwrap().to_owned(),
+        s["worker"].as_u64().unwrap(),
+    )
+}
+
+fn review_rows(root: &std::path::Path) -> Vec<recorder::read::ReviewRow> {
+    let mut out = Vec::new();
+    for b in recorder::read::read_table(root, recorder::Table::Reviews).unwrap() {
+        out.extend(recorder::read::review_rows(&b).unwrap());
+    }
+    out
+}
+
+fn command_rows(root: &std::path::Path) -> Vec<recorder::read::CommandRow> {
+    let mut out = Vec::new();
+    for b in recorder::read::read_table(root, recorder::Table::Commands).unwrap() {
+        out.extend(recorder::read::command_rows(&b).unwrap());
+    }
+    out
+}
+
+#[test]
+fn held_statements_wait_for_approvers_and_grants_open_connections() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    cluster.admin_sql(
+        &cluster.database,
+        &format!(
+            "CREATE TABLE items (id int PRIMARY KEY, name text); \
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 6) g; \
+             CREATE TABLE audit_probe (id int); \
+             ALTER TABLE items OWNER TO {u}; ALTER TABLE audit_probe OWNER TO {u};",
+            u = cluster.user
+        ),
+    );
+    let (hook, hooks) = webhook_receiver();
+    let setup = setup(hook);
+    let (extra, connections) = config(&setup, &cluster);
+    let mut gw = start("iouring", &extra, &connections);
+    let orders = gw.addr("orders");
+    let alice = mint(&setup, "alice", "engineering,dba");
+    let bob = mint(&setup, "bob", "dba");
+    let carol = mint(&setup, "carol", "dba");
+    let eve = mint(&setup, "eve", "support");
+
+    // 1. A DELETE matching the review rule waits; the client is told the review id.
+    let held = psql_bg(orders, &alice, "DELETE FROM items WHERE id = 1");
+    let id = wait_review(&gw, &bob, "DELETE FROM items WHERE id = 1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!held.is_finished(), "the DELETE should be held");
+    assert_eq!(
+        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 1"),
+        "1"
+    );
+
+    // The admin API: no token, a bad token, a caller whose groups are not granted the
+    // operation, and the requester approving their own request (she is in `dba`).
+    assert_eq!(admin(&gw, "GET", "/api/reviews", None, "").0, 401);
+    assert_eq!(
+        admin(&gw, "GET", "/api/reviews", Some("garbage"), "").0,
+        401
+    );
+    assert_eq!(admin(&gw, "GET", "/api/reviews", Some(&eve), "").0, 403);
+    let own = cli(&gw, &alice, &["reviews", "approve", &id]);
+    assert!(!own.status.success());
+    assert!(
+        text(&own.stderr).contains("403") && text(&own.stderr).contains("own request"),
+        "{}",
+        text(&own.stderr)
+    );
+    assert_eq!(
+        admin(
+            &gw,
+            "POST",
+            &format!("/api/reviews/{id}/approve"),
+            Some(&alice),
+            ""
+        )
+        .0,
+        403
+    );
+
+    // 2. Another session on the same core keeps running while this one is held.
+    let held_worker = {
+        let out = ok(&cli(&gw, &bob, &["sessions", "list", "--json"]));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let s = v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["held_review"].as_str() == Some(id.as_str()))
+            .expect("the held session is listed with its review")
+            .clone();
+        s["worker"].as_u64().unwrap()
+    };
+    let mut probes = Vec::new();
+    let mut known: Vec<String> = Vec::new();
+    let neighbour = loop {
+        let before: Vec<String> = {
+            let out = ok(&cli(&gw, &bob, &["sessions", "list", "--json"]));
+            let v: Value = serde_json::from_str(&out).unwrap();
+            v["sessions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        known.extend(before);
+        let raw = Raw::login(orders, &bob);
+        let (sid, worker) = new_session(&gw, &bob, &known);
+        if worker == held_worker {
+            break (raw, sid);
+        }
+        probes.push(raw);
+        assert!(
+            probes.len() < 20,
+            "no session landed on worker {held_worker}"
+        );
+    };
+    let (mut neighbour, neighbour_id) = neighbour;
+    neighbour.send_query("SELECT count(*) FROM items");
+    let answer = neighbour.until(b'Z');
+    let row = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(text(&row.1).ends_with('6'), "{:?}", text(&row.1));
+    assert!(!held.is_finished(), "still held");
+
+    // 3. A dba approves: the DELETE runs (the row is gone) and psql saw the notice.
+    let out = ok(&cli(&gw, &bob, &["reviews", "approve", &id]));
+    assert!(out.contains("approved"), "{out}");
+    let done = held.join().unwrap();
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert!(
+        text(&done.stderr).contains(&format!("waiting for approval: review {id}")),
+        "{}",
+        text(&done.stderr)
+    );
+    assert!(text(&done.stderr).contains(&format!("portcullis reviews approve {id}")));
+    assert_eq!(
+        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 1"),
+        "0"
+    );
+    let again = cli(&gw, &carol, &["reviews", "approve", &id]);
+    assert!(
+        text(&again.stderr).contains("409"),
+        "{}",
+        text(&again.stderr)
+    );
+    let approved_id = id;
+
+    // 4. A deny leaves the row and psql shows 42501 with who denied and why.
+    let held = psql_bg(orders, &alice, "DELETE FROM items WHERE id = 2");
+    let denied_id = wait_review(&gw, &bob, "WHERE id = 2");
+    ok(&cli(
+        &gw,
+        &bob,
+        &[
+            "reviews",
+            "deny",
+            &denied_id,
+            "--reason",
+            "not during the sale",
+        ],
+    ));
+    let done = held.join().unwrap();
+    assert!(!done.status.success());
+    let err = text(&done.stderr);
+    assert!(err.contains("42501"), "{err}");
+    assert!(err.contains("denied by bob: not during the sale"), "{err}");
+    assert_eq!(
+        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 2"),
+        "1"
+    );
+
+    // 5. Two approvals required: one is not enough.
+    let held = psql_bg(orders, &alice, "UPDATE items SET name = 'two' WHERE id = 3");
+    let two_id = wait_review(&gw, &bob, "UPDATE items");
+    let first = ok(&cli(&gw, &bob, &["reviews", "approve", &two_id]));
+    assert!(first.contains("pending"), "{first}");
+    let twice = cli(&gw, &bob, &["reviews", "approve", &two_id]);
+    assert!(
+        text(&twice.stderr).contains("409"),
+        "{}",
+        text(&twice.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!held.is_finished(), "one approval of two let it run");
+    assert_eq!(
+        scalar(&cluster, "SELECT name FROM items WHERE id = 3"),
+        "item 3"
+    );
+    ok(&cli(&gw, &carol, &["reviews", "approve", &two_id]));
+    let done = held.join().unwrap();
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert_eq!(
+        scalar(&cluster, "SELECT name FROM items WHERE id = 3"),
+        "two"
+    );
+
+    // 6. Timeout: nobody acts within the rule's 3s.
+    let t0 = Instant::now();
+    let done = psql(orders, &alice, "INSERT INTO audit_probe VALUES (1)");
+    assert!(!done.status.success());
+    let err = text(&done.stderr);
+    assert!(err.contains("42501") && err.contains("timed out"), "{err}");
+    assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(scalar(&cluster, "SELECT count(*) FROM audit_probe"), "0");
+
+    // 7. A caller that disconnects while held cancels its review; the row stays.
+    let mut raw = Raw::login(orders, &alice);
+    raw.send_query("DELETE FROM items WHERE id = 4");
+    let notice = raw.until(b'N');
+    let msg = field(&notice, b'N', b'M').expect("a notice");
+    assert!(msg.starts_with("waiting for approval: review "), "{msg}");
+    let gone_id = wait_review(&gw, &bob, "WHERE id = 4");
+    assert!(msg.contains(&gone_id));
+    drop(raw);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pending_reviews(&gw, &bob)
+        .iter()
+        .any(|r| r["id"] == gone_id.as_str())
+    {
+        assert!(Instant::now() < deadline, "the review outlived its caller");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 4"),
+        "1"
+    );
+
+    // 8. Sessions: list and kill one.
+    drop(probes);
+    let sid = neighbour_id;
+    let out = ok(&cli(&gw, &bob, &["sessions", "list"]));
+    assert!(out.contains(&sid), "{out}");
+    ok(&cli(&gw, &bob, &["sessions", "kill", &sid]));
+    let end = neighbour.until(b'E');
+    assert_eq!(field(&end, b'E', b'C').as_deref(), Some("57P01"), "{end:?}");
+    let missing = cli(&gw, &bob, &["sessions", "kill", &sid]);
+    assert!(text(&missing.stderr).contains("404"));
+
+    // 9. Policy reload through the API: ok, then a broken file is refused and the old stays.
+    let (st, v) = admin(&gw, "POST", "/api/policy/reload", Some(&bob), "");
+    assert_eq!(st, 200, "{v}");
+    let version = v["version"].as_str().unwrap().to_owned();
+    let broken = setup.dir.path().join("policies/99-broken.toml");
+    std::fs::write(&broken, "[[rule]]\nid = \"x\"\naction = \"maybe\"\n").unwrap();
+    let (st, v) = admin(&gw, "POST", "/api/policy/reload", Some(&bob), "");
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["version"].as_str(), Some(version.as_str()));
+    std::fs::remove_file(&broken).unwrap();
+    assert_eq!(
+        admin(&gw, "POST", "/api/policy/reload", Some(&eve), "").0,
+        403
+    );
+
+    // 10. The webhook got one Slack-compatible message per review with the commands.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|h| h["review"]["id"] == approved_id.as_str())
+    {
+        assert!(Instant::now() < deadline, "no webhook for {approved_id}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    {
+        let hooks = hooks.lock().unwrap();
+        let h = hooks
+            .iter()
+            .find(|h| h["review"]["id"] == approved_id.as_str())
+            .unwrap();
+        let t = h["text"].as_str().unwrap();
+        assert!(t.contains("alice"), "{t}");
+        assert!(t.contains("DELETE FROM items WHERE id = 1"), "{t}");
+        assert!(
+            t.contains(&format!("portcullis reviews approve {approved_id}")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("portcullis reviews deny {approved_id}")),
+            "{t}"
+        );
+        assert_eq!(h["review"]["rule"], "review-deletes");
+        assert_eq!(h["review"]["connection"], "orders");
+    }
+
+    // 11. Just-in-time access: refused without a grant, allowed once approved.
+    let vault = gw.addr("vault");
+    let dave = mint(&setup, "dave", "engineering");
+    let out = psql(vault, &alice, "SELECT 1");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("just-in-time grant"),
+        "{}",
+        text(&out.stderr)
+    );
+    let req = ok(&cli(
+        &gw,
+        &alice,
+        &[
+            "access",
+            "request",
+            "vault",
+            "--for",
+            "1h",
+            "--reason",
+            "incident 42",
+        ],
+    ));
+    let grant_id = req.split_whitespace().nth(2).unwrap().to_owned();
+    let own = cli(&gw, &alice, &["reviews", "approve", &grant_id]);
+    assert!(!own.status.success());
+    ok(&cli(&gw, &bob, &["reviews", "approve", &grant_id]));
+    let out = psql(vault, &alice, "SELECT 41 + 1");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "42");
+    // A short grant expires.
+    let req = ok(&cli(
+        &gw,
+        &dave,
+        &[
+            "access",
+            "request",
+            "vault",
+            "--for",
+            "3s",
+            "--reason",
+            "quick look",
+        ],
+    ));
+    let short_id = req.split_whitespace().nth(2).unwrap().to_owned();
+    ok(&cli(&gw, &bob, &["reviews", "approve", &short_id]));
+    assert!(psql(vault, &dave, "SELECT 1").status.success());
+    std::thread::sleep(Duration::from_secs(4));
+    let out = psql(vault, &dave, "SELECT 1");
+    assert!(!out.status.success(), "an expired grant still admits");
+
+    // 12. The grant survives a restart.
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(60)).is_some());
+    let recordings = setup.dir.path().join("recordings");
+    let gw2 = start("iouring", &extra, &connections);
+    let out = psql(gw2.addr("vault"), &alice, "SELECT 'after restart'");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    gw2.signal("TERM");
+    let mut gw2 = gw2;
+    assert!(gw2.wait_exit(Duration::from_secs(60)).is_some());
+
+    // 13. The audit trail: every review event, and commands linked to their reviews.
+    let reviews = review_rows(&recordings);
+    let events = |rid: &str| -> Vec<(String, Option<String>)> {
+        reviews
+            .iter()
+            .filter(|r| r.review_id == rid)
+            .map(|r| (r.event.clone(), r.actor.clone()))
+            .collect()
+    };
+    let approved = events(&approved_id);
+    assert_eq!(approved.first().unwrap().0, "requested");
+    assert!(
+        approved.contains(&("approved".into(), Some("bob".into()))),
+        "{approved:?}"
+    );
+    assert!(approved.iter().any(|e| e.0 == "notified"), "{approved:?}");
+    let notified = reviews
+        .iter()
+        .find(|r| r.review_id == approved_id && r.event == "notified")
+        .unwrap();
+    assert!(
+        notified
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("delivered to http://"),
+        "{notified:?}"
+    );
+    assert!(events(&denied_id).contains(&("denied".into(), Some("bob".into()))));
+    let two = events(&two_id);
+    assert_eq!(
+        two.iter().filter(|e| e.0 == "approved").count(),
+        2,
+        "{two:?}"
+    );
+    assert!(events(&gone_id).iter().any(|e| e.0 == "cancelled"));
+    assert!(reviews.iter().any(|r| r.event == "timed_out"
+        && r.text.as_deref() == Some("INSERT INTO audit_probe VALUES (1)")));
+    let grant = events(&grant_id);
+    assert!(
+        grant.contains(&("approved".into(), Some("bob".into()))),
+        "{grant:?}"
+    );
+
+    let commands = command_rows(&recordings);
+    let deleted = commands
+        .iter()
+        .find(|c| c.text.as_deref() == Some("DELETE FROM items WHERE id = 1"))
+        .expect("the approved DELETE is recorded");
+    assert_eq!(deleted.decision, "review");
+    assert_eq!(deleted.review_id.as_deref(), Some(approved_id.as_str()));
+    assert_eq!(deleted.approvers, vec!["bob".to_owned()]);
+    assert_eq!(deleted.rows, Some(1));
+    assert!(deleted.error.is_none(), "{deleted:?}");
+    let denied = commands
+        .iter()
+        .find(|c| c.text.as_deref() == Some("DELETE FROM items WHERE id = 2"))
+        .unwrap();
+    assert_eq!(denied.review_id.as_deref(), Some(denied_id.as_str()));
+    assert_eq!(
+        denied.error.as_deref(),
+        Some("denied by bob: not during the sale")
+    );
+    let updated = commands
+        .iter()
+        .find(|c| c.text.as_deref() == Some("UPDATE items SET name = 'two' WHERE id = 3"))
+        .unwrap();
+    assert_eq!(
+        updated.approvers,
+        vec!["bob".to_owned(), "carol".to_owned()]
+    );
+}
