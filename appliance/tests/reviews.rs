@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Gateway, start};
+use common::{BIN, DRIVERS, Gateway, start};
 use pgcluster::PgCluster;
 use serde_json::Value;
 
@@ -324,6 +324,24 @@ impl Raw {
         self.s.write_all(&msg).unwrap();
     }
 
+    /// Parse, Bind, Execute and Sync of `sql` (unnamed statement and portal) in one write.
+    fn send_extended(&mut self, sql: &str) {
+        let mut out = Vec::new();
+        let mut msg = |tag: u8, body: &[u8]| {
+            out.push(tag);
+            out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+            out.extend_from_slice(body);
+        };
+        let mut parse = b"\0".to_vec();
+        parse.extend_from_slice(sql.as_bytes());
+        parse.extend_from_slice(&[0, 0, 0]);
+        msg(b'P', &parse);
+        msg(b'B', &[0, 0, 0, 0, 0, 0, 0, 0]);
+        msg(b'E', &[0, 0, 0, 0, 0]);
+        msg(b'S', &[]);
+        self.s.write_all(&out).unwrap();
+    }
+
     /// Messages up to and including the first with tag `stop`, or up to the close.
     fn until(&mut self, stop: u8) -> Vec<(u8, Vec<u8>)> {
         let mut out = Vec::new();
@@ -395,10 +413,17 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
         return;
     }
     let cluster = PgCluster::start();
+    for driver in DRIVERS {
+        scenario(driver, &cluster);
+    }
+}
+
+fn scenario(driver: &str, cluster: &PgCluster) {
     cluster.admin_sql(
         &cluster.database,
         &format!(
-            "CREATE TABLE items (id int PRIMARY KEY, name text); \
+            "DROP TABLE IF EXISTS items, audit_probe; \
+             CREATE TABLE items (id int PRIMARY KEY, name text); \
              INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 6) g; \
              CREATE TABLE audit_probe (id int); \
              ALTER TABLE items OWNER TO {u}; ALTER TABLE audit_probe OWNER TO {u};",
@@ -407,8 +432,8 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     );
     let (hook, hooks) = webhook_receiver();
     let setup = setup(hook);
-    let (extra, connections) = config(&setup, &cluster);
-    let mut gw = start("iouring", &extra, &connections);
+    let (extra, connections) = config(&setup, cluster);
+    let mut gw = start(driver, &extra, &connections);
     let orders = gw.addr("orders");
     let alice = mint(&setup, "alice", "engineering,dba");
     let bob = mint(&setup, "bob", "dba");
@@ -421,7 +446,7 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!held.is_finished(), "the DELETE should be held");
     assert_eq!(
-        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 1"),
+        scalar(cluster, "SELECT count(*) FROM items WHERE id = 1"),
         "1"
     );
 
@@ -509,7 +534,7 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     );
     assert!(text(&done.stderr).contains(&format!("portcullis reviews approve {id}")));
     assert_eq!(
-        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 1"),
+        scalar(cluster, "SELECT count(*) FROM items WHERE id = 1"),
         "0"
     );
     let again = cli(&gw, &carol, &["reviews", "approve", &id]);
@@ -540,7 +565,7 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     assert!(err.contains("42501"), "{err}");
     assert!(err.contains("denied by bob: not during the sale"), "{err}");
     assert_eq!(
-        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 2"),
+        scalar(cluster, "SELECT count(*) FROM items WHERE id = 2"),
         "1"
     );
 
@@ -558,14 +583,14 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!held.is_finished(), "one approval of two let it run");
     assert_eq!(
-        scalar(&cluster, "SELECT name FROM items WHERE id = 3"),
+        scalar(cluster, "SELECT name FROM items WHERE id = 3"),
         "item 3"
     );
     ok(&cli(&gw, &carol, &["reviews", "approve", &two_id]));
     let done = held.join().unwrap();
     assert!(done.status.success(), "{}", text(&done.stderr));
     assert_eq!(
-        scalar(&cluster, "SELECT name FROM items WHERE id = 3"),
+        scalar(cluster, "SELECT name FROM items WHERE id = 3"),
         "two"
     );
 
@@ -576,7 +601,7 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     let err = text(&done.stderr);
     assert!(err.contains("42501") && err.contains("timed out"), "{err}");
     assert!(t0.elapsed() >= Duration::from_secs(3), "{:?}", t0.elapsed());
-    assert_eq!(scalar(&cluster, "SELECT count(*) FROM audit_probe"), "0");
+    assert_eq!(scalar(cluster, "SELECT count(*) FROM audit_probe"), "0");
 
     // 7. A caller that disconnects while held cancels its review; the row stays.
     let mut raw = Raw::login(orders, &alice);
@@ -596,9 +621,31 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        scalar(&cluster, "SELECT count(*) FROM items WHERE id = 4"),
+        scalar(cluster, "SELECT count(*) FROM items WHERE id = 4"),
         "1"
     );
+
+    // 7b. The extended protocol: the Parse is held, Bind/Execute/Sync wait behind it, and on
+    // approval the whole batch runs.
+    let mut ext = Raw::login(orders, &alice);
+    ext.send_extended("DELETE FROM items WHERE id = 5");
+    let notice = ext.until(b'N');
+    assert!(field(&notice, b'N', b'M').is_some());
+    let ext_id = wait_review(&gw, &bob, "WHERE id = 5");
+    assert_eq!(
+        scalar(cluster, "SELECT count(*) FROM items WHERE id = 5"),
+        "1"
+    );
+    ok(&cli(&gw, &bob, &["reviews", "approve", &ext_id]));
+    let answer = ext.until(b'Z');
+    let tags: Vec<u8> = answer.iter().map(|(t, _)| *t).collect();
+    assert_eq!(tags, b"12CZ", "{answer:?}");
+    assert_eq!(text(&answer[2].1), "DELETE 1\0");
+    assert_eq!(
+        scalar(cluster, "SELECT count(*) FROM items WHERE id = 5"),
+        "0"
+    );
+    drop(ext);
 
     // 8. Sessions: list and kill one.
     drop(probes);
@@ -713,7 +760,7 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
     gw.signal("TERM");
     assert!(gw.wait_exit(Duration::from_secs(60)).is_some());
     let recordings = setup.dir.path().join("recordings");
-    let gw2 = start("iouring", &extra, &connections);
+    let gw2 = start(driver, &extra, &connections);
     let out = psql(gw2.addr("vault"), &alice, "SELECT 'after restart'");
     assert!(out.status.success(), "{}", text(&out.stderr));
     gw2.signal("TERM");
@@ -783,6 +830,12 @@ fn held_statements_wait_for_approvers_and_grants_open_connections() {
         denied.error.as_deref(),
         Some("denied by bob: not during the sale")
     );
+    let extended = commands
+        .iter()
+        .find(|c| c.text.as_deref() == Some("DELETE FROM items WHERE id = 5"))
+        .unwrap();
+    assert_eq!(extended.review_id.as_deref(), Some(ext_id.as_str()));
+    assert_eq!(extended.rows, Some(1));
     let updated = commands
         .iter()
         .find(|c| c.text.as_deref() == Some("UPDATE items SET name = 'two' WHERE id = 3"))
