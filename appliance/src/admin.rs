@@ -335,4 +335,47 @@ mod tests {
         let post = r.handle(&Request::bare("POST", "/healthz"));
         assert_eq!(post.status, 405);
     }
+
+    fn raw(addr: SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(request).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_the_limit() {
+        let router = Router::default()
+            .route("POST", "/echo", |r| {
+                Response::text(
+                    200,
+                    format!(
+                        "{} {}",
+                        r.authorization.unwrap_or("-"),
+                        String::from_utf8_lossy(r.body)
+                    ),
+                )
+            })
+            .route_prefix("POST", "/items/", |r| {
+                Response::text(200, r.path.to_owned())
+            });
+        let addr = spawn("127.0.0.1:0".parse().unwrap(), router).unwrap();
+        let ok = raw(
+            addr,
+            b"POST /echo HTTP/1.1\r\nAuthorization: Bearer t0k\r\ncontent-length: 11\r\n\r\n{\"a\": true}",
+        );
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.ends_with("Bearer t0k {\"a\": true}"), "{ok}");
+        let big = format!(
+            "POST /echo HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+            MAX_ADMIN_BODY_BYTES + 1
+        );
+        assert!(raw(addr, big.as_bytes()).starts_with("HTTP/1.1 413"));
+        let chunked = b"POST /echo HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(raw(addr, chunked).starts_with("HTTP/1.1 411"));
+        let item = raw(addr, b"POST /items/42/kill HTTP/1.1\r\n\r\n");
+        assert!(item.ends_with("/items/42/kill"), "{item}");
+        assert!(raw(addr, b"POST /items/ HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    }
 }

@@ -171,3 +171,132 @@ fn deliver(agent: &ureq::Agent, cfg: &NotifyConfig, url: &str, body: &str) -> St
         cfg.attempts.max(1)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Mutex;
+
+    use policy_engine::ReviewSpec;
+    use recorder::SessionId;
+
+    use super::*;
+    use crate::reviews::{Requester, Subject};
+
+    fn job(urls: Vec<String>) -> (ReviewId, ReviewRequest, ReviewView) {
+        let request = ReviewRequest {
+            requester: Requester {
+                subject: "alice".into(),
+                email: None,
+                groups: vec![],
+            },
+            connection: "orders".into(),
+            subject: Subject::Command {
+                session: SessionId(1),
+                command_seq: Some(1),
+            },
+            text: "DELETE FROM t WHERE id = 1".into(),
+            rule: "review-deletes".into(),
+            spec: ReviewSpec {
+                approvers: vec!["dba".into()],
+                approvals: 1,
+                timeout: Duration::from_secs(60),
+            },
+            webhooks: urls,
+        };
+        let view = ReviewView {
+            id: "abc".into(),
+            kind: "command",
+            requester: "alice".into(),
+            requester_email: None,
+            connection: "orders".into(),
+            session_id: None,
+            text: request.text.to_string(),
+            rule: "review-deletes".into(),
+            approver_groups: vec!["dba".into()],
+            approvals_required: 1,
+            approved_by: vec![],
+            requested_at: 0,
+            expires_at: 60,
+            grant_seconds: None,
+        };
+        ("abc".into(), request, view)
+    }
+
+    /// Answers 500 to the first `failures` requests, then 200; keeps the bodies.
+    fn flaky_server(failures: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", l.local_addr().unwrap());
+        let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for (i, s) in l.incoming().flatten().enumerate() {
+                let mut s = s;
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0;
+                // The body follows the head; read until the JSON closes.
+                while !buf[..n].ends_with(b"}") {
+                    match s.read(&mut buf[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(m) => n += m,
+                    }
+                }
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                seen.lock().unwrap().push(req);
+                let status = if i < failures { "500 Oops" } else { "200 OK" };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        (url, bodies)
+    }
+
+    #[test]
+    fn retries_with_backoff_then_reports_delivery_or_failure() {
+        let (good, bodies) = flaky_server(2);
+        let dead = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/hook", l.local_addr().unwrap())
+        };
+        let (notifier, queue) = Notifier::new(NotifyConfig {
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+            timeout: Duration::from_secs(5),
+        });
+        let outcomes: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = Arc::clone(&outcomes);
+        let thread = queue
+            .spawn(move |_, outcome| sink.lock().unwrap().push(outcome.to_owned()))
+            .unwrap();
+        let (id, request, view) = job(vec![good.clone(), dead.clone()]);
+        notifier.notify(&id, &request, view);
+        drop(notifier);
+        thread.join().unwrap();
+        let outcomes = outcomes.lock().unwrap();
+        assert_eq!(outcomes[0], format!("delivered to {good} (attempt 3)"));
+        assert!(
+            outcomes[1].starts_with(&format!("failed to deliver to {dead} after 3 attempt(s)")),
+            "{}",
+            outcomes[1]
+        );
+        let bodies = bodies.lock().unwrap();
+        assert_eq!(bodies.len(), 3);
+        let body = bodies[2].split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(text.contains("portcullis reviews approve abc"), "{text}");
+        assert!(text.contains("DELETE FROM t WHERE id = 1"), "{text}");
+        assert_eq!(v["review"]["rule"], "review-deletes");
+    }
+
+    #[test]
+    fn no_webhooks_no_job() {
+        let (notifier, queue) = Notifier::new(NotifyConfig::default());
+        let (id, request, view) = job(vec![]);
+        notifier.notify(&id, &request, view);
+        assert!(queue.rx.is_empty());
+    }
+}
