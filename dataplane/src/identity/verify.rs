@@ -1,9 +1,10 @@
 //! Token verification: a compact JWS in, an [`Identity`] or an [`AuthError`] out.
 //!
-//! Order of checks: size limit, shape, header, algorithm against the key (never the token's word
-//! alone), signature, then claims (`iss`, `aud`, `exp`, `nbf`, `iat` with leeway) and the
-//! identity claims. Nothing about the payload is trusted before the signature verifies, except
-//! [`presented_subject`], which is for audit of failures only.
+//! Order of checks: size limit, shape, header, base64url of every part, algorithm against the
+//! key (never the token's word alone), signature, then the payload's json, the claims (`iss`,
+//! `aud`, `exp`, `nbf`, `iat` with leeway) and the identity claims. Nothing about the payload is
+//! trusted before the signature verifies, except [`presented_subject`], which is for audit of
+//! failures only.
 //!
 //! Not here: the per-core cache (see `cache`, used through [`Verifier::verify_cached`]) and key
 //! fetching (see `refresh`). The verifier never blocks: an unknown `kid` asks the control thread
@@ -71,8 +72,11 @@ fn decode(part: &[u8], what: &'static str) -> Result<Vec<u8>, AuthError> {
 }
 
 fn decode_payload(part: &[u8]) -> Result<serde_json::Map<String, Value>, AuthError> {
-    let bytes = decode(part, "payload is not base64url")?;
-    match serde_json::from_slice(&bytes) {
+    parse_claims(&decode(part, "payload is not base64url")?)
+}
+
+fn parse_claims(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, AuthError> {
+    match serde_json::from_slice(bytes) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(AuthError::Malformed("payload is not a json object")),
     }
@@ -290,6 +294,9 @@ impl Verifier {
         let alg = Alg::from_name(&header.alg)
             .ok_or_else(|| AuthError::AlgNotAllowed(quote(&header.alg)))?;
         let signature = decode(parts.signature, "signature is not base64url")?;
+        // Decoded (not parsed) before the signature check, so a token whose payload is not even
+        // base64url is reported as malformed rather than as a bad signature.
+        let payload = decode(parts.payload, "payload is not base64url")?;
 
         let keys = self.inner.keys.snapshot();
         if keys.is_empty() {
@@ -324,7 +331,7 @@ impl Verifier {
             }
         }
 
-        let claims = decode_payload(parts.payload)?;
+        let claims = parse_claims(&payload)?;
         self.check_claims(&claims, now)
     }
 

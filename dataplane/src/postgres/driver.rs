@@ -212,7 +212,7 @@ pub async fn serve(
         Ok(id) => id,
         Err((e, presented)) => {
             info.subject = presented.unwrap_or_default().into();
-            let reason = e.to_string();
+            let reason = e.audit_reason();
             client.fatal(&mut session, &e).await;
             let totals = end(&client, Outcome::AuthFailed, Some(reason));
             record_session(ws, Arc::new(info), &totals);

@@ -7,6 +7,11 @@
 //! does not decide whether the connection closes; [`PgError::severity`] tells the driver.
 
 use super::reply::{ErrorFields, Severity, SqlState};
+use crate::identity::AuthError;
+
+/// `57P03` cannot_connect_now: the gateway cannot verify tokens yet (no issuer keys loaded);
+/// the same token may work shortly, unlike `28P01`, which says the token itself is wrong.
+const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
 
 /// Which side of the gateway caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +60,9 @@ pub enum PgError {
         /// Why, without echoing the token.
         reason: String,
     },
+    /// The verifier refused the client's token; carries why, for the client and for audit.
+    #[error("token authentication failed: {0}")]
+    TokenRefused(AuthError),
     /// The identity may not use this connection (policy, time window, missing grant).
     #[error("access denied: {reason}")]
     AccessDenied {
@@ -170,6 +178,8 @@ impl PgError {
             | Self::ClientAuth { .. }
             | Self::TokenExpired
             | Self::AccessDenied { .. } => Side::Client,
+            Self::TokenRefused(e) if e.is_ours() => Side::Gateway,
+            Self::TokenRefused(_) => Side::Client,
             Self::UpstreamProtocol { .. }
             | Self::UpstreamMessageTooLong { .. }
             | Self::UpstreamAuth { .. }
@@ -196,6 +206,8 @@ impl PgError {
             Self::UnsupportedProtocolVersion { .. } => SqlState::FEATURE_NOT_SUPPORTED,
             Self::ClientTlsRequired | Self::AccessDenied { .. } => SqlState::INVALID_AUTHORIZATION,
             Self::ClientAuth { .. } | Self::TokenExpired => SqlState::INVALID_PASSWORD,
+            Self::TokenRefused(e) if e.is_ours() => CANNOT_CONNECT_NOW,
+            Self::TokenRefused(_) => SqlState::INVALID_PASSWORD,
             Self::StatementDenied { .. } | Self::ReviewRefused { .. } => {
                 SqlState::INSUFFICIENT_PRIVILEGE
             }
@@ -218,6 +230,16 @@ impl PgError {
                 Severity::Error
             }
             _ => Severity::Fatal,
+        }
+    }
+
+    /// The `outcome_reason` recorded for a session this error ends. A refused token leads with
+    /// its stable kind (`bad_signature: token signature does not verify`) so auditors can group
+    /// failures; never the token itself (no variant carries it).
+    pub fn audit_reason(&self) -> String {
+        match self {
+            Self::TokenRefused(e) => format!("{}: {}", e.kind(), e.client_message()),
+            _ => self.to_string(),
         }
     }
 
@@ -283,6 +305,35 @@ mod tests {
             "53300"
         );
         assert_eq!(PgError::client("x").sqlstate().as_str(), "08P01");
+    }
+
+    #[test]
+    fn refused_tokens_map_by_whose_fault_and_record_their_kind() {
+        let bad = PgError::TokenRefused(AuthError::BadSignature);
+        assert_eq!(bad.sqlstate(), SqlState::INVALID_PASSWORD);
+        assert_eq!(bad.side(), Side::Client);
+        assert_eq!(bad.severity(), Severity::Fatal);
+        assert_eq!(
+            bad.to_error_fields().message,
+            "token authentication failed: token signature does not verify"
+        );
+        assert_eq!(
+            bad.audit_reason(),
+            "bad_signature: token signature does not verify"
+        );
+        let expired = PgError::TokenRefused(AuthError::Expired { exp: 7 });
+        assert!(
+            expired
+                .audit_reason()
+                .starts_with("expired: token expired at 7")
+        );
+        let no_keys = PgError::TokenRefused(AuthError::NoKeys);
+        assert_eq!(no_keys.sqlstate().as_str(), "57P03");
+        assert_eq!(no_keys.side(), Side::Gateway);
+        assert_eq!(
+            PgError::AccessDenied { reason: "x".into() }.audit_reason(),
+            "access denied: x"
+        );
     }
 
     #[test]

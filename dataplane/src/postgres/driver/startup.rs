@@ -87,12 +87,5 @@ pub(super) fn verify(
     let mut cache = ws.tokens.borrow_mut();
     verifier
         .verify_cached(&mut cache, token, now_unix())
-        .map_err(|e| {
-            (
-                PgError::ClientAuth {
-                    reason: e.client_message(),
-                },
-                verifier.presented_subject(token),
-            )
-        })
+        .map_err(|e| (PgError::TokenRefused(e), verifier.presented_subject(token)))
 }
