@@ -391,6 +391,39 @@ fn new_session(gw: &Gateway, token: &str, known: &[String]) -> (String, u64) {
     )
 }
 
+/// Runs `sql` with DuckDB over the sealed Parquet files of `root`; rows as JSON arrays of
+/// strings. `None` when python3 lacks duckdb (a failure in CI).
+fn duckdb(root: &std::path::Path, sql: &str) -> Option<Vec<Vec<String>>> {
+    let has = Command::new("python3")
+        .args(["-c", "import duckdb"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with duckdb is required in CI"
+        );
+        eprintln!("SKIP duckdb check: python3 lacks duckdb");
+        return None;
+    }
+    let script = r#"
+import sys, json, duckdb
+root, sql = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+for t in ("commands", "reviews"):
+    con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{root}/{t}/*/*.parquet', hive_partitioning = true)")
+print(json.dumps([[str(v) for v in r] for r in con.execute(sql).fetchall()]))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(root)
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "duckdb: {}", text(&out.stderr));
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 fn review_rows(root: &std::path::Path) -> Vec<recorder::read::ReviewRow> {
     let mut out = Vec::new();
     for b in recorder::read::read_table(root, recorder::Table::Reviews).unwrap() {
@@ -836,6 +869,36 @@ fn scenario(driver: &str, cluster: &PgCluster) {
         .unwrap();
     assert_eq!(extended.review_id.as_deref(), Some(ext_id.as_str()));
     assert_eq!(extended.rows, Some(1));
+    // The auditor's view: DuckDB over the sealed Parquet files.
+    if let Some(rows) = duckdb(
+        &recordings,
+        "SELECT c.text, c.decision, r.event, r.actor FROM commands c \
+         JOIN reviews r ON r.review_id = c.review_id AND r.event IN ('approved', 'denied') \
+         WHERE c.text LIKE 'DELETE FROM items WHERE id = _' ORDER BY c.text, r.actor",
+    ) {
+        let want = [
+            [
+                "DELETE FROM items WHERE id = 1",
+                "review",
+                "approved",
+                "bob",
+            ],
+            ["DELETE FROM items WHERE id = 2", "review", "denied", "bob"],
+            [
+                "DELETE FROM items WHERE id = 5",
+                "review",
+                "approved",
+                "bob",
+            ],
+        ];
+        assert_eq!(rows, want.map(|r| r.map(str::to_owned).to_vec()).to_vec());
+        let notified = duckdb(
+            &recordings,
+            &format!("SELECT count(*) FROM reviews WHERE event = 'notified' AND review_id = '{approved_id}'"),
+        )
+        .unwrap();
+        assert_eq!(notified, [["1".to_owned()]]);
+    }
     let updated = commands
         .iter()
         .find(|c| c.text.as_deref() == Some("UPDATE items SET name = 'two' WHERE id = 3"))
