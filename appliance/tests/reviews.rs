@@ -765,6 +765,13 @@ fn scenario(driver: &str, cluster: &PgCluster) {
     let own = cli(&gw, &alice, &["reviews", "approve", &grant_id]);
     assert!(!own.status.success());
     ok(&cli(&gw, &bob, &["reviews", "approve", &grant_id]));
+    let grants = ok(&cli(&gw, &bob, &["access", "list"]));
+    assert!(
+        grants
+            .lines()
+            .any(|l| l.starts_with("alice") && l.contains(&grant_id)),
+        "{grants}"
+    );
     let out = psql(vault, &alice, "SELECT 41 + 1");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "42");

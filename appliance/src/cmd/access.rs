@@ -22,6 +22,11 @@ pub enum AccessCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List live grants (needs `grants.approve`).
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 pub fn run(cmd: AccessCommand) -> ExitCode {
@@ -43,5 +48,29 @@ pub fn run(cmd: AccessCommand) -> ExitCode {
                     "grant request {id} for `{connection}` is pending approval\napprovers run: portcullis reviews approve {id}\n"
                 )
             }),
+        AccessCommand::List { admin } => admin.call("GET", "/api/grants", None).map(|v| {
+            let mut out = String::from("SUBJECT          CONNECTION       EXPIRES (unix)  REVIEW        APPROVERS\n");
+            for g in v
+                .get("grants")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let f = |k: &str| g.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                let approvers = g
+                    .get("approvers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{:<16} {:<16} {:<15} {:<13} {approvers}\n",
+                    f("subject"),
+                    f("connection"),
+                    g.get("expires_at").and_then(Value::as_i64).unwrap_or(0),
+                    f("review_id"),
+                ));
+            }
+            out
+        }),
     })
 }
