@@ -680,6 +680,33 @@ fn scenario(driver: &str, cluster: &PgCluster) {
     );
     drop(ext);
 
+    // 7c. An approval window: approving with `--window` lets the same person's next matching
+    // statement run at once, without a notice.
+    let held = psql_bg(orders, &alice, "DELETE FROM items WHERE id = 6");
+    let window_id = wait_review(&gw, &bob, "WHERE id = 6");
+    ok(&cli(
+        &gw,
+        &bob,
+        &["reviews", "approve", &window_id, "--window", "30m"],
+    ));
+    assert!(held.join().unwrap().status.success());
+    let covered = psql(orders, &alice, "DELETE FROM items WHERE id = 3");
+    assert!(covered.status.success(), "{}", text(&covered.stderr));
+    assert!(!text(&covered.stderr).contains("waiting for approval"));
+    assert_eq!(
+        scalar(cluster, "SELECT count(*) FROM items WHERE id IN (3, 6)"),
+        "0"
+    );
+    // Someone else is not covered by alice's window.
+    let carol_held = psql_bg(orders, &carol, "DELETE FROM items WHERE id = 2");
+    let carol_id = wait_review(&gw, &bob, "WHERE id = 2");
+    ok(&cli(
+        &gw,
+        &bob,
+        &["reviews", "deny", &carol_id, "--reason", "no"],
+    ));
+    assert!(!carol_held.join().unwrap().status.success());
+
     // 8. Sessions: list and kill one.
     drop(probes);
     let sid = neighbour_id;
@@ -863,8 +890,28 @@ fn scenario(driver: &str, cluster: &PgCluster) {
     assert!(deleted.error.is_none(), "{deleted:?}");
     let denied = commands
         .iter()
-        .find(|c| c.text.as_deref() == Some("DELETE FROM items WHERE id = 2"))
+        .find(|c| c.review_id.as_deref() == Some(denied_id.as_str()))
         .unwrap();
+    assert_eq!(
+        denied.text.as_deref(),
+        Some("DELETE FROM items WHERE id = 2")
+    );
+    let covered = commands
+        .iter()
+        .find(|c| c.text.as_deref() == Some("DELETE FROM items WHERE id = 3"))
+        .unwrap();
+    assert_eq!(covered.approvers, vec!["bob".to_owned()]);
+    assert_eq!(covered.rows, Some(1));
+    let covered_id = covered.review_id.clone().unwrap();
+    assert_ne!(covered_id, window_id);
+    let why = reviews
+        .iter()
+        .find(|r| r.review_id == covered_id && r.event == "approved")
+        .unwrap();
+    assert!(
+        why.reason.as_deref().unwrap().contains(&window_id),
+        "{why:?}"
+    );
     assert_eq!(denied.review_id.as_deref(), Some(denied_id.as_str()));
     assert_eq!(
         denied.error.as_deref(),
@@ -883,22 +930,23 @@ fn scenario(driver: &str, cluster: &PgCluster) {
          JOIN reviews r ON r.review_id = c.review_id AND r.event IN ('approved', 'denied') \
          WHERE c.text LIKE 'DELETE FROM items WHERE id = _' ORDER BY c.text, r.actor",
     ) {
-        let want = [
-            [
-                "DELETE FROM items WHERE id = 1",
-                "review",
-                "approved",
-                "bob",
-            ],
-            ["DELETE FROM items WHERE id = 2", "review", "denied", "bob"],
-            [
-                "DELETE FROM items WHERE id = 5",
-                "review",
-                "approved",
-                "bob",
-            ],
+        let row = |id: u8, event: &str| {
+            vec![
+                format!("DELETE FROM items WHERE id = {id}"),
+                "review".to_owned(),
+                event.to_owned(),
+                "bob".to_owned(),
+            ]
+        };
+        let want = vec![
+            row(1, "approved"),
+            row(2, "denied"),
+            row(2, "denied"),
+            row(3, "approved"),
+            row(5, "approved"),
+            row(6, "approved"),
         ];
-        assert_eq!(rows, want.map(|r| r.map(str::to_owned).to_vec()).to_vec());
+        assert_eq!(rows, want);
         let notified = duckdb(
             &recordings,
             &format!("SELECT count(*) FROM reviews WHERE event = 'notified' AND review_id = '{approved_id}'"),
