@@ -39,8 +39,12 @@ strategy = "redact"
 "#;
 
 fn inspector(expires_at: i64) -> Inspector {
+    inspector_with(POLICY, expires_at)
+}
+
+fn inspector_with(text: &str, expires_at: i64) -> Inspector {
     let policy =
-        Arc::new(compile_sources(&[(PathBuf::from("t.toml"), POLICY.to_owned())]).expect("policy"));
+        Arc::new(compile_sources(&[(PathBuf::from("t.toml"), text.to_owned())]).expect("policy"));
     let specs: Vec<_> = policy.mask_specs().cloned().collect();
     let masks = MaskEngine::compile(&specs, policy.detector_specs(), b"key").expect("masks");
     let snapshot = Arc::new(PolicySnapshot {
@@ -276,4 +280,95 @@ fn an_expired_token_ends_the_session_at_the_next_statement() {
         records[0].text.is_none(),
         "the refused text is not needed to explain an expiry"
     );
+}
+
+const REVIEW_POLICY: &str = r#"
+[[access]]
+connections = ["db"]
+groups = ["eng"]
+
+[[rule]]
+id = "two-person-updates"
+match.statement = ["update"]
+action = "review"
+review = { approvers = ["dba"], approvals = 2, timeout = "5m" }
+"#;
+
+#[test]
+fn a_query_with_a_review_statement_is_held_whole_then_released_with_its_approvers() {
+    let mut i = inspector_with(REVIEW_POLICY, i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let sql = "SELECT 1; UPDATE t SET a = 1 WHERE id = 2";
+    let verdict = i.on_client(&query(sql), &mut Scratch::new(), true, &mut |r| {
+        records.push(r);
+        true
+    });
+    let ClientVerdict::Hold(hold) = verdict else {
+        panic!("expected a hold, got {verdict:?}");
+    };
+    assert_eq!(hold.rule.as_ref(), "two-person-updates");
+    assert_eq!(hold.text.as_ref(), sql);
+    assert_eq!(hold.spec.approvals, 2);
+    assert_eq!(hold.command_seq, 1);
+    assert!(records.is_empty(), "nothing is recorded while held");
+
+    let approvers: Vec<Arc<str>> = vec!["bob".into(), "carol".into()];
+    let mut rec = |r| {
+        records.push(r);
+        true
+    };
+    let v = i.release(hold, "r1".into(), &approvers, true, &mut rec);
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    let mut out = BytesMut::new();
+    for f in [
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'C', b"UPDATE 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("backend");
+    }
+    assert_eq!(records.len(), 2);
+    let update = &records[1];
+    assert_eq!(update.seq, 2);
+    assert_eq!(update.decision, Decision::Review);
+    assert_eq!(update.review_id.as_deref(), Some("r1"));
+    assert_eq!(update.approvers.as_ref(), approvers.as_slice());
+    assert_eq!(update.rows, Some(1));
+    assert_eq!(records[0].review_id.as_deref(), Some("r1"));
+}
+
+#[test]
+fn a_refused_hold_is_recorded_with_the_reason_and_never_forwarded() {
+    let mut i = inspector_with(REVIEW_POLICY, i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let mut rec = |r| {
+        records.push(r);
+        true
+    };
+    let verdict = i.on_client(
+        &query("UPDATE t SET a = 1 WHERE id = 2"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    let ClientVerdict::Hold(hold) = verdict else {
+        panic!("expected a hold, got {verdict:?}");
+    };
+    let e = i.refuse_hold(
+        hold,
+        Some("r2".into()),
+        "denied by bob: not now".into(),
+        &mut rec,
+    );
+    assert_eq!(
+        e,
+        PgError::ReviewRefused {
+            message: "denied by bob: not now".into()
+        }
+    );
+    assert_eq!(e.to_error_fields().code.as_str(), "42501");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].error.as_deref(), Some("denied by bob: not now"));
+    assert_eq!(records[0].review_id.as_deref(), Some("r2"));
+    assert_eq!(records[0].decision, Decision::Review);
 }
