@@ -29,6 +29,7 @@ fn session(worker: u16) -> Arc<SessionInfo> {
         client_addr: "10.1.2.3:40000".into(),
         upstream: "db1.internal:5432".into(),
         started_at: Micros::now(),
+        policy_version: "policy-v1".into(),
     })
 }
 

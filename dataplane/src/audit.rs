@@ -69,6 +69,7 @@ pub fn tcp_session_info(
         client_addr: client_addr.to_string().into(),
         upstream: Arc::clone(upstream),
         started_at: Micros::now(),
+        policy_version: "".into(),
     }
 }
 

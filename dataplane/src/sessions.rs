@@ -157,6 +157,7 @@ mod tests {
             client_addr: "127.0.0.1:1".into(),
             upstream: "db".into(),
             started_at: Micros(id as i64),
+            policy_version: "v1".into(),
         })
     }
 

@@ -285,7 +285,18 @@ impl Producer {
         self.push(Record::SessionEnded(end))
     }
 
-    /// Queues a `commands` row. Call it before forwarding the command: on `Err` refuse it.
+    /// Queues a command that is about to be forwarded, with everything known at decision time.
+    /// Call it before forwarding: on `Err` refuse the command. The writer keeps it in flight
+    /// (and in the crash snapshot, see `writer`) until [`Producer::command`] brings the same
+    /// session and `seq` back with its outcome; if that never comes, the command is still
+    /// written, with an error saying its outcome is unknown.
+    pub fn command_started(&self, command: CommandRecord) -> Result<(), Refused> {
+        self.push(Record::CommandStarted(command))
+    }
+
+    /// Queues a finished command: its `commands` row. A command that was refused (never
+    /// forwarded) goes here directly; a forwarded one was first announced by
+    /// [`Producer::command_started`].
     pub fn command(&self, command: CommandRecord) -> Result<(), Refused> {
         self.push(Record::Command(command))
     }

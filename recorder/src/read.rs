@@ -141,6 +141,11 @@ fn str_col<'a>(
         .ok_or_else(|| mismatch(path, format!("column `{name}` is not utf8")))
 }
 
+/// A utf8 column added in a later schema version: absent in older files.
+fn optional_str_col<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+    b.column_by_name(name)?.as_string_opt::<i32>()
+}
+
 fn u64_col<'a>(
     b: &'a RecordBatch,
     name: &str,
@@ -228,6 +233,8 @@ pub struct SessionRow {
     pub bytes_out: u64,
     pub outcome: String,
     pub outcome_reason: Option<String>,
+    /// `None` in files written before schema version 2.
+    pub policy_version: Option<String>,
 }
 
 /// A `commands` row.
@@ -251,6 +258,8 @@ pub struct CommandRow {
     pub bytes: u64,
     pub masked_values: u64,
     pub error: Option<String>,
+    /// `None` in files written before schema version 2.
+    pub policy_version: Option<String>,
 }
 
 /// A `frames` row.
@@ -305,6 +314,7 @@ pub fn session_rows(b: &RecordBatch) -> Result<Vec<SessionRow>, RecorderError> {
     );
     let (bin, bout) = (u64_col(b, "bytes_in", p)?, u64_col(b, "bytes_out", p)?);
     let (outcome, reason) = (str_col(b, "outcome", p)?, str_col(b, "outcome_reason", p)?);
+    let policy = optional_str_col(b, "policy_version");
     Ok((0..b.num_rows())
         .map(|i| SessionRow {
             schema_version: sv.value(i),
@@ -323,6 +333,7 @@ pub fn session_rows(b: &RecordBatch) -> Result<Vec<SessionRow>, RecorderError> {
             bytes_out: bout.value(i),
             outcome: outcome.value(i).to_owned(),
             outcome_reason: opt_str(reason, i),
+            policy_version: policy.and_then(|c| opt_str(c, i)),
         })
         .collect())
 }
@@ -360,6 +371,7 @@ pub fn command_rows(b: &RecordBatch) -> Result<Vec<CommandRow>, RecorderError> {
         u64_col(b, "masked_values", p)?,
         str_col(b, "error", p)?,
     );
+    let policy = optional_str_col(b, "policy_version");
     Ok((0..b.num_rows())
         .map(|i| CommandRow {
             schema_version: sv.value(i),
@@ -380,6 +392,7 @@ pub fn command_rows(b: &RecordBatch) -> Result<Vec<CommandRow>, RecorderError> {
             bytes: bytes.value(i),
             masked_values: masked.value(i),
             error: opt_str(error, i),
+            policy_version: policy.and_then(|c| opt_str(c, i)),
         })
         .collect())
 }

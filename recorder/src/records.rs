@@ -100,6 +100,10 @@ pub struct SessionInfo {
     /// Upstream address as `host:port`.
     pub upstream: Arc<str>,
     pub started_at: Micros,
+    /// Version of the policy snapshot the session was decided under (it keeps that snapshot
+    /// for its whole life); empty when no policy was consulted (a raw tcp relay, a refused
+    /// token).
+    pub policy_version: Arc<str>,
 }
 
 /// How a session ended.
@@ -268,6 +272,9 @@ pub struct ReviewEvent {
 pub(crate) enum Record {
     SessionStarted(Arc<SessionInfo>),
     SessionEnded(SessionEnd),
+    /// A command decided and about to be forwarded: kept open by the writer (and in the
+    /// in-flight snapshot) until its [`Record::Command`] arrives.
+    CommandStarted(CommandRecord),
     Command(CommandRecord),
     Frame(FrameRecord),
     Review(ReviewEvent),

@@ -15,7 +15,7 @@ use arrow::error::ArrowError;
 use crate::records::{CommandRecord, FrameRecord, ReviewEvent, SessionEnd, SessionInfo};
 
 /// Value of every row's `schema_version` column.
-pub const SCHEMA_VERSION: u16 = 1;
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// One of the recorded tables; also the directory and file-name prefix on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +100,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("bytes_out", DataType::UInt64, false),
             f("outcome", DataType::Utf8, false),
             f("outcome_reason", DataType::Utf8, true),
+            f("policy_version", DataType::Utf8, false),
         ],
         Table::Commands => vec![
             f("schema_version", DataType::UInt16, false),
@@ -120,6 +121,7 @@ fn build_schema(table: Table) -> SchemaRef {
             f("bytes", DataType::UInt64, false),
             f("masked_values", DataType::UInt64, false),
             f("error", DataType::Utf8, true),
+            f("policy_version", DataType::Utf8, false),
         ],
         Table::Frames => vec![
             f("schema_version", DataType::UInt16, false),
@@ -190,6 +192,7 @@ pub(crate) struct SessionsBuilder {
     bytes_out: UInt64Builder,
     outcome: StringBuilder,
     outcome_reason: StringBuilder,
+    policy_version: StringBuilder,
     rows: usize,
 }
 
@@ -212,12 +215,28 @@ impl SessionsBuilder {
             bytes_out: UInt64Builder::new(),
             outcome: StringBuilder::new(),
             outcome_reason: StringBuilder::new(),
+            policy_version: StringBuilder::new(),
             rows: 0,
         }
     }
 
     /// Appends a session row; `end` is `None` for a session still open at shutdown.
     pub(crate) fn append(&mut self, s: &SessionInfo, end: Option<&SessionEnd>) {
+        self.append_with(s, end, None);
+    }
+
+    /// Appends the row of a session that was open when the gateway stopped without shutting
+    /// down (the crash snapshot): no end time, outcome `error`, and `reason`.
+    pub(crate) fn append_interrupted(&mut self, s: &SessionInfo, reason: &str) {
+        self.append_with(s, None, Some(reason));
+    }
+
+    fn append_with(
+        &mut self,
+        s: &SessionInfo,
+        end: Option<&SessionEnd>,
+        interrupted: Option<&str>,
+    ) {
         self.schema_version.append_value(SCHEMA_VERSION);
         append_session_id(&mut self.session_id, s.id);
         self.worker.append_value(s.worker);
@@ -241,11 +260,15 @@ impl SessionsBuilder {
                 self.ended_at.append_null();
                 self.bytes_in.append_value(0);
                 self.bytes_out.append_value(0);
-                self.outcome
-                    .append_value(crate::records::Outcome::Open.as_str());
-                self.outcome_reason.append_null();
+                let outcome = match interrupted {
+                    Some(_) => crate::records::Outcome::Error,
+                    None => crate::records::Outcome::Open,
+                };
+                self.outcome.append_value(outcome.as_str());
+                self.outcome_reason.append_option(interrupted);
             }
         }
+        self.policy_version.append_value(&s.policy_version);
         self.rows += 1;
     }
 
@@ -272,6 +295,7 @@ impl SessionsBuilder {
             Arc::new(self.bytes_out.finish()),
             Arc::new(self.outcome.finish()),
             Arc::new(self.outcome_reason.finish()),
+            Arc::new(self.policy_version.finish()),
         ];
         RecordBatch::try_new(Table::Sessions.schema(), cols)
     }
@@ -298,6 +322,7 @@ pub(crate) struct CommandsBuilder {
     bytes: UInt64Builder,
     masked_values: UInt64Builder,
     error: StringBuilder,
+    policy_version: StringBuilder,
     rows: usize,
 }
 
@@ -322,6 +347,7 @@ impl CommandsBuilder {
             bytes: UInt64Builder::new(),
             masked_values: UInt64Builder::new(),
             error: StringBuilder::new(),
+            policy_version: StringBuilder::new(),
             rows: 0,
         }
     }
@@ -349,6 +375,7 @@ impl CommandsBuilder {
         self.bytes.append_value(c.bytes);
         self.masked_values.append_value(c.masked_values);
         self.error.append_option(c.error.as_deref());
+        self.policy_version.append_value(&s.policy_version);
         self.rows += 1;
     }
 
@@ -377,6 +404,7 @@ impl CommandsBuilder {
             Arc::new(self.bytes.finish()),
             Arc::new(self.masked_values.finish()),
             Arc::new(self.error.finish()),
+            Arc::new(self.policy_version.finish()),
         ];
         RecordBatch::try_new(Table::Commands.schema(), cols)
     }

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use arrow::array::RecordBatch;
+use std::collections::HashSet;
+
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use arrow::compute::filter_record_batch;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -150,7 +153,11 @@ fn write_parquet(path: &Path, table: Table, batches: &[RecordBatch]) -> Result<(
     std::fs::rename(&tmp, path).map_err(RecorderError::io(path))
 }
 
-fn write_arrow(path: &Path, table: Table, batches: &[RecordBatch]) -> Result<(), RecorderError> {
+pub(crate) fn write_arrow(
+    path: &Path,
+    table: Table,
+    batches: &[RecordBatch],
+) -> Result<(), RecorderError> {
     let tmp = path.with_extension("arrow.tmp");
     let file = File::create(&tmp).map_err(RecorderError::io(&tmp))?;
     let mut w = StreamWriter::try_new_buffered(file, &table.schema())
@@ -207,6 +214,80 @@ pub struct RecoveryReport {
     pub segments: u64,
     /// Rows they held.
     pub rows: u64,
+    /// Tables whose crash snapshot still held commands in flight or sessions open (written
+    /// with an error saying their outcome is unknown).
+    pub in_flight: u64,
+}
+
+/// Turns a table's crash snapshot (commands in flight, sessions open; see `writer`) into a
+/// leftover segment of its own, without the rows whose outcome a leftover segment already
+/// holds. Returns the new part's path, if any row remains. The snapshot is removed either way.
+fn recover_in_flight(
+    live: &Path,
+    table: Table,
+    parts: &[PathBuf],
+) -> Result<Option<PathBuf>, RecorderError> {
+    let snapshot = live.join(crate::writer::IN_FLIGHT_FILE);
+    // A snapshot that never finished its rename: the previous one was already replaced or
+    // removed, and this one is incomplete.
+    let _ = std::fs::remove_file(snapshot.with_extension("arrow.tmp"));
+    if !snapshot.exists() {
+        return Ok(None);
+    }
+    let (batches, _) = read_stream(&snapshot)?;
+    let mut done: HashSet<(String, u64)> = HashSet::new();
+    for part in parts {
+        for b in read_stream(part)?.0 {
+            done.extend(row_keys(&b, table));
+        }
+    }
+    let mut kept = Vec::new();
+    for b in batches {
+        let keys = row_keys(&b, table);
+        let mask = BooleanArray::from(keys.iter().map(|k| !done.contains(k)).collect::<Vec<_>>());
+        let f = filter_record_batch(&b, &mask).map_err(RecorderError::arrow(&snapshot))?;
+        if f.num_rows() > 0 {
+            kept.push(f);
+        }
+    }
+    let out = if kept.is_empty() {
+        None
+    } else {
+        let name = segment_name(table, Micros::now(), RECOVERED_COUNTER);
+        let part = live.join(format!("{name}.arrow.part"));
+        write_arrow(&part, table, &kept)?;
+        Some(part)
+    };
+    std::fs::remove_file(&snapshot).map_err(RecorderError::io(&snapshot))?;
+    sync_dir(live)?;
+    Ok(out)
+}
+
+/// The counter in the name of a segment made from a crash snapshot; the writer's own
+/// counters start at 0 in every process and never come near it.
+const RECOVERED_COUNTER: u64 = 999_999;
+
+/// `(session_id, seq)` of every row; `seq` is 0 for tables without one (sessions).
+fn row_keys(batch: &RecordBatch, table: Table) -> Vec<(String, u64)> {
+    let ids = batch
+        .column_by_name("session_id")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+    let seqs = match table {
+        Table::Commands | Table::Frames => batch
+            .column_by_name("seq")
+            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>()),
+        Table::Sessions | Table::Reviews => None,
+    };
+    (0..batch.num_rows())
+        .map(|i| {
+            let id = ids
+                .filter(|a| a.is_valid(i))
+                .map(|a| a.value(i).to_owned())
+                .unwrap_or_default();
+            let seq = seqs.filter(|a| a.is_valid(i)).map_or(0, |a| a.value(i));
+            (id, seq)
+        })
+        .collect()
 }
 
 /// Publishes every live segment left in `root` by a previous run (complete batches only) and
@@ -234,6 +315,10 @@ pub fn recover(root: &Path) -> Result<RecoveryReport, RecorderError> {
             .filter(|p| p.to_string_lossy().ends_with(".arrow.part"))
             .collect();
         parts.sort();
+        if let Some(part) = recover_in_flight(&live, table, &parts)? {
+            report.in_flight += 1;
+            parts.push(part);
+        }
         for part_path in parts {
             let Some(name) = part_path
                 .file_name()

@@ -4,8 +4,20 @@
 //!
 //! It does not convert to Parquet, rename into the published layout or apply retention: that
 //! is the sealer's job (`seal`), so a slow Parquet encode never stalls the queues.
+//!
+//! **Commands in flight.** The data path announces a command before forwarding it
+//! ([`Record::CommandStarted`]) and sends it again with its outcome when the server has
+//! answered ([`Record::Command`]); only the second becomes a `commands` row, so each command
+//! is one row. Until then the writer keeps it in memory and, at every flush, publishes the set
+//! of commands in flight and sessions open as a small snapshot per table
+//! (`<table>/_live/in-flight.arrow`, replaced atomically after the segments are fsynced).
+//! After a crash, recovery writes each snapshot row whose outcome never reached a segment, with
+//! an error saying the outcome is unknown: a statement that was forwarded is never missing from
+//! the audit just because the gateway died while it ran. The rejected alternatives were two
+//! rows per command (every auditor query would have to deduplicate) and recording only at
+//! completion (a long statement cut short by a crash would leave no trace).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -20,9 +32,9 @@ use crossbeam_channel::Sender;
 use crate::config::RecorderConfig;
 use crate::error::RecorderError;
 use crate::handoff::Shared;
-use crate::records::{Micros, Record, SessionId, SessionInfo};
+use crate::records::{CommandRecord, Micros, Record, SessionId, SessionInfo};
 use crate::schema::{CommandsBuilder, FramesBuilder, ReviewsBuilder, SessionsBuilder, Table};
-use crate::seal::{SealJob, live_dir, segment_name, utc_day};
+use crate::seal::{SealJob, live_dir, segment_name, sync_dir, utc_day, write_arrow};
 
 /// A table's pending rows are written as a batch once this many accumulate, even before the
 /// flush timer: bounds the writer's memory and keeps batches a good size for readers.
@@ -34,6 +46,25 @@ const BURST: usize = 4096;
 
 /// Longest idle sleep; producers also unpark the writer every `WAKE_EVERY` pushes.
 const IDLE_PARK: Duration = Duration::from_millis(2);
+
+/// Error of a command whose outcome never came back before its session ended (the outcome
+/// record was refused by a full queue).
+pub(crate) const NO_OUTCOME: &str = "outcome not recorded: the audit queue refused it";
+
+/// Error of a command still in flight at shutdown.
+pub(crate) const SHUTDOWN_IN_FLIGHT: &str =
+    "outcome unknown: the gateway shut down before the command completed";
+
+/// Error of a command found in the crash snapshot without an outcome.
+pub(crate) const CRASH_IN_FLIGHT: &str =
+    "outcome unknown: the gateway stopped before the command completed";
+
+/// Reason of a session found open in the crash snapshot.
+pub(crate) const CRASH_OPEN_SESSION: &str =
+    "interrupted: the gateway stopped while the session was open";
+
+/// File name of a table's in-flight snapshot inside its `_live/` directory.
+pub(crate) const IN_FLIGHT_FILE: &str = "in-flight.arrow";
 
 /// Per-process counter that makes segment names unique within a microsecond.
 static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -57,6 +88,10 @@ struct Writer<'a> {
     reviews: ReviewsBuilder,
     live: [Option<LiveSegment>; 4],
     open_sessions: HashMap<SessionId, Arc<SessionInfo>>,
+    /// Commands announced and not yet finished, by session and sequence.
+    in_flight: BTreeMap<(SessionId, u64), CommandRecord>,
+    /// The in-flight snapshot on disk is out of date.
+    snapshot_dirty: bool,
 }
 
 pub(crate) fn run(
@@ -77,6 +112,8 @@ pub(crate) fn run(
         reviews: ReviewsBuilder::new(),
         live: [None, None, None, None],
         open_sessions: HashMap::new(),
+        in_flight: BTreeMap::new(),
+        snapshot_dirty: false,
     };
     let result = w.run_loop();
     if let Err(e) = &result {
@@ -131,12 +168,36 @@ impl Writer<'_> {
         match record {
             Record::SessionStarted(s) => {
                 self.open_sessions.insert(s.id, s);
+                self.snapshot_dirty = true;
             }
             Record::SessionEnded(end) => {
-                self.open_sessions.remove(&end.session.id);
+                let id = end.session.id;
+                self.open_sessions.remove(&id);
                 self.sessions.append(&end.session, Some(&end));
+                // Announced commands whose outcome never came (refused by a full queue).
+                let keys: Vec<_> = self
+                    .in_flight
+                    .range((id, 0)..=(id, u64::MAX))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in keys {
+                    if let Some(mut c) = self.in_flight.remove(&k) {
+                        c.error = Some(NO_OUTCOME.into());
+                        self.commands.append(&c);
+                    }
+                }
+                self.snapshot_dirty = true;
             }
-            Record::Command(c) => self.commands.append(&c),
+            Record::CommandStarted(c) => {
+                self.in_flight.insert((c.session.id, c.seq), c);
+                self.snapshot_dirty = true;
+            }
+            Record::Command(c) => {
+                if self.in_flight.remove(&(c.session.id, c.seq)).is_some() {
+                    self.snapshot_dirty = true;
+                }
+                self.commands.append(&c);
+            }
             Record::Frame(f) => self.frames.append(&f),
             Record::Review(r) => self.reviews.append(&r),
         }
@@ -235,9 +296,51 @@ impl Writer<'_> {
                 .sync_data()
                 .map_err(RecorderError::io(&seg.part_path))?;
         }
+        self.write_snapshot()?;
         self.shared
             .last_flush
             .store(Micros::now().0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Publishes the commands in flight and the open sessions (see the module docs). Runs
+    /// after the segments are fsynced, so an outcome that is on disk is never also in the
+    /// snapshot as unknown; the reverse window (snapshot older than a segment) is closed by
+    /// recovery, which skips snapshot rows whose key a leftover segment holds.
+    fn write_snapshot(&mut self) -> Result<(), RecorderError> {
+        if !self.snapshot_dirty {
+            return Ok(());
+        }
+        let mut commands = CommandsBuilder::new();
+        for c in self.in_flight.values() {
+            let mut c = c.clone();
+            c.error = Some(CRASH_IN_FLIGHT.into());
+            commands.append(&c);
+        }
+        let mut sessions = SessionsBuilder::new();
+        for s in self.open_sessions.values() {
+            sessions.append_interrupted(s, CRASH_OPEN_SESSION);
+        }
+        for (table, batch) in [
+            (Table::Commands, commands.finish()),
+            (Table::Sessions, sessions.finish()),
+        ] {
+            let dir = live_dir(&self.config.dir, table);
+            let path = dir.join(IN_FLIGHT_FILE);
+            let batch = batch.map_err(RecorderError::arrow(&path))?;
+            if batch.num_rows() == 0 {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => sync_dir(&dir)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(RecorderError::io(&path)(e)),
+                }
+                continue;
+            }
+            std::fs::create_dir_all(&dir).map_err(RecorderError::io(&dir))?;
+            write_arrow(&path, table, &[batch])?;
+            sync_dir(&dir)?;
+        }
+        self.snapshot_dirty = false;
         Ok(())
     }
 
@@ -297,6 +400,11 @@ impl Writer<'_> {
         for s in open {
             self.sessions.append(&s, None);
         }
+        for (_, mut c) in std::mem::take(&mut self.in_flight) {
+            c.error = Some(SHUTDOWN_IN_FLIGHT.into());
+            self.commands.append(&c);
+        }
+        self.snapshot_dirty = true;
         self.flush_all()?;
         for table in Table::ALL {
             self.seal(table)?;

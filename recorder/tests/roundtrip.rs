@@ -33,6 +33,7 @@ fn every_column_round_trips() {
         client_addr: "[::1]:4000".into(),
         upstream: "api:6443".into(),
         started_at: Micros(5),
+        policy_version: "policy-v1".into(),
     });
     p.session_started(&s).unwrap();
     p.session_started(&bare).unwrap();
@@ -137,7 +138,7 @@ fn every_column_round_trips() {
         .collect();
     assert_eq!(sessions.len(), 2);
     let alice = sessions.iter().find(|r| r.subject == "alice").unwrap();
-    assert_eq!(alice.schema_version, 1);
+    assert_eq!(alice.schema_version, recorder::SCHEMA_VERSION);
     assert_eq!(alice.session_id, "0123456789abcdef0011223344556677");
     assert_eq!(alice.worker, 1);
     assert_eq!(alice.connection, "prod-db");
@@ -151,6 +152,7 @@ fn every_column_round_trips() {
     assert_eq!((alice.bytes_in, alice.bytes_out), (100, 2000));
     assert_eq!(alice.outcome, "error");
     assert_eq!(alice.outcome_reason.as_deref(), Some("upstream reset"));
+    assert_eq!(alice.policy_version.as_deref(), Some("policy-v1"));
     // Still open at shutdown: recorded with outcome `open` and no end.
     let open = sessions
         .iter()
@@ -190,6 +192,7 @@ fn every_column_round_trips() {
         (1_500_000, Some(1), 321, 4)
     );
     assert_eq!(c.error.as_deref(), Some("upstream said `no`"));
+    assert_eq!(c.policy_version.as_deref(), Some("policy-v1"));
     let d = &cmds[1];
     assert_eq!((d.seq, d.decision.as_str()), (8, "deny"));
     assert_eq!(

@@ -1,6 +1,10 @@
 //! The gateway side of the identity tests: a temp setup (certificate, access policy, local
 //! issuer key) and a gateway over a throwaway PostgreSQL, psql and a raw protocol client, and
 //! readers that search every recorded value and file.
+#![allow(
+    dead_code,
+    reason = "shared by several test binaries, each using a subset"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -80,6 +84,17 @@ impl Setup {
     /// Starts the gateway with `identity` as its `[identity]` table: a TLS connection
     /// `orders-db` for psql and a plaintext `orders-plain` for the raw client.
     pub fn gateway(&self, driver: &str, cluster: &PgCluster, identity: &str) -> Gateway {
+        self.gateway_with(driver, cluster, identity, "")
+    }
+
+    /// [`Setup::gateway`] with `conn_extra` (TOML keys) added to both connections.
+    pub fn gateway_with(
+        &self,
+        driver: &str,
+        cluster: &PgCluster,
+        identity: &str,
+        conn_extra: &str,
+    ) -> Gateway {
         std::fs::write(self.path("db.password"), &cluster.password).unwrap();
         let extra = format!(
             "recordings = \"{}\"\npolicies = \"{}\"\n",
@@ -95,6 +110,7 @@ impl Setup {
             if !tls {
                 c.push_str("allow_plaintext = true\n");
             }
+            c.push_str(conn_extra);
             c.push_str(&format!(
                 "[connections.credentials]\nuser = \"{}\"\npassword_file = \"{}\"\n",
                 cluster.user,

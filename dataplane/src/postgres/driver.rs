@@ -15,10 +15,11 @@
 //!
 //! Backpressure: a side is read only after everything read before has been written to the
 //! other side, so a slow peer slows its counterpart and buffers stay bounded by one read
-//! plus one message. A statement a `review` rule matched is held on its core (see
-//! [`super::hold`]): the client is told the review id, later client messages wait in the
-//! buffer, and the statement is forwarded unchanged on approval or refused on denial, timeout
-//! or cancellation. The driver does not record frames for replay yet.
+//! plus one message. With `record_frames`, every batch written to either side is also
+//! queued as a `frames` row (client side after masking). A statement a `review` rule matched
+//! is held on its core (see [`super::hold`]): the client is told the review id, later client
+//! messages wait in the buffer, and the statement is forwarded unchanged on approval or
+//! refused on denial, timeout or cancellation.
 //!
 //! [`CancelRegistry`]: crate::services::CancelRegistry
 
@@ -33,14 +34,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::io::Canceller;
 use monoio::net::TcpStream;
-use recorder::{Micros, Outcome, SessionEnd, SessionInfo};
+use recorder::{Direction, FrameRecord, Micros, Outcome, SessionEnd, SessionInfo};
 
 use super::backend;
 use super::client_session::{ClientConfig, ClientEvent, ClientSession};
 use super::frontend::FrontendFrame;
 use super::frontend::{self, CancelKey, FrontendMessage};
 use super::hold::{Held, HeldEnd};
-use super::inspect::{ClientVerdict, Inspector, policy_identity};
+use super::inspect::{ClientVerdict, CommandEvent, Inspector, policy_identity};
 use super::reply;
 use super::route::{PgRoute, STARTUP_TIMEOUT};
 use super::sequencer::ResponseSequencer;
@@ -207,6 +208,7 @@ pub async fn serve(
         client_addr: client_addr.to_string().into(),
         upstream: Arc::clone(&route.upstream_label),
         started_at,
+        policy_version: "".into(),
     };
     let identity = match verify(ws, &token) {
         Ok(id) => id,
@@ -226,8 +228,10 @@ pub async fn serve(
         .iter()
         .map(|g| Arc::from(g.as_str()))
         .collect();
-    let info = Arc::new(info);
+    // The snapshot current now decides the whole session; its version goes on every record.
     let snapshot = ws.shared.policy.current();
+    info.policy_version = Arc::clone(&snapshot.version);
+    let info = Arc::new(info);
     let access = snapshot.policy.session_with(
         &route.name,
         &policy_identity(&identity),
@@ -308,6 +312,7 @@ pub async fn serve(
             route,
             ws,
             last_activity: Instant::now(),
+            frame_seq: 0,
         };
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
@@ -321,13 +326,13 @@ pub async fn serve(
                 held.hold,
                 Some(held.id),
                 format!("review cancelled: {why}"),
-                &mut |r| ws.record(|p| p.command(r)),
+                &mut |e| record_command(ws, e),
             );
         }
         relay
             .inspector
-            .abandon("session ended before the server answered", &mut |r| {
-                ws.record(|p| p.command(r))
+            .abandon("session ended before the server answered", &mut |e| {
+                record_command(ws, e)
             });
         end(&client, outcome, reason)
     } else {
@@ -356,6 +361,14 @@ pub async fn serve(
         tracing::warn!(session = %info.id, "the recorder refused a session end record");
     }
     totals
+}
+
+/// Queues one of the inspector's command records on this worker's recorder queue.
+fn record_command(ws: &WorkerServices, event: CommandEvent) -> bool {
+    match event {
+        CommandEvent::Started(r) => ws.record(|p| p.command_started(r)),
+        CommandEvent::Finished(r) => ws.record(|p| p.command(r)),
+    }
 }
 
 /// Records a session that never reached the relay: its start and end together.
@@ -389,6 +402,8 @@ struct Relay<'a> {
     route: &'a PgRoute,
     ws: &'a WorkerServices,
     last_activity: Instant,
+    /// Next `frames.seq` of this session.
+    frame_seq: u64,
 }
 
 impl Relay<'_> {
@@ -405,6 +420,9 @@ impl Relay<'_> {
         loop {
             // Client → upstream, one bounded batch.
             let client_step = self.client_batch(cin, &mut to_up, &mut to_client);
+            if !to_up.is_empty() && !self.frame(Direction::FromClient, &to_up) {
+                return self.frames_refused(client).await;
+            }
             if !to_up.is_empty()
                 && let Err(e) = upstream.write_all(to_up.split().to_vec()).await
             {
@@ -417,17 +435,22 @@ impl Relay<'_> {
             match client_step {
                 Step::Continue(_) => {}
                 Step::End => {
+                    self.frame(Direction::ToClient, &to_client);
                     let _ = client.write(&mut to_client).await;
                     return (Outcome::Ok, None);
                 }
                 Step::Fatal(e) => {
                     self.session.refuse(&e, &mut to_client);
+                    self.frame(Direction::ToClient, &to_client);
                     let _ = client.write(&mut to_client).await;
                     return (Outcome::Error, Some(e.to_string()));
                 }
             }
             // Upstream → client, one bounded batch.
             let up_step = self.upstream_batch(uin, &mut to_client);
+            if !self.frame(Direction::ToClient, &to_client) {
+                return self.frames_refused(client).await;
+            }
             if let Err(e) = client.write(&mut to_client).await {
                 return (Outcome::Error, Some(format!("client write failed: {e}")));
             }
@@ -535,6 +558,38 @@ impl Relay<'_> {
         }
     }
 
+    /// Queues a `frames` row for replay when the connection records frames: the bytes about to
+    /// be forwarded upstream, or about to be written to the client (after masking, so replay
+    /// shows what the client saw). One row per write, not per protocol message: replay needs
+    /// the bytes and their order, and a batch is what went over the wire at once. Returns
+    /// false when the recorder refused it (the caller ends the session: the traffic would
+    /// otherwise go unrecorded).
+    fn frame(&mut self, direction: Direction, bytes: &[u8]) -> bool {
+        if !self.route.record_frames || bytes.is_empty() {
+            return true;
+        }
+        let seq = self.frame_seq;
+        self.frame_seq += 1;
+        let frame = FrameRecord {
+            session: Arc::clone(self.inspector.session()),
+            seq,
+            at: Micros::now(),
+            direction,
+            payload: Bytes::copy_from_slice(bytes),
+        };
+        self.ws.record(|p| p.frame(frame))
+    }
+
+    /// Ends a session whose frames the recorder no longer takes (fail closed).
+    async fn frames_refused(&mut self, client: &mut Client<'_>) -> (Outcome, Option<String>) {
+        let e = PgError::AuditUnavailable;
+        client.fatal(&mut self.session, &e).await;
+        (
+            Outcome::Error,
+            Some("the recorder refused a frame record".into()),
+        )
+    }
+
     /// Decides buffered client messages until the buffer needs more bytes or a batch is full.
     fn client_batch(
         &mut self,
@@ -543,7 +598,7 @@ impl Relay<'_> {
         to_client: &mut BytesMut,
     ) -> Step {
         let ws = self.ws;
-        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let mut record = |e| record_command(ws, e);
         loop {
             if self.held.is_some() {
                 return Step::Continue(false);
@@ -638,12 +693,12 @@ impl Relay<'_> {
         to_client: &mut BytesMut,
     ) -> Option<Step> {
         let ws = self.ws;
-        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let mut record = |e| record_command(ws, e);
         let request = ReviewRequest {
             requester: Requester::from_identity(&self.identity),
             connection: Arc::clone(&self.route.name),
             subject: Subject::Command {
-                session: self.inspector.session_id(),
+                session: self.inspector.session().id,
                 command_seq: Some(hold.command_seq),
             },
             text: Arc::clone(&hold.text),
@@ -698,7 +753,7 @@ impl Relay<'_> {
         };
         self.live.set_held(None);
         let ws = self.ws;
-        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let mut record = |e| record_command(ws, e);
         let verdict = match end {
             HeldEnd(ReviewOutcome::Approved { approvers }) => self.inspector.release(
                 held.hold,
@@ -727,7 +782,7 @@ impl Relay<'_> {
     /// for the client is full.
     fn upstream_batch(&mut self, uin: &mut BytesMut, to_client: &mut BytesMut) -> Step {
         let ws = self.ws;
-        let mut record = |r: recorder::CommandRecord| ws.record(|p| p.command(r));
+        let mut record = |e| record_command(ws, e);
         loop {
             if to_client.len() >= WRITE_BATCH {
                 return Step::Continue(true);

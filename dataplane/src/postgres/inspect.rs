@@ -7,10 +7,13 @@
 //! order replies (the [`super::sequencer::ResponseSequencer`] does) or follow the protocol
 //! state (the [`super::client_session::ClientSession`] does).
 //!
-//! Records of forwarded statements are completed when the server answers (rows from
-//! CommandComplete, duration, masked values) and queued then; a statement is only forwarded
-//! while the worker's recorder queue accepts records, so a full queue refuses statements
-//! rather than letting them run unrecorded. Refused statements are recorded at once.
+//! Records: a statement to be forwarded is first announced to the recorder
+//! ([`CommandEvent::Started`], with its text, decision and rule) and forwarded only if the
+//! recorder took it, so nothing reaches the server without a queued record and a full queue
+//! refuses statements instead of letting them run unrecorded. When the server answers, the
+//! same record comes back completed (rows from CommandComplete, duration, masked values) as
+//! [`CommandEvent::Finished`]; the recorder keeps one row per statement. Refused statements
+//! are recorded at once, finished.
 //!
 //! A statement whose verdict is `review` is not decided here: [`ClientVerdict::Hold`] hands
 //! it to the driver, which holds it until the review ends and then calls
@@ -43,9 +46,26 @@ use crate::services::PolicySnapshot;
 /// Rule id recorded when no rule matched and the connection's default decided.
 pub const DEFAULT_RULE: &str = "default";
 
+/// Error of a statement announced to the recorder and then not forwarded, because the
+/// recorder refused a later statement of the same query string.
+const AUDIT_REFUSED: &str = "not executed: the audit recorder refused the query string";
+
 /// Largest statement text kept in one audit record; longer text is cut (the statement still
 /// runs whole). Bounds what one statement can cost the recorder.
 pub const MAX_RECORDED_TEXT: usize = 64 * 1024;
+
+/// What the inspector hands to the recorder. The callback returns whether the recorder took
+/// it; a refused `Started` means the statement must not be forwarded.
+#[derive(Debug)]
+pub enum CommandEvent {
+    /// Decided and about to be forwarded: queue it before the bytes leave.
+    Started(CommandRecord),
+    /// Finished (answered, refused or abandoned): its `commands` row.
+    Finished(CommandRecord),
+}
+
+/// The callback through which records leave the inspector.
+pub type RecordFn<'a> = dyn FnMut(CommandEvent) -> bool + 'a;
 
 /// What the driver does with one client message.
 #[derive(Debug)]
@@ -168,9 +188,9 @@ impl Inspector {
         }
     }
 
-    /// The session this inspector serves.
-    pub fn session_id(&self) -> recorder::SessionId {
-        self.info.id
+    /// The session every record of this inspector belongs to.
+    pub fn session(&self) -> &Arc<SessionInfo> {
+        &self.info
     }
 
     /// Values masked so far in this session.
@@ -178,14 +198,14 @@ impl Inspector {
         self.masked_total
     }
 
-    /// Decides one client message. `record` queues a finished record and says whether the
-    /// recorder took it; `recorder_accepting` says whether new statements may run.
+    /// Decides one client message. `record` queues records and says whether the recorder took
+    /// them; `recorder_accepting` says whether new statements may be prepared.
     pub fn on_client(
         &mut self,
         message: &FrontendMessage,
         scratch: &mut Scratch,
         recorder_accepting: bool,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> ClientVerdict {
         match message {
             FrontendMessage::Query { sql } => {
@@ -221,13 +241,16 @@ impl Inspector {
                     rule: None,
                     approval: None,
                 });
-                let mut record = self.new_record(meta.kind, text, meta.decision, meta.rule);
+                let mut r = self.new_record(meta.kind, text, meta.decision, meta.rule);
                 if let Some((id, approvers)) = meta.approval {
-                    record.review_id = Some(id);
-                    record.approvers = approvers;
+                    r.review_id = Some(id);
+                    r.approvers = approvers;
+                }
+                if !record(CommandEvent::Started(r.clone())) {
+                    return ClientVerdict::Refuse(PgError::AuditUnavailable);
                 }
                 self.pending.push_back(Pending {
-                    record,
+                    record: r,
                     started: Instant::now(),
                     sync_no: self.syncs_forwarded + 1,
                 });
@@ -250,7 +273,7 @@ impl Inspector {
                     RecDecision::Deny,
                     Some(DEFAULT_RULE.into()),
                 );
-                record(r);
+                record(CommandEvent::Finished(r));
                 ClientVerdict::Refuse(PgError::StatementDenied {
                     rule: DEFAULT_RULE.into(),
                     message: "fast-path function calls are not allowed through the gateway".into(),
@@ -260,16 +283,13 @@ impl Inspector {
         }
     }
 
-    fn expiry_check(
-        &mut self,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
-    ) -> Option<ClientVerdict> {
+    fn expiry_check(&mut self, record: &mut RecordFn<'_>) -> Option<ClientVerdict> {
         if !self.identity.expired(now_unix(), self.grace) {
             return None;
         }
         let mut r = self.new_record("token_expired".into(), None, RecDecision::Deny, None);
         r.error = Some("token expired: reconnect with a fresh token".into());
-        record(r);
+        record(CommandEvent::Finished(r));
         Some(ClientVerdict::Fatal(PgError::TokenExpired))
     }
 
@@ -279,7 +299,7 @@ impl Inspector {
         parse_name: Option<Bytes>,
         scratch: &mut Scratch,
         recorder_accepting: bool,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> ClientVerdict {
         if let Some(v) = self.expiry_check(record) {
             return v;
@@ -288,7 +308,7 @@ impl Inspector {
             let mut r =
                 self.new_record("unknown".into(), Some(sql.clone()), RecDecision::Deny, None);
             r.error = Some("statement text is not utf-8".into());
-            record(r);
+            record(CommandEvent::Finished(r));
             return ClientVerdict::Refuse(PgError::StatementDenied {
                 rule: DEFAULT_RULE.into(),
                 message: "the statement text is not valid utf-8, so it cannot be checked".into(),
@@ -367,7 +387,7 @@ impl Inspector {
                 for (kind, piece, decision, rule) in parts {
                     let mut r = self.new_record(kind, Some(piece), decision, rule);
                     r.error = Some(Arc::clone(&error));
-                    record(r);
+                    record(CommandEvent::Finished(r));
                 }
                 let e = if overall == Verdict::Deny {
                     PgError::StatementDenied {
@@ -388,13 +408,14 @@ impl Inspector {
                 if !recorder_accepting {
                     return ClientVerdict::Refuse(PgError::AuditUnavailable);
                 }
-                self.admit(parts, parse_name, sql, overall, None)
+                self.admit(parts, parse_name, sql, overall, None, record)
             }
         }
     }
 
     /// Lets a decided statement through: a Parse remembers its decision for the Execute that
-    /// records it; a Query's records wait for the server's answer.
+    /// records it; a Query's records are announced to the recorder (all or none) and then
+    /// wait for the server's answer.
     fn admit(
         &mut self,
         parts: Vec<Part>,
@@ -402,6 +423,7 @@ impl Inspector {
         sql: &Bytes,
         overall: Verdict,
         approval: Option<Approval>,
+        record: &mut RecordFn<'_>,
     ) -> ClientVerdict {
         match parse_name {
             Some(name) => {
@@ -422,17 +444,33 @@ impl Inspector {
                 }
             }
             None => {
+                let started = Instant::now();
+                let records: Vec<CommandRecord> = parts
+                    .into_iter()
+                    .map(|(kind, piece, decision, rule)| {
+                        let mut r = self.new_record(kind, Some(piece), decision, rule);
+                        if let Some((id, approvers)) = &approval {
+                            r.review_id = Some(Arc::clone(id));
+                            r.approvers = Arc::clone(approvers);
+                        }
+                        r
+                    })
+                    .collect();
+                for (i, r) in records.iter().enumerate() {
+                    if !record(CommandEvent::Started(r.clone())) {
+                        // Close the ones already announced: none of them runs.
+                        for mut r in records.into_iter().take(i) {
+                            r.error = Some(AUDIT_REFUSED.into());
+                            record(CommandEvent::Finished(r));
+                        }
+                        return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                    }
+                }
                 let sync_no = self.syncs_forwarded + 1;
                 self.syncs_forwarded = sync_no;
-                let started = Instant::now();
-                for (kind, piece, decision, rule) in parts {
-                    let mut record = self.new_record(kind, Some(piece), decision, rule);
-                    if let Some((id, approvers)) = &approval {
-                        record.review_id = Some(Arc::clone(id));
-                        record.approvers = Arc::clone(approvers);
-                    }
+                for r in records {
                     self.pending.push_back(Pending {
-                        record,
+                        record: r,
                         started,
                         sync_no,
                     });
@@ -450,7 +488,7 @@ impl Inspector {
         review_id: Arc<str>,
         approvers: &[Arc<str>],
         recorder_accepting: bool,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> ClientVerdict {
         if let Some(v) = self.expiry_check(record) {
             return v;
@@ -465,6 +503,7 @@ impl Inspector {
             &hold.sql,
             Verdict::Review,
             Some(approval),
+            record,
         )
     }
 
@@ -475,14 +514,14 @@ impl Inspector {
         hold: Hold,
         review_id: Option<Arc<str>>,
         message: String,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> PgError {
         let error: Arc<str> = message.as_str().into();
         for (kind, piece, decision, rule) in hold.parts {
             let mut r = self.new_record(kind, Some(piece), decision, rule);
             r.review_id = review_id.clone();
             r.error = Some(Arc::clone(&error));
-            record(r);
+            record(CommandEvent::Finished(r));
         }
         PgError::ReviewRefused { message }
     }
@@ -526,7 +565,7 @@ impl Inspector {
         &mut self,
         frame: &BackendFrame,
         out: &mut BytesMut,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) -> Result<(), PgError> {
         match &frame.message {
             BackendMessage::RowDescription(fields) => {
@@ -678,7 +717,7 @@ impl Inspector {
         &mut self,
         rows: Option<u64>,
         error: Option<Arc<str>>,
-        record: &mut dyn FnMut(CommandRecord) -> bool,
+        record: &mut RecordFn<'_>,
     ) {
         if self.current_mut().is_none() {
             return;
@@ -689,17 +728,17 @@ impl Inspector {
         p.record.rows = rows;
         p.record.error = error;
         p.record.duration_us = u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        record(p.record);
+        record(CommandEvent::Finished(p.record));
     }
 
     /// Records every statement still waiting for an answer (the session is ending).
-    pub fn abandon(&mut self, reason: &str, record: &mut dyn FnMut(CommandRecord) -> bool) {
+    pub fn abandon(&mut self, reason: &str, record: &mut RecordFn<'_>) {
         let reason: Arc<str> = reason.into();
         while let Some(mut p) = self.pending.pop_front() {
             p.record.error = Some(Arc::clone(&reason));
             p.record.duration_us =
                 u64::try_from(p.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            record(p.record);
+            record(CommandEvent::Finished(p.record));
         }
     }
 }

@@ -35,6 +35,7 @@ pub fn session(id: u128, subject: &str, connection: &str) -> Arc<SessionInfo> {
         client_addr: "10.0.0.7:51234".into(),
         upstream: "db1.internal:5432".into(),
         started_at: Micros(1_764_000_000_000_000),
+        policy_version: "policy-v1".into(),
     })
 }
 

@@ -10,7 +10,7 @@ use policy_engine::policy::compile_sources;
 use policy_engine::{AccessContext, Scratch};
 use recorder::{CommandRecord, Decision, Micros, SessionId, SessionInfo};
 
-use super::{ClientVerdict, Inspector, policy_identity};
+use super::{ClientVerdict, CommandEvent, Inspector, policy_identity};
 use crate::identity::{Identity, IdentityKind};
 use crate::postgres::backend;
 use crate::postgres::frontend::FrontendMessage;
@@ -74,6 +74,7 @@ fn inspector_with(text: &str, expires_at: i64) -> Inspector {
         client_addr: "127.0.0.1:1".into(),
         upstream: "127.0.0.1:2".into(),
         started_at: Micros(0),
+        policy_version: "policy-v1".into(),
     });
     Inspector::new(
         info,
@@ -136,7 +137,9 @@ fn a_query_string_with_one_denied_statement_is_refused_whole_and_recorded_per_st
         &mut Scratch::new(),
         true,
         &mut |r| {
-            records.push(r);
+            if let CommandEvent::Finished(r) = r {
+                records.push(r);
+            }
             true
         },
     );
@@ -184,7 +187,9 @@ fn an_allowed_select_is_masked_and_recorded_with_rows_when_the_server_answers() 
     let mut i = inspector(i64::MAX);
     let mut records: Vec<CommandRecord> = Vec::new();
     let mut rec = |r| {
-        records.push(r);
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
         true
     };
     let verdict = i.on_client(
@@ -232,7 +237,9 @@ fn observe_is_forwarded_and_flagged() {
     let mut i = inspector(i64::MAX);
     let mut records = Vec::new();
     let mut rec = |r| {
-        records.push(r);
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
         true
     };
     let v = i.on_client(
@@ -267,7 +274,9 @@ fn an_expired_token_ends_the_session_at_the_next_statement() {
     let mut i = inspector(1);
     let mut records = Vec::new();
     let v = i.on_client(&query("SELECT 1"), &mut Scratch::new(), true, &mut |r| {
-        records.push(r);
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
         true
     });
     assert!(
@@ -279,6 +288,82 @@ fn an_expired_token_ends_the_session_at_the_next_statement() {
     assert!(
         records[0].text.is_none(),
         "the refused text is not needed to explain an expiry"
+    );
+}
+
+#[test]
+fn a_forwarded_statement_is_announced_before_it_leaves_and_finished_when_answered() {
+    let mut i = inspector(i64::MAX);
+    let mut events = Vec::new();
+    let mut rec = |e: CommandEvent| {
+        events.push(match e {
+            CommandEvent::Started(r) => ("started", r.seq, r.rows),
+            CommandEvent::Finished(r) => ("finished", r.seq, r.rows),
+        });
+        true
+    };
+    let v = i.on_client(
+        &query("SELECT 1; SELECT 2"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    // Both statements were queued before the verdict let the bytes go.
+    let mut out = BytesMut::new();
+    for frame in [
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&frame, &mut out, &mut rec).expect("ok");
+    }
+    assert_eq!(
+        events,
+        [
+            ("started", 1, None),
+            ("started", 2, None),
+            ("finished", 1, Some(1)),
+            ("finished", 2, Some(1)),
+        ]
+    );
+}
+
+#[test]
+fn a_refused_announcement_refuses_the_whole_query_and_closes_what_was_announced() {
+    let mut i = inspector(i64::MAX);
+    let mut taken = 0;
+    let mut finished = Vec::new();
+    let v = i.on_client(
+        &query("SELECT 1; SELECT 2"),
+        &mut Scratch::new(),
+        true,
+        &mut |e| match e {
+            CommandEvent::Started(_) => {
+                taken += 1;
+                taken == 1
+            }
+            CommandEvent::Finished(r) => {
+                finished.push(r);
+                true
+            }
+        },
+    );
+    assert!(
+        matches!(v, ClientVerdict::Refuse(PgError::AuditUnavailable)),
+        "{v:?}"
+    );
+    assert_eq!(
+        finished.len(),
+        1,
+        "the first, announced, is closed as not executed"
+    );
+    assert!(
+        finished[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("not executed")
     );
 }
 
@@ -297,12 +382,16 @@ review = { approvers = ["dba"], approvals = 2, timeout = "5m" }
 #[test]
 fn a_query_with_a_review_statement_is_held_whole_then_released_with_its_approvers() {
     let mut i = inspector_with(REVIEW_POLICY, i64::MAX);
-    let mut records: Vec<CommandRecord> = Vec::new();
-    let sql = "SELECT 1; UPDATE t SET a = 1 WHERE id = 2";
-    let verdict = i.on_client(&query(sql), &mut Scratch::new(), true, &mut |r| {
-        records.push(r);
+    let mut events: Vec<(&str, CommandRecord)> = Vec::new();
+    let mut rec = |e: CommandEvent| {
+        events.push(match e {
+            CommandEvent::Started(r) => ("started", r),
+            CommandEvent::Finished(r) => ("finished", r),
+        });
         true
-    });
+    };
+    let sql = "SELECT 1; UPDATE t SET a = 1 WHERE id = 2";
+    let verdict = i.on_client(&query(sql), &mut Scratch::new(), true, &mut rec);
     let ClientVerdict::Hold(hold) = verdict else {
         panic!("expected a hold, got {verdict:?}");
     };
@@ -310,13 +399,8 @@ fn a_query_with_a_review_statement_is_held_whole_then_released_with_its_approver
     assert_eq!(hold.text.as_ref(), sql);
     assert_eq!(hold.spec.approvals, 2);
     assert_eq!(hold.command_seq, 1);
-    assert!(records.is_empty(), "nothing is recorded while held");
 
     let approvers: Vec<Arc<str>> = vec!["bob".into(), "carol".into()];
-    let mut rec = |r| {
-        records.push(r);
-        true
-    };
     let v = i.release(hold, "r1".into(), &approvers, true, &mut rec);
     assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
     let mut out = BytesMut::new();
@@ -327,22 +411,34 @@ fn a_query_with_a_review_statement_is_held_whole_then_released_with_its_approver
     ] {
         i.on_backend(&f, &mut out, &mut rec).expect("backend");
     }
-    assert_eq!(records.len(), 2);
-    let update = &records[1];
-    assert_eq!(update.seq, 2);
+    let kinds: Vec<(&str, u64)> = events.iter().map(|(k, r)| (*k, r.seq)).collect();
+    // Nothing while held; announced before forwarding on release; finished on the answer.
+    assert_eq!(
+        kinds,
+        [
+            ("started", 1),
+            ("started", 2),
+            ("finished", 1),
+            ("finished", 2)
+        ]
+    );
+    let update = &events[3].1;
     assert_eq!(update.decision, Decision::Review);
     assert_eq!(update.review_id.as_deref(), Some("r1"));
     assert_eq!(update.approvers.as_ref(), approvers.as_slice());
     assert_eq!(update.rows, Some(1));
-    assert_eq!(records[0].review_id.as_deref(), Some("r1"));
+    assert_eq!(events[1].1.review_id.as_deref(), Some("r1"));
 }
 
 #[test]
 fn a_refused_hold_is_recorded_with_the_reason_and_never_forwarded() {
     let mut i = inspector_with(REVIEW_POLICY, i64::MAX);
     let mut records: Vec<CommandRecord> = Vec::new();
-    let mut rec = |r| {
-        records.push(r);
+    let mut rec = |e: CommandEvent| {
+        match e {
+            CommandEvent::Finished(r) => records.push(r),
+            CommandEvent::Started(r) => panic!("a refused hold is never started: {r:?}"),
+        }
         true
     };
     let verdict = i.on_client(
