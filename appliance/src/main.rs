@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod admin;
 mod admin_api;
 mod cmd;
+mod histograms;
 mod serve;
 
 #[global_allocator]

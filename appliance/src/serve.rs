@@ -254,7 +254,10 @@ pub fn serve(
     let admin = match crate::admin::spawn(
         config.gateway.admin,
         crate::admin_api::routes(
-            crate::admin::base_router(gateway.metrics(), extra),
+            crate::histograms::routes(
+                crate::admin::base_router(gateway.metrics(), extra),
+                gateway.metrics(),
+            ),
             &services,
         ),
     ) {

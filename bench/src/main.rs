@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod e2e;
 mod identity;
 mod masking;
 mod policy;
@@ -31,6 +32,8 @@ enum Suite {
     Recorder(SuiteArgs),
     /// Token verification cost, cold and cached.
     Identity(SuiteArgs),
+    /// End to end: direct vs gateway (full inspection, pure relay) vs PgBouncer.
+    E2e(e2e::E2eArgs),
 }
 
 /// Arguments every suite takes.
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Masking(a) => masking::run(&a),
         Suite::Recorder(a) => recorder::run(&a),
         Suite::Identity(a) => identity::run(&a),
+        Suite::E2e(a) => e2e::run(&a),
     }
 }
 

@@ -1,6 +1,10 @@
 //! `bench recorder`: the recorder's end-to-end write rate on its one writer thread, the
 //! data-path enqueue cost, and the writer's CPU share at a fixed 100k commands/s.
 //!
+//! Each command is queued as the data path queues it: announced before forwarding
+//! (`command_started`) and finished with its outcome (`command`), two hand-offs that the writer
+//! turns into one `commands` row.
+//!
 //! Measures the real `Recorder` writing real files into a temporary directory (the disk under
 //! `$TMPDIR`); it does not measure Parquet sealing separately (it runs on the sealer thread
 //! and is included in wall time only at shutdown).
@@ -78,7 +82,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         none: Arc::from(Vec::<Arc<str>>::new()),
     };
     let total: u64 = if args.quick { 200_000 } else { 4_000_000 };
-    let producers_n = 2usize;
+    // One producer thread and the writer: the two cores of the reference machine. More
+    // producers would only time-share a core with the writer.
+    let producers_n = 1usize;
 
     // 1. Throughput: producers push as fast as they can (block on full); the rate is rows
     //    written by the one writer thread over the time until the last row is written.
@@ -92,7 +98,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             sc.spawn(move || {
                 let s = session(p.worker() as u16);
                 for seq in 0..per {
-                    let _ = p.command(command(&s, seq, text));
+                    let c = command(&s, seq, text);
+                    let _ = p.command_started(c.clone());
+                    let _ = p.command(c);
                 }
             });
         }
@@ -114,12 +122,17 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no producer"))?;
     let s = session(0);
     let mut hist = Histogram::<u64>::new(3)?;
+    let mut hist_done = Histogram::<u64>::new(3)?;
     let samples: u64 = if args.quick { 100_000 } else { 1_000_000 };
     for seq in 0..samples {
         let c = command(&s, seq, &text);
+        let announce = c.clone();
+        let t = Instant::now();
+        let _ = p.command_started(announce);
+        hist.record(t.elapsed().as_nanos() as u64)?;
         let t = Instant::now();
         let _ = p.command(c);
-        hist.record(t.elapsed().as_nanos() as u64)?;
+        hist_done.record(t.elapsed().as_nanos() as u64)?;
         if seq % 64 == 0 {
             // ~1M/s offered: keep the queue from filling so we time the common case.
             let until = t + Duration::from_micros(64);
@@ -152,7 +165,9 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 std::hint::spin_loop();
             }
         }
-        let _ = p.command(command(&s, seq, &text));
+        let c = command(&s, seq, &text);
+        let _ = p.command_started(c.clone());
+        let _ = p.command(c);
     }
     let wall = start.elapsed();
     let cpu = rec
@@ -167,7 +182,8 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         "date_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
         "machine": machine(),
         "quick": args.quick,
-        "note": "one writer thread; 2 producer threads; shared 2-core machine, other builds running",
+        "note": "one writer thread, one producer thread; each command is two hand-offs (announced, finished) and one row",
+        "load": load_average(),
         "throughput": {
             "commands": expected,
             "seconds": elapsed.as_secs_f64(),
@@ -175,11 +191,18 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             "writer_cpu_seconds": cpu_full.map(|d| d.as_secs_f64()),
         },
         "enqueue_ns": {
+            "what": "command_started: the hand-off on the path before forwarding",
             "samples": hist.len(),
             "p50": hist.value_at_quantile(0.50),
             "p99": hist.value_at_quantile(0.99),
             "p999": hist.value_at_quantile(0.999),
             "max": hist.max(),
+        },
+        "finish_ns": {
+            "what": "command: the hand-off with the outcome, after the answer",
+            "p50": hist_done.value_at_quantile(0.50),
+            "p99": hist_done.value_at_quantile(0.99),
+            "p999": hist_done.value_at_quantile(0.999),
         },
         "writer_cpu_at_100k_per_sec": {
             "offered_per_sec": 100_000,
@@ -228,4 +251,14 @@ fn machine() -> serde_json::Value {
         })
         .unwrap_or_default();
     json!({ "cpu": cpu, "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) })
+}
+
+/// The 1-minute load average when the run ended: how busy the shared machine was.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

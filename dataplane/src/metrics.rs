@@ -1,11 +1,17 @@
-//! Per-worker, per-connection counters and their Prometheus text rendering.
+//! Per-worker, per-connection counters, latency histograms and their Prometheus text rendering.
 //!
 //! Each worker writes only its own counters (relaxed atomics on cache lines it alone writes);
-//! the admin thread reads them all when scraped. There is no merge step on the data path and no
-//! lock anywhere. This module does not serve HTTP: the admin listener calls [`Metrics::render`].
+//! the admin thread reads them all when scraped. There is no merge step on the data path. The
+//! latency histograms ([`latency`]) sit behind a per-(worker, connection) mutex that only the
+//! owning worker and the scraper touch; the module says why. This module does not serve HTTP:
+//! the admin listener calls [`Metrics::render`] and [`Metrics::latency`].
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub mod latency;
+
+pub use latency::{CommandClock, Latency, LatencySet, StageTimes};
 
 /// Why a session or an accept failed, as counted in `portcullis_errors_total{kind=...}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +71,8 @@ pub struct ConnCounters {
     pub bytes_client_to_upstream: AtomicU64,
     pub bytes_upstream_to_client: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
+    /// Written once per command by the owning worker, copied by the scraper.
+    latency: latency::LatencySlot,
 }
 
 impl ConnCounters {
@@ -205,7 +213,24 @@ impl Metrics {
                 u8::from(w.listening.load(Ordering::Acquire))
             );
         }
+        latency::render_prometheus(&self.latency(), &mut out);
         out
+    }
+
+    /// Each worker's latency histograms, merged over its connections (`None`: no sample yet).
+    pub fn latency(&self) -> Vec<Option<LatencySet>> {
+        self.workers
+            .iter()
+            .map(|w| {
+                w.connections
+                    .iter()
+                    .filter_map(ConnCounters::latency_snapshot)
+                    .reduce(|mut a, b| {
+                        a.merge(&b);
+                        a
+                    })
+            })
+            .collect()
     }
 
     fn each(&self, mut f: impl FnMut(usize, &str, &ConnCounters)) {

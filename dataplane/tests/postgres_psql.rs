@@ -27,7 +27,7 @@ use dataplane::postgres::rewrite::{self, CellEdit, ColumnInfo};
 use dataplane::postgres::sequencer::ResponseSequencer;
 use dataplane::postgres::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamPassword};
 use dataplane::postgres::{Limits, PgError};
-use dataplane::postgres::{frontend, reply, statement};
+use dataplane::postgres::{frontend, statement};
 use support::pgcluster::PgCluster;
 
 const TOKEN: &str = "test-token-for-the-relay";
@@ -171,6 +171,9 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
                 let mut out = BytesMut::new();
                 while let Ok(Some(frame)) = backend::decode_message(&mut uin, &limits) {
                     sh.session.observe_backend(&frame.message);
+                    if sh.seq.answer_refusal(&frame, &mut out) {
+                        continue;
+                    }
                     match &frame.message {
                         BackendMessage::RowDescription(fields) => {
                             columns = rewrite::columns(fields);
@@ -190,7 +193,7 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
                         }
                         _ => out.extend_from_slice(&frame.raw),
                     }
-                    sh.seq.on_backend(&frame.message, &mut out);
+                    sh.seq.on_backend(&frame.message);
                 }
                 if !out.is_empty() {
                     sh.writer.send(&out);
@@ -223,19 +226,17 @@ fn serve(mut client: TcpStream, credential: &UpstreamCredential, upstream: &str,
                             rule: "no-drop".into(),
                             message: "dropping tables needs a review".into(),
                         };
-                        let mut denial = BytesMut::new();
-                        if matches!(frame.message, FrontendMessage::Query { .. }) {
-                            let status = sh.session.transaction_status();
-                            reply::refuse_simple_query(&mut denial, &e.to_error_fields(), status);
-                        } else {
-                            // Extended mode: the error, the rest of the batch skipped, and the
-                            // Sync forwarded so the server's ReadyForQuery ends it.
-                            reply::error_response(&mut denial, &e.to_error_fields());
+                        // The server sees a probe that fails in its parser, so its
+                        // transaction state follows; the probe's error becomes the denial.
+                        if !matches!(frame.message, FrontendMessage::Query { .. }) {
                             sh.session.enter_extended_error();
                         }
-                        sh.seq.inject(denial.freeze(), &mut out).unwrap();
-                        if !out.is_empty() {
-                            sh.writer.send(&out);
+                        let mut probe = BytesMut::new();
+                        sh.seq
+                            .refuse(&frame.message, &e.to_error_fields(), &mut probe)
+                            .unwrap();
+                        if up.write_all(&probe).is_err() {
+                            break 'relay;
                         }
                     } else {
                         sh.seq.forwarded(&frame.message).unwrap();

@@ -159,8 +159,8 @@ fn append_list(b: &mut ListBuilder<StringBuilder>, items: &[Arc<str>]) {
     b.append(true);
 }
 
-/// Appends a session id as 32 hex digits without going through `format!`.
-fn append_session_id(b: &mut StringBuilder, id: crate::records::SessionId) {
+/// A session id as 32 lowercase hex digits, without going through `format!`.
+fn session_hex(id: crate::records::SessionId) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     let mut v = id.0;
@@ -169,8 +169,33 @@ fn append_session_id(b: &mut StringBuilder, id: crate::records::SessionId) {
         *slot = HEX.get((v & 0xf) as usize).copied().unwrap_or(b'0');
         v >>= 4;
     }
+    out
+}
+
+/// Appends a session id as 32 hex digits.
+fn append_session_id(b: &mut StringBuilder, id: crate::records::SessionId) {
     // Hex digits are ASCII.
-    b.append_value(std::str::from_utf8(&out).unwrap_or_default());
+    b.append_value(std::str::from_utf8(&session_hex(id)).unwrap_or_default());
+}
+
+/// The hex form of the last session id written: consecutive commands of one worker mostly
+/// belong to the same session, so the 32-digit conversion is done once per run of rows.
+#[derive(Debug, Default)]
+struct LastSessionId {
+    id: Option<crate::records::SessionId>,
+    hex: String,
+}
+
+impl LastSessionId {
+    fn hex(&mut self, id: crate::records::SessionId) -> &str {
+        if self.id != Some(id) {
+            self.hex.clear();
+            self.hex
+                .push_str(std::str::from_utf8(&session_hex(id)).unwrap_or_default());
+            self.id = Some(id);
+        }
+        &self.hex
+    }
 }
 
 /// Builders for the `sessions` table.
@@ -323,6 +348,7 @@ pub(crate) struct CommandsBuilder {
     masked_values: UInt64Builder,
     error: StringBuilder,
     policy_version: StringBuilder,
+    last_session: LastSessionId,
     rows: usize,
 }
 
@@ -348,6 +374,7 @@ impl CommandsBuilder {
             masked_values: UInt64Builder::new(),
             error: StringBuilder::new(),
             policy_version: StringBuilder::new(),
+            last_session: LastSessionId::default(),
             rows: 0,
         }
     }
@@ -355,7 +382,7 @@ impl CommandsBuilder {
     pub(crate) fn append(&mut self, c: &CommandRecord) {
         let s = &c.session;
         self.schema_version.append_value(SCHEMA_VERSION);
-        append_session_id(&mut self.session_id, s.id);
+        self.session_id.append_value(self.last_session.hex(s.id));
         self.connection.append_value(&s.connection);
         self.protocol.append_value(s.protocol);
         self.subject.append_value(&s.subject);
@@ -363,7 +390,12 @@ impl CommandsBuilder {
         self.at.append_value(c.at.0);
         self.action.append_value(&c.action);
         match &c.text {
-            Some(t) => self.text.append_value(String::from_utf8_lossy(t)),
+            // Valid UTF-8 (nearly always) is checked by the fast validator and copied once;
+            // only invalid text pays for the lossy conversion.
+            Some(t) => match std::str::from_utf8(t) {
+                Ok(valid) => self.text.append_value(valid),
+                Err(_) => self.text.append_value(String::from_utf8_lossy(t)),
+            },
             None => self.text.append_null(),
         }
         self.decision.append_value(c.decision.as_str());

@@ -406,7 +406,8 @@ fn parse_body(tag: u8, body: Bytes, limits: &Limits) -> Result<BackendMessage, P
         }
         b'V' => BackendMessage::FunctionCallResponse(r.nullable().ok_or_else(bad)?),
         b'v' => {
-            let newest_minor = r.u32().ok_or_else(bad)?;
+            // The whole version (major in the high 16 bits), as the server sends it.
+            let newest_minor = r.u32().ok_or_else(bad)? & 0xffff;
             let count = r.u32().ok_or_else(bad)?;
             let count = usize::try_from(count).unwrap_or(usize::MAX);
             if count > limits.max_startup_params {

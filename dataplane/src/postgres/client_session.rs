@@ -351,9 +351,10 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Writes the ErrorResponse for `error`. Fatal errors close the session; a denied statement
-    /// in simple-query mode also needs [`reply::ready_for_query`], which the driver adds (or
-    /// uses [`reply::refuse_simple_query`]).
+    /// Writes the ErrorResponse for `error` (fatal errors close the session). A denied statement
+    /// is not answered here: the driver hands it to
+    /// [`ResponseSequencer::refuse`](super::sequencer::ResponseSequencer::refuse), so the server
+    /// fails in its place and its transaction state stays true.
     pub fn refuse(&mut self, error: &PgError, out: &mut BytesMut) {
         reply::error_response(out, &error.to_error_fields());
         if error.severity() == reply::Severity::Fatal {

@@ -42,14 +42,13 @@ use super::frontend::FrontendFrame;
 use super::frontend::{self, CancelKey, FrontendMessage};
 use super::hold::{Held, HeldEnd};
 use super::inspect::{ClientVerdict, CommandEvent, Inspector, policy_identity};
-use super::reply;
 use super::route::{PgRoute, STARTUP_TIMEOUT};
 use super::sequencer::ResponseSequencer;
 use super::upstream_auth::{UpstreamAuth, UpstreamCredential, UpstreamReady};
 use super::{PgError, cancel};
 use crate::config::UpstreamTls;
 use crate::identity::{Identity, now_unix};
-use crate::metrics::{ConnCounters, ErrorKind};
+use crate::metrics::{CommandClock, ConnCounters, ErrorKind};
 use crate::reviews::{Outcome as ReviewOutcome, Requested, Requester, ReviewRequest, Subject};
 use crate::services::{CancelRoute, PolicySnapshot, WorkerServices};
 use crate::sessions::LiveGuard;
@@ -175,6 +174,7 @@ pub async fn serve(
         limits: route.limits,
     });
     let started_at = Micros::now();
+    let setup_began = Instant::now();
     let mut cin = BytesMut::new();
 
     // 1. Startup, bounded in time: a client that never finishes it holds nothing for long.
@@ -185,7 +185,14 @@ pub async fn serve(
     .await
     {
         Ok(Ok(Some(token))) => token,
-        Ok(Ok(None)) => return end(&client, Outcome::Ok, None),
+        Ok(Ok(None)) => {
+            // libpq 17+ sends its CancelRequest inside TLS and waits for the TLS close_notify:
+            // a bare TCP close reads as "unexpected eof" and the cancel is reported failed.
+            if let Some(t) = client.transport.as_mut() {
+                let _ = t.shutdown().await;
+            }
+            return end(&client, Outcome::Ok, None);
+        }
         Ok(Err(reason)) => return end(&client, Outcome::Error, Some(reason)),
         Err(_) => {
             return end(
@@ -292,6 +299,7 @@ pub async fn serve(
         .is_ok()
         && client.write(&mut out).await.is_ok();
     let totals = if greeted {
+        counters.record_setup(setup_began);
         // 4. Relay.
         let live = ws.shared.sessions.register(&info);
         let mut relay = Relay {
@@ -313,6 +321,7 @@ pub async fn serve(
             ws,
             last_activity: Instant::now(),
             frame_seq: 0,
+            clock: CommandClock::default(),
         };
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
@@ -404,6 +413,7 @@ struct Relay<'a> {
     last_activity: Instant,
     /// Next `frames.seq` of this session.
     frame_seq: u64,
+    clock: CommandClock,
 }
 
 impl Relay<'_> {
@@ -419,10 +429,12 @@ impl Relay<'_> {
         let mut to_client = BytesMut::new();
         loop {
             // Client → upstream, one bounded batch.
+            let (pass_began, ready_before) = (Instant::now(), self.inspector.ready_seen());
             let client_step = self.client_batch(cin, &mut to_up, &mut to_client);
             if !to_up.is_empty() && !self.frame(Direction::FromClient, &to_up) {
                 return self.frames_refused(client).await;
             }
+            let forwarded = !to_up.is_empty();
             if !to_up.is_empty()
                 && let Err(e) = upstream.write_all(to_up.split().to_vec()).await
             {
@@ -454,6 +466,9 @@ impl Relay<'_> {
             if let Err(e) = client.write(&mut to_client).await {
                 return (Outcome::Error, Some(format!("client write failed: {e}")));
             }
+            let answered = self.inspector.ready_seen() > ready_before;
+            let stages = &mut self.inspector.stage_times;
+            (self.clock).pass(pass_began, forwarded, answered, stages, client.counters);
             if let Step::Fatal(e) = up_step {
                 client.fatal(&mut self.session, &e).await;
                 return (Outcome::Error, Some(e.to_string()));
@@ -659,22 +674,14 @@ impl Relay<'_> {
                 to_up.extend_from_slice(&frame.raw);
             }
             ClientVerdict::Refuse(e) => {
-                let fields = e.to_error_fields();
-                let mut denial = BytesMut::new();
-                if matches!(
+                if !matches!(
                     frame.message,
                     FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. }
                 ) {
-                    reply::refuse_simple_query(
-                        &mut denial,
-                        &fields,
-                        self.session.transaction_status(),
-                    );
-                } else {
-                    reply::error_response(&mut denial, &fields);
                     self.session.enter_extended_error();
                 }
-                if let Err(e) = self.sequencer.inject(denial.freeze(), to_client) {
+                let fields = e.to_error_fields();
+                if let Err(e) = self.sequencer.refuse(&frame.message, &fields, to_up) {
                     return Some(Step::Fatal(e));
                 }
             }
@@ -725,6 +732,7 @@ impl Relay<'_> {
             Ok(Requested::Covered { id, approvers }) => {
                 let verdict = self.inspector.release(
                     hold,
+                    &frame.message,
                     id,
                     &approvers,
                     ws.recorder_accepting(),
@@ -757,6 +765,7 @@ impl Relay<'_> {
         let verdict = match end {
             HeldEnd(ReviewOutcome::Approved { approvers }) => self.inspector.release(
                 held.hold,
+                &held.frame.message,
                 Arc::clone(&held.id),
                 &approvers,
                 ws.recorder_accepting(),
@@ -793,10 +802,13 @@ impl Relay<'_> {
                 Err(e) => return Step::Fatal(e),
             };
             self.session.observe_backend(&frame.message);
+            if self.sequencer.answer_refusal(&frame, to_client) {
+                continue;
+            }
             if let Err(e) = self.inspector.on_backend(&frame, to_client, &mut record) {
                 return Step::Fatal(e);
             }
-            self.sequencer.on_backend(&frame.message, to_client);
+            self.sequencer.on_backend(&frame.message);
         }
     }
 }

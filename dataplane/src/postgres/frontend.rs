@@ -557,6 +557,15 @@ pub fn encode_query(buf: &mut BytesMut, sql: &[u8]) {
     framed(buf, b'Q', |b| put_cstr(b, sql));
 }
 
+/// Parse of the unnamed statement with no parameter types.
+pub fn encode_parse(buf: &mut BytesMut, sql: &[u8]) {
+    framed(buf, b'P', |b| {
+        put_cstr(b, b"");
+        put_cstr(b, sql);
+        b.put_u16(0);
+    });
+}
+
 /// Terminate.
 pub fn encode_terminate(buf: &mut BytesMut) {
     framed(buf, b'X', |_| {});

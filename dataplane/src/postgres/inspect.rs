@@ -37,10 +37,11 @@ use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 
 use super::backend::{BackendFrame, BackendMessage};
 use super::frontend::FrontendMessage;
-use super::rewrite::{self, CellEdit};
-use super::statement::{CommandTag, StatementTracker};
+use super::rewrite::{self, BinaryCopyRewriter, CellEdit};
+use super::statement::{CommandTag, ResultShapes, StatementTracker};
 use super::{Limits, PgError};
 use crate::identity::{Identity, now_unix};
+use crate::metrics::StageTimes;
 use crate::services::PolicySnapshot;
 
 /// Rule id recorded when no rule matched and the connection's default decided.
@@ -120,9 +121,11 @@ struct Pending {
     started: Instant,
     /// The ReadyForQuery (counted from the session start) that closes its batch.
     sync_no: u64,
+    /// From an Execute (its batch ends at a Sync), not a simple Query.
+    extended: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Column {
     mask: ColumnMask,
     kind: ValueKind,
@@ -139,9 +142,15 @@ pub struct Inspector {
     grace: Duration,
     limits: Limits,
     statements: StatementTracker<Meta>,
+    /// Columns of described statements, for rows of an Execute described in an earlier batch.
+    shapes: ResultShapes<Vec<Column>>,
     columns: Option<Vec<Column>>,
     unknown_column: ColumnMask,
     copy_out: Option<StreamMasker>,
+    /// Binary COPY-out: column types unknown, so a detector hit becomes NULL.
+    copy_out_binary: Option<BinaryCopyRewriter>,
+    /// The server is in COPY FROM STDIN.
+    copy_in: bool,
     pending: VecDeque<Pending>,
     syncs_forwarded: u64,
     ready_seen: u64,
@@ -149,6 +158,8 @@ pub struct Inspector {
     stats: MaskStats,
     cell: Vec<u8>,
     masked_total: u64,
+    /// Policy and masking time of the current round trip, taken by the driver's clock.
+    pub stage_times: StageTimes,
 }
 
 impl Inspector {
@@ -174,10 +185,13 @@ impl Inspector {
             identity,
             grace,
             statements: StatementTracker::new(&limits),
+            shapes: ResultShapes::new(&limits),
             limits,
             columns: None,
             unknown_column,
             copy_out: None,
+            copy_out_binary: None,
+            copy_in: false,
             pending: VecDeque::new(),
             syncs_forwarded: 0,
             ready_seen: 0,
@@ -185,6 +199,7 @@ impl Inspector {
             stats: MaskStats::default(),
             cell: Vec::new(),
             masked_total: 0,
+            stage_times: StageTimes::default(),
         }
     }
 
@@ -201,6 +216,20 @@ impl Inspector {
     /// Decides one client message. `record` queues records and says whether the recorder took
     /// them; `recorder_accepting` says whether new statements may be prepared.
     pub fn on_client(
+        &mut self,
+        message: &FrontendMessage,
+        scratch: &mut Scratch,
+        recorder_accepting: bool,
+        record: &mut RecordFn<'_>,
+    ) -> ClientVerdict {
+        let verdict = self.decide_client(message, scratch, recorder_accepting, record);
+        if matches!(verdict, ClientVerdict::Forward) {
+            self.shapes.forwarded(message, &self.statements);
+        }
+        verdict
+    }
+
+    fn decide_client(
         &mut self,
         message: &FrontendMessage,
         scratch: &mut Scratch,
@@ -253,11 +282,19 @@ impl Inspector {
                     record: r,
                     started: Instant::now(),
                     sync_no: self.syncs_forwarded + 1,
+                    extended: true,
                 });
                 ClientVerdict::Forward
             }
             FrontendMessage::Sync => {
-                self.syncs_forwarded += 1;
+                // During COPY FROM STDIN the server ignores Sync (see `CopyInResponse` below).
+                if !self.copy_in {
+                    self.syncs_forwarded += 1;
+                }
+                ClientVerdict::Forward
+            }
+            FrontendMessage::CopyDone | FrontendMessage::CopyFail { .. } => {
+                self.copy_in = false;
                 ClientVerdict::Forward
             }
             FrontendMessage::Close { target, name } => {
@@ -314,6 +351,7 @@ impl Inspector {
                 message: "the statement text is not valid utf-8, so it cannot be checked".into(),
             });
         };
+        let decide_began = Instant::now();
         let decision = self.policy.decide(
             &Action::Sql {
                 dialect: Dialect::Postgres,
@@ -321,6 +359,7 @@ impl Inspector {
             },
             scratch,
         );
+        self.stage_times.add_policy(decide_began);
         let overall = decision.verdict;
         let overall_rule: Arc<str> = decision
             .rule
@@ -473,6 +512,7 @@ impl Inspector {
                         record: r,
                         started,
                         sync_no,
+                        extended: false,
                     });
                 }
             }
@@ -485,6 +525,7 @@ impl Inspector {
     pub fn release(
         &mut self,
         hold: Hold,
+        message: &FrontendMessage,
         review_id: Arc<str>,
         approvers: &[Arc<str>],
         recorder_accepting: bool,
@@ -497,14 +538,18 @@ impl Inspector {
             return ClientVerdict::Refuse(PgError::AuditUnavailable);
         }
         let approval = (review_id, Arc::from(approvers.to_vec()));
-        self.admit(
+        let verdict = self.admit(
             hold.parts,
             hold.parse_name,
             &hold.sql,
             Verdict::Review,
             Some(approval),
             record,
-        )
+        );
+        if matches!(verdict, ClientVerdict::Forward) {
+            self.shapes.forwarded(message, &self.statements);
+        }
+        verdict
     }
 
     /// The held statement was not approved: records it with `message` and returns the error
@@ -582,9 +627,13 @@ impl Inspector {
                         })
                         .collect(),
                 );
+                if let Some(c) = &self.columns {
+                    self.shapes.on_row_description(c);
+                }
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::NoData => {
+                self.shapes.on_no_data();
                 self.columns = None;
                 out.extend_from_slice(&frame.raw);
             }
@@ -596,11 +645,14 @@ impl Inspector {
                     out.extend_from_slice(&frame.raw);
                     return Ok(());
                 }
+                if self.columns.is_none() {
+                    self.columns = self.shapes.executing().cloned();
+                }
                 let columns = self
                     .columns
                     .as_ref()
                     .filter(|c| c.len() == usize::from(row.column_count));
-                let before = self.stats.total();
+                let (before, mask_began) = (self.stats.total(), Instant::now());
                 let masker = &self.masker;
                 let stats = &mut self.stats;
                 let cell = &mut self.cell;
@@ -623,17 +675,45 @@ impl Inspector {
                         MaskOutcome::Rewritten => CellEdit::Replace(Cow::Owned(cell.clone())),
                     }
                 })?;
+                self.stage_times.add_masking(mask_began);
                 let masked = self.stats.total().saturating_sub(before);
                 self.masked_total = self.masked_total.saturating_add(masked);
                 if let Some(p) = self.current_mut() {
                     p.record.masked_values = p.record.masked_values.saturating_add(masked);
                 }
             }
-            BackendMessage::CopyOutResponse(_) | BackendMessage::CopyBothResponse(_) => {
-                if !self.masker.is_empty() {
+            BackendMessage::CopyInResponse(_) => {
+                // libpq's extended-protocol COPY sends Sync behind the Execute; the server,
+                // copying, ignores it and ends the batch at the Sync after CopyDone.
+                self.copy_in = true;
+                if let Some(p) = self.current_mut().filter(|p| p.extended) {
+                    let sync_no = p.sync_no;
+                    self.syncs_forwarded = self.syncs_forwarded.min(sync_no.saturating_sub(1));
+                }
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::CopyOutResponse(c) | BackendMessage::CopyBothResponse(c) => {
+                if !self.masker.is_empty() && c.format == 1 {
+                    self.copy_out_binary = Some(BinaryCopyRewriter::new());
+                } else if !self.masker.is_empty() {
                     self.copy_out = Some(self.masker.stream());
                 }
                 out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::CopyData(data) if self.copy_out_binary.is_some() => {
+                let (masker, unknown, cell) = (&self.masker, &self.unknown_column, &mut self.cell);
+                let before = self.stats.total();
+                let stats = &mut self.stats;
+                if let Some(rw) = &mut self.copy_out_binary {
+                    rw.push(data, &self.limits, out, |_, v| {
+                        cell.clear();
+                        match masker.mask_value(unknown, ValueKind::Other, v, cell, stats) {
+                            MaskOutcome::Unchanged => CellEdit::Keep,
+                            MaskOutcome::Null | MaskOutcome::Rewritten => CellEdit::Null,
+                        }
+                    })?;
+                }
+                self.count_masked(before);
             }
             BackendMessage::CopyData(data) => match &mut self.copy_out {
                 Some(stream) => {
@@ -646,6 +726,7 @@ impl Inspector {
                 None => out.extend_from_slice(&frame.raw),
             },
             BackendMessage::CopyDone => {
+                self.copy_out_binary = None;
                 if let Some(mut stream) = self.copy_out.take() {
                     self.cell.clear();
                     let before = self.stats.total();
@@ -656,23 +737,33 @@ impl Inspector {
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::CommandComplete { tag } => {
+                self.shapes.on_execute_end();
                 let rows = CommandTag::parse(tag).rows;
                 self.finish_current(rows, None, record);
                 self.columns = None;
                 out.extend_from_slice(&frame.raw);
             }
+            BackendMessage::PortalSuspended => {
+                self.shapes.on_execute_end();
+                out.extend_from_slice(&frame.raw);
+            }
             BackendMessage::EmptyQueryResponse => {
+                self.shapes.on_execute_end();
                 self.finish_current(None, None, record);
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::ErrorResponse(fields) => {
+                self.shapes.on_error();
+                self.copy_in = false;
                 let error: Arc<str> = format!("{} {}", fields.code(), fields.message()).into();
                 self.finish_current(None, Some(error), record);
                 self.columns = None;
                 self.copy_out = None;
+                self.copy_out_binary = None;
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::ReadyForQuery(status) => {
+                self.shapes.on_ready();
                 self.ready_seen += 1;
                 // Statements of this batch the server never reached (an earlier one failed).
                 while self
@@ -688,6 +779,7 @@ impl Inspector {
                 }
                 self.columns = None;
                 self.copy_out = None;
+                self.copy_out_binary = None;
                 if *status == super::reply::TransactionStatus::Idle {
                     self.statements.transaction_ended();
                 }
@@ -696,6 +788,11 @@ impl Inspector {
             _ => out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// ReadyForQuery messages handled so far: the driver's clock ends a round trip on each.
+    pub fn ready_seen(&self) -> u64 {
+        self.ready_seen
     }
 
     fn count_masked(&mut self, before: u64) {

@@ -230,11 +230,13 @@ pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
     framed(buf, b'Z', |b| b.put_u8(status.as_byte()));
 }
 
-/// NegotiateProtocolVersion (`v`): the newest minor version of protocol 3 we speak and the
-/// `_pq_.` options we did not recognise.
+/// NegotiateProtocolVersion (`v`): the newest version of protocol 3 we speak and the `_pq_.`
+/// options we did not recognise. The version goes on the wire whole (major in the high 16
+/// bits), as the server sends it, despite the protocol documentation's "newest minor": libpq 18
+/// reads a bare minor as a downgrade below 3.0 and refuses the connection.
 pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u16, unrecognized: &[&[u8]]) {
     framed(buf, b'v', |b| {
-        b.put_u32(u32::from(newest_minor));
+        b.put_u32((3u32 << 16) | u32::from(newest_minor));
         b.put_u32(u32::try_from(unrecognized.len()).unwrap_or(u32::MAX));
         for option in unrecognized {
             put_cstr(b, option);
@@ -281,5 +283,36 @@ mod tests {
             &buf[..],
             b"R\0\0\0\x08\0\0\0\x03R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I"
         );
+    }
+
+    /// Regression: the version went out as a bare minor (0), which libpq 18 refuses as
+    /// "server requested downgrade to pre-3.0 protocol version".
+    #[test]
+    fn negotiate_protocol_version_carries_the_whole_version() {
+        let mut buf = BytesMut::new();
+        negotiate_protocol_version(&mut buf, 0, &[b"_pq_.x"]);
+        assert_eq!(&buf[..], b"v\0\0\0\x13\0\x03\0\0\0\0\0\x01_pq_.x\0");
+        // And it decodes back to minor 0, whatever the split.
+        let limits = crate::postgres::Limits::default();
+        for split in 0..=buf.len() {
+            let mut input = BytesMut::from(&buf[..split]);
+            let first = crate::postgres::backend::decode_message(&mut input, &limits).unwrap();
+            let frame = match first {
+                Some(f) => f,
+                None => {
+                    input.extend_from_slice(&buf[split..]);
+                    crate::postgres::backend::decode_message(&mut input, &limits)
+                        .unwrap()
+                        .unwrap()
+                }
+            };
+            assert!(matches!(
+                frame.message,
+                crate::postgres::backend::BackendMessage::NegotiateProtocolVersion {
+                    newest_minor: 0,
+                    ..
+                }
+            ));
+        }
     }
 }

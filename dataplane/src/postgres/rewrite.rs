@@ -4,11 +4,15 @@
 //! some values replaced or nulled, recomputing every length so the client sees a well-formed
 //! message. It also says which type OIDs carry text a detector may rewrite: a masked string in
 //! an `int4` or a binary-format column would corrupt the client's decoding, so only text-like
-//! types in text format are eligible. It does not choose columns or detect values.
+//! types in text format are eligible, plus the few whose binary format is their text bytes. It does not choose columns or detect values.
+//!
+//! Binary COPY-out data ([`BinaryCopyRewriter`]) is re-encoded tuple by tuple in the same way:
+//! the header passes unchanged, each field is offered to the caller, and lengths are rewritten,
+//! so the client's binary decoder never sees a byte-level substitution.
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use super::backend::{DataRow, FieldDescription};
 use super::error::PgError;
@@ -54,9 +58,25 @@ pub fn is_text_like(type_oid: u32) -> bool {
     )
 }
 
-/// Whether a described column may be rewritten: text-like type and text format.
+/// Whether values of this type are sent in binary format as exactly their text bytes (the
+/// server's `textsend`, `namesend`, `bpcharsend`, `varcharsend`, `unknownsend`, `json_send`).
+/// Not `jsonb` (a version byte first), `xml` (re-encoded) or `"char"` (one raw byte).
+pub fn binary_is_text(type_oid: u32) -> bool {
+    matches!(
+        type_oid,
+        oid::NAME | oid::TEXT | oid::JSON | oid::BPCHAR | oid::VARCHAR | oid::UNKNOWN
+    )
+}
+
+/// Whether a described column may be rewritten: a text-like type in text format, or a type
+/// whose binary format is its text (libpq clients ask for binary results, psycopg's
+/// `binary=True` for instance, and would otherwise get NULL for every masked value).
 pub fn is_rewritable(field: &FieldDescription) -> bool {
-    field.format == 0 && is_text_like(field.type_oid)
+    match field.format {
+        0 => is_text_like(field.type_oid),
+        1 => binary_is_text(field.type_oid),
+        _ => false,
+    }
 }
 
 /// What happens to one value.
@@ -155,6 +175,161 @@ pub fn columns(fields: &[FieldDescription]) -> Vec<ColumnInfo> {
         .collect()
 }
 
+/// The first 11 bytes of a binary COPY stream.
+pub const BINARY_COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
+/// Re-encodes a binary COPY-out stream (CopyData payloads) tuple by tuple, asking the caller
+/// what each non-NULL field becomes. The server sends one tuple per CopyData, and so does this
+/// rewriter, which keeps clients that decode one tuple per message (psycopg) working; a tuple
+/// split across CopyData messages waits for its end, bounded by `Limits::max_message_len`.
+#[derive(Debug, Default)]
+pub struct BinaryCopyRewriter {
+    carry: BytesMut,
+    header_done: bool,
+    ended: bool,
+    fields: Vec<Option<(usize, usize)>>,
+}
+
+fn be_u32(buf: &[u8], at: usize) -> Option<u32> {
+    let b = buf.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes(b.try_into().ok()?))
+}
+
+fn be_i16(buf: &[u8], at: usize) -> Option<i16> {
+    let b = buf.get(at..at.checked_add(2)?)?;
+    Some(i16::from_be_bytes(b.try_into().ok()?))
+}
+
+impl BinaryCopyRewriter {
+    /// A rewriter at the start of a binary COPY-out stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Consumes one CopyData payload and appends a CopyData message with every tuple it
+    /// completed (rewritten) to `out`; returns how many values `edit` changed. An error is the
+    /// upstream's: a stream that is not binary COPY, or a tuple over the message limit.
+    pub fn push<F>(
+        &mut self,
+        data: &[u8],
+        limits: &Limits,
+        out: &mut BytesMut,
+        mut edit: F,
+    ) -> Result<usize, PgError>
+    where
+        F: FnMut(usize, &[u8]) -> CellEdit<'static>,
+    {
+        self.carry.extend_from_slice(data);
+        let buf = &self.carry[..];
+        let mut body = BytesMut::new();
+        let mut pos = 0usize;
+        let mut changed = 0usize;
+        if !self.header_done {
+            let Some(ext) = be_u32(buf, 15) else {
+                return self.check_carry(limits).map(|()| 0);
+            };
+            let header_len = 19usize.saturating_add(ext as usize);
+            if buf.get(..11) != Some(BINARY_COPY_SIGNATURE) {
+                return Err(PgError::upstream("binary COPY data without its signature"));
+            }
+            let Some(header) = buf.get(..header_len) else {
+                return self.check_carry(limits).map(|()| 0);
+            };
+            body.extend_from_slice(header);
+            pos = header_len;
+            self.header_done = true;
+        }
+        while pos < buf.len() {
+            if self.ended {
+                // Nothing follows the trailer in a well-formed stream; pass it on untouched.
+                body.extend_from_slice(buf.get(pos..).unwrap_or_default());
+                pos = buf.len();
+                break;
+            }
+            let Some(count) = be_i16(buf, pos) else { break };
+            if count == -1 {
+                body.put_i16(-1);
+                pos = pos.saturating_add(2);
+                self.ended = true;
+                continue;
+            }
+            let count = usize::try_from(count)
+                .map_err(|_| PgError::upstream("negative field count in binary COPY data"))?;
+            self.fields.clear();
+            let mut at = pos.saturating_add(2);
+            let mut complete = true;
+            for _ in 0..count {
+                let Some(len) = be_u32(buf, at) else {
+                    complete = false;
+                    break;
+                };
+                at = at.saturating_add(4);
+                if len == u32::MAX {
+                    self.fields.push(None);
+                    continue;
+                }
+                let end = at.saturating_add(len as usize);
+                if end > buf.len() {
+                    complete = false;
+                    break;
+                }
+                self.fields.push(Some((at, end)));
+                at = end;
+            }
+            if !complete {
+                break;
+            }
+            body.put_i16(i16::try_from(count).unwrap_or(i16::MAX));
+            for (i, field) in self.fields.iter().enumerate() {
+                let Some(value) = field.and_then(|(s, e)| buf.get(s..e)) else {
+                    body.put_i32(-1);
+                    continue;
+                };
+                let edited = edit(i, value);
+                let new_value = match &edited {
+                    CellEdit::Keep => Some(value),
+                    CellEdit::Null => None,
+                    CellEdit::Replace(v) => Some(v.as_ref()),
+                };
+                if !matches!(edited, CellEdit::Keep) {
+                    changed = changed.saturating_add(1);
+                }
+                match new_value {
+                    None => body.put_i32(-1),
+                    Some(v) => {
+                        body.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                        body.put_slice(v);
+                    }
+                }
+            }
+            pos = at;
+        }
+        self.carry.advance(pos);
+        self.check_carry(limits)?;
+        if body.len() > limits.max_message_len {
+            return Err(PgError::internal(format!(
+                "rewritten COPY data of {} bytes exceeds the limit of {} bytes",
+                body.len(),
+                limits.max_message_len
+            )));
+        }
+        if !body.is_empty() {
+            framed(out, b'd', |b| b.put_slice(&body));
+        }
+        Ok(changed)
+    }
+
+    fn check_carry(&self, limits: &Limits) -> Result<(), PgError> {
+        if self.carry.len() > limits.max_message_len {
+            return Err(PgError::upstream(format!(
+                "a binary COPY tuple longer than {} bytes",
+                limits.max_message_len
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
@@ -238,7 +413,155 @@ mod tests {
         };
         assert!(is_rewritable(&field(oid::TEXT, 0)));
         assert!(is_rewritable(&field(oid::VARCHAR, 0)));
-        assert!(!is_rewritable(&field(oid::TEXT, 1)));
+        assert!(is_rewritable(&field(oid::TEXT, 1)));
+        assert!(is_rewritable(&field(oid::VARCHAR, 1)));
+        assert!(
+            !is_rewritable(&field(oid::JSONB, 1)),
+            "jsonb binary has a version byte"
+        );
+        assert!(!is_rewritable(&field(oid::CHAR, 1)));
+        assert!(!is_rewritable(&field(23, 1)));
+        assert!(!is_rewritable(&field(oid::TEXT, 2)));
         assert!(!is_rewritable(&field(23, 0)));
+    }
+
+    fn copy_tuple(fields: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&i16::try_from(fields.len()).unwrap().to_be_bytes());
+        for f in fields {
+            match f {
+                None => t.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    t.extend_from_slice(&i32::try_from(v.len()).unwrap().to_be_bytes());
+                    t.extend_from_slice(v);
+                }
+            }
+        }
+        t
+    }
+
+    fn copy_header() -> Vec<u8> {
+        let mut h = BINARY_COPY_SIGNATURE.to_vec();
+        h.extend_from_slice(&0u32.to_be_bytes());
+        h.extend_from_slice(&0u32.to_be_bytes());
+        h
+    }
+
+    /// The CopyData payloads of `out`, in order.
+    fn copy_payloads(out: &BytesMut) -> Vec<Vec<u8>> {
+        let mut buf = out.clone();
+        let mut payloads = Vec::new();
+        while let Some(f) = decode_message(&mut buf, &Limits::default()).unwrap() {
+            match f.message {
+                BackendMessage::CopyData(d) => payloads.push(d.to_vec()),
+                other => panic!("not CopyData: {other:?}"),
+            }
+        }
+        payloads
+    }
+
+    const SECRET: &[u8] = b"card 4111 1111 1111 1111";
+
+    fn null_secrets(_: usize, v: &[u8]) -> CellEdit<'static> {
+        if v == SECRET {
+            CellEdit::Null
+        } else {
+            CellEdit::Keep
+        }
+    }
+
+    #[test]
+    fn binary_copy_keeps_one_tuple_per_message_and_rewrites_lengths() {
+        let limits = Limits::default();
+        let id = 7i32.to_be_bytes();
+        let first = [copy_header(), copy_tuple(&[Some(&id), Some(SECRET), None])].concat();
+        let second = copy_tuple(&[Some(&id), Some(b"plain"), Some(b"")]);
+        let trailer = (-1i16).to_be_bytes().to_vec();
+        let mut rw = BinaryCopyRewriter::new();
+        let mut out = BytesMut::new();
+        let mut changed = 0;
+        for m in [&first, &second, &trailer] {
+            changed += rw.push(m, &limits, &mut out, null_secrets).unwrap();
+        }
+        assert_eq!(changed, 1);
+        let want_first = [copy_header(), copy_tuple(&[Some(&id), None, None])].concat();
+        assert_eq!(copy_payloads(&out), vec![want_first, second, trailer]);
+    }
+
+    #[test]
+    fn binary_copy_split_at_every_byte_gives_the_same_stream() {
+        let limits = Limits::default();
+        let id = 1i32.to_be_bytes();
+        let stream = [
+            copy_header(),
+            copy_tuple(&[Some(&id), Some(SECRET)]),
+            copy_tuple(&[None, Some(b"x")]),
+            (-1i16).to_be_bytes().to_vec(),
+        ]
+        .concat();
+        let want = [
+            copy_header(),
+            copy_tuple(&[Some(&id), None]),
+            copy_tuple(&[None, Some(b"x")]),
+            (-1i16).to_be_bytes().to_vec(),
+        ]
+        .concat();
+        for split in 0..=stream.len() {
+            let mut rw = BinaryCopyRewriter::new();
+            let mut out = BytesMut::new();
+            rw.push(&stream[..split], &limits, &mut out, null_secrets)
+                .unwrap();
+            rw.push(&stream[split..], &limits, &mut out, null_secrets)
+                .unwrap();
+            assert_eq!(copy_payloads(&out).concat(), want, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn binary_copy_refuses_a_stream_without_signature_and_bounds_a_tuple() {
+        let mut out = BytesMut::new();
+        let mut rw = BinaryCopyRewriter::new();
+        let bad = [b"NOTCOPY\n\xff\r\n\0".as_slice(), &[0; 8]].concat();
+        assert!(
+            rw.push(&bad, &Limits::default(), &mut out, null_secrets)
+                .is_err()
+        );
+        let small = Limits {
+            max_message_len: 64,
+            ..Limits::default()
+        };
+        let mut rw = BinaryCopyRewriter::new();
+        let mut huge = copy_header();
+        huge.extend_from_slice(&1i16.to_be_bytes());
+        huge.extend_from_slice(&1000i32.to_be_bytes());
+        huge.extend_from_slice(&[b'x'; 100]);
+        assert!(rw.push(&huge, &small, &mut out, null_secrets).is_err());
+        assert!(out.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the upstream sends as binary COPY data, cut anywhere: no panic, and what
+        /// reaches the client is whole CopyData messages.
+        #[test]
+        fn binary_copy_arbitrary_input_never_panics(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            cut in 0usize..400,
+        ) {
+            let limits = Limits::with_max_message_len(256);
+            let stream = [copy_header(), tail].concat();
+            let cut = cut.min(stream.len());
+            let mut rw = BinaryCopyRewriter::new();
+            let mut out = BytesMut::new();
+            for part in [&stream[..cut], &stream[cut..]] {
+                if rw.push(part, &limits, &mut out, null_secrets).is_err() {
+                    break;
+                }
+            }
+            let mut buf = out.clone();
+            while let Some(f) = decode_message(&mut buf, &Limits::default()).unwrap() {
+                proptest::prop_assert!(matches!(f.message, BackendMessage::CopyData(_)));
+            }
+            proptest::prop_assert!(buf.is_empty());
+        }
     }
 }

@@ -7,8 +7,12 @@
 //! can be recorded against the right text. It does not split multi-statement strings (that is
 //! the policy lexer's job) and it does not see upstream errors: a Parse the server rejects stays
 //! tracked until closed or replaced, which is harmless because Execute of it fails upstream.
+//!
+//! [`ResultShapes`] remembers the result columns of named statements, learned from the
+//! RowDescription that answered a Describe, so rows of a later Execute the client did not
+//! describe (JDBC reuses the metadata it cached) are still masked by column rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -176,6 +180,138 @@ impl CommandTag {
     }
 }
 
+/// Most forwarded Describe/Execute/Sync/Query messages [`ResultShapes`] follows at once; past it
+/// the oldest are forgotten (rows then fall back to detector-only masking, never to less).
+pub const MAX_AWAITED_ANSWERS: usize = 100_000;
+
+/// What the next answers from the server belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Awaiting {
+    /// A Describe of this statement (directly, or of a portal bound from it).
+    Describe(Option<Bytes>),
+    /// An Execute of a portal bound from this statement.
+    Execute(Option<Bytes>),
+    /// A Sync: the server's ReadyForQuery ends the batch.
+    Sync,
+    /// A simple Query: its own RowDescriptions, up to ReadyForQuery.
+    Simple,
+}
+
+/// Result columns (`C`, whatever the caller derives from a RowDescription) per named statement,
+/// and which Execute the server is answering, so rows can be matched to a RowDescription seen
+/// in an earlier batch. Sans-IO: the caller reports forwarded client messages and server
+/// messages in order. Bounded by [`MAX_AWAITED_ANSWERS`] and `Limits::max_prepared_statements`.
+#[derive(Debug, Clone)]
+pub struct ResultShapes<C> {
+    awaiting: VecDeque<Awaiting>,
+    shapes: HashMap<Bytes, C>,
+    max_shapes: usize,
+}
+
+impl<C: Clone> ResultShapes<C> {
+    /// Nothing known yet.
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            awaiting: VecDeque::new(),
+            shapes: HashMap::new(),
+            max_shapes: limits.max_prepared_statements,
+        }
+    }
+
+    /// A client message was forwarded upstream; `statements` already reflects it.
+    pub fn forwarded<T: Clone>(
+        &mut self,
+        message: &FrontendMessage,
+        statements: &StatementTracker<T>,
+    ) {
+        let portal_statement = |name: &[u8]| statements.portal(name).map(|p| p.statement.clone());
+        let next = match message {
+            FrontendMessage::Parse { statement, .. } => {
+                // New text under this name: its old shape no longer applies.
+                self.shapes.remove(statement);
+                return;
+            }
+            FrontendMessage::Close {
+                target: Target::Statement,
+                name,
+            } => {
+                self.shapes.remove(name);
+                return;
+            }
+            FrontendMessage::Describe {
+                target: Target::Statement,
+                name,
+            } => Awaiting::Describe(Some(name.clone())),
+            FrontendMessage::Describe {
+                target: Target::Portal,
+                name,
+            } => Awaiting::Describe(portal_statement(name)),
+            FrontendMessage::Execute { portal, .. } => Awaiting::Execute(portal_statement(portal)),
+            FrontendMessage::Sync => Awaiting::Sync,
+            FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. } => {
+                Awaiting::Simple
+            }
+            _ => return,
+        };
+        if self.awaiting.len() >= MAX_AWAITED_ANSWERS {
+            self.awaiting.pop_front();
+        }
+        self.awaiting.push_back(next);
+    }
+
+    /// The server sent a RowDescription, summarised as `columns`: remembered for the statement
+    /// being described, if any.
+    pub fn on_row_description(&mut self, columns: &C) {
+        if let Some(Awaiting::Describe(statement)) = self.awaiting.front() {
+            if let Some(name) = statement
+                && (self.shapes.contains_key(name) || self.shapes.len() < self.max_shapes)
+            {
+                self.shapes.insert(name.clone(), columns.clone());
+            }
+            self.awaiting.pop_front();
+        }
+    }
+
+    /// The server answered a Describe with NoData.
+    pub fn on_no_data(&mut self) {
+        if let Some(Awaiting::Describe(_)) = self.awaiting.front() {
+            self.awaiting.pop_front();
+        }
+    }
+
+    /// Columns for rows that arrive without a RowDescription in their batch: those of the
+    /// statement whose portal is executing, when it was described before.
+    pub fn executing(&self) -> Option<&C> {
+        match self.awaiting.front() {
+            Some(Awaiting::Execute(Some(name))) => self.shapes.get(name),
+            _ => None,
+        }
+    }
+
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
+    pub fn on_execute_end(&mut self) {
+        if let Some(Awaiting::Execute(_)) = self.awaiting.front() {
+            self.awaiting.pop_front();
+        }
+    }
+
+    /// An ErrorResponse: in extended mode the server skips to Sync, and so does this.
+    pub fn on_error(&mut self) {
+        while let Some(Awaiting::Describe(_) | Awaiting::Execute(_)) = self.awaiting.front() {
+            self.awaiting.pop_front();
+        }
+    }
+
+    /// ReadyForQuery: the batch or simple query at the front is over.
+    pub fn on_ready(&mut self) {
+        while let Some(a) = self.awaiting.pop_front() {
+            if matches!(a, Awaiting::Sync | Awaiting::Simple) {
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,5 +379,96 @@ mod tests {
         t.transaction_ended();
         assert_eq!(t.portal_count(), 0);
         assert_eq!(t.statement_count(), 1);
+    }
+
+    fn parse_msg(name: &'static [u8]) -> FrontendMessage {
+        FrontendMessage::Parse {
+            statement: Bytes::from_static(name),
+            sql: Bytes::from_static(b"select email from t"),
+            param_type_count: 0,
+        }
+    }
+
+    /// Regression: rows of an Execute without a Describe in its batch (as JDBC sends a reused
+    /// server-prepared statement) had no columns, so column rules did not mask them.
+    #[test]
+    fn rows_of_an_undescribed_execute_get_the_statements_earlier_shape() {
+        let limits = Limits::default();
+        let mut st: StatementTracker<()> = StatementTracker::new(&limits);
+        let mut shapes: ResultShapes<&'static str> = ResultShapes::new(&limits);
+        // Batch 1: Parse S_1, Describe S_1, Sync.
+        st.parse(Bytes::from_static(b"S_1"), Bytes::new(), ())
+            .unwrap();
+        shapes.forwarded(&parse_msg(b"S_1"), &st);
+        shapes.forwarded(
+            &FrontendMessage::Describe {
+                target: Target::Statement,
+                name: Bytes::from_static(b"S_1"),
+            },
+            &st,
+        );
+        shapes.forwarded(&FrontendMessage::Sync, &st);
+        shapes.on_row_description(&"email column");
+        shapes.on_ready();
+        // Batch 2: Bind "" to S_1, Execute "", Sync: no Describe.
+        st.bind(Bytes::new(), &Bytes::from_static(b"S_1")).unwrap();
+        let execute = FrontendMessage::Execute {
+            portal: Bytes::new(),
+            max_rows: 0,
+        };
+        shapes.forwarded(&execute, &st);
+        shapes.forwarded(&FrontendMessage::Sync, &st);
+        assert_eq!(shapes.executing(), Some(&"email column"));
+        shapes.on_execute_end();
+        assert_eq!(shapes.executing(), None);
+        shapes.on_ready();
+        // Re-parsed under the same name: the old shape is gone.
+        shapes.forwarded(&parse_msg(b"S_1"), &st);
+        shapes.forwarded(&execute, &st);
+        assert_eq!(shapes.executing(), None);
+    }
+
+    #[test]
+    fn an_error_skips_the_batchs_describes_and_executes() {
+        let limits = Limits::default();
+        let mut st: StatementTracker<()> = StatementTracker::new(&limits);
+        let mut shapes: ResultShapes<u8> = ResultShapes::new(&limits);
+        st.parse(Bytes::from_static(b"a"), Bytes::new(), ())
+            .unwrap();
+        st.parse(Bytes::from_static(b"b"), Bytes::new(), ())
+            .unwrap();
+        for name in [&b"a"[..], b"b"] {
+            shapes.forwarded(
+                &FrontendMessage::Describe {
+                    target: Target::Statement,
+                    name: Bytes::copy_from_slice(name),
+                },
+                &st,
+            );
+        }
+        shapes.forwarded(&FrontendMessage::Sync, &st);
+        shapes.forwarded(
+            &FrontendMessage::Describe {
+                target: Target::Statement,
+                name: Bytes::from_static(b"b"),
+            },
+            &st,
+        );
+        shapes.forwarded(&FrontendMessage::Sync, &st);
+        // The first Describe fails: the second of that batch is skipped by the server, and
+        // the next RowDescription answers the later batch's Describe of `b`.
+        shapes.on_error();
+        shapes.on_ready();
+        shapes.on_row_description(&7);
+        shapes.on_ready();
+        st.bind(Bytes::new(), &Bytes::from_static(b"b")).unwrap();
+        shapes.forwarded(
+            &FrontendMessage::Execute {
+                portal: Bytes::new(),
+                max_rows: 0,
+            },
+            &st,
+        );
+        assert_eq!(shapes.executing(), Some(&7));
     }
 }

@@ -132,6 +132,27 @@ pub(super) fn register_cancel(
     ready: &UpstreamReady,
 ) -> CancelKey {
     let core = u32::try_from(ws.index).unwrap_or(u32::MAX);
+    // The server's process id when it is free in the table: clients compare BackendKeyData
+    // with `pg_backend_pid()` and with the pid of a NotificationResponse (to skip their own
+    // notifications). The secret stays the gateway's; minted ids cover a clash between upstreams.
+    let mut secret = [0u8; 4];
+    if let Some(upstream_key) = ready.cancel_key
+        && aws_lc_rs::rand::fill(&mut secret).is_ok()
+        && i32::try_from(upstream_key.process_id).is_ok_and(|pid| pid > 0)
+    {
+        let secret = u32::from_be_bytes(secret);
+        let r = CancelRoute {
+            secret,
+            upstream: route.upstream,
+            upstream_key,
+        };
+        if ws.shared.cancels.register(upstream_key.process_id, r) {
+            return CancelKey {
+                process_id: upstream_key.process_id,
+                secret_key: secret,
+            };
+        }
+    }
     for _ in 0..8 {
         let mut secret = [0u8; 4];
         if aws_lc_rs::rand::fill(&mut secret).is_err() {

@@ -367,6 +367,150 @@ fn a_refused_announcement_refuses_the_whole_query_and_closes_what_was_announced(
     );
 }
 
+fn parse(name: &'static [u8], sql: &'static str) -> FrontendMessage {
+    FrontendMessage::Parse {
+        statement: Bytes::from_static(name),
+        sql: Bytes::from_static(sql.as_bytes()),
+        param_type_count: 0,
+    }
+}
+
+fn bind(statement: &'static [u8]) -> FrontendMessage {
+    let mut raw = BytesMut::new();
+    raw.put_u8(b'B');
+    raw.put_u32(0);
+    raw.put_u8(0); // portal ""
+    raw.put_slice(statement);
+    raw.put_u8(0);
+    raw.put_u16(0);
+    raw.put_u16(0);
+    raw.put_u16(0);
+    let len = u32::try_from(raw.len() - 1).expect("small");
+    raw[1..5].copy_from_slice(&len.to_be_bytes());
+    crate::postgres::frontend::decode_message(&mut raw, &Limits::default())
+        .expect("valid")
+        .expect("complete")
+        .message
+}
+
+fn execute() -> FrontendMessage {
+    FrontendMessage::Execute {
+        portal: Bytes::new(),
+        max_rows: 0,
+    }
+}
+
+/// Regression: pgjdbc executes a server-prepared statement without describing it again; the
+/// rows then had no columns and the `email` column rule did not mask them.
+#[test]
+fn rows_of_an_undescribed_execute_are_masked_with_the_statements_columns() {
+    let mut i = inspector(i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let mut rec = |r| {
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
+        true
+    };
+    let mut scratch = Scratch::new();
+    let mut out = BytesMut::new();
+    for m in [
+        parse(b"S_1", "SELECT id, email FROM customers"),
+        FrontendMessage::Describe {
+            target: crate::postgres::frontend::Target::Statement,
+            name: Bytes::from_static(b"S_1"),
+        },
+        FrontendMessage::Sync,
+    ] {
+        assert!(matches!(
+            i.on_client(&m, &mut scratch, true, &mut rec),
+            ClientVerdict::Forward
+        ));
+    }
+    for f in [
+        backend_frame(b'1', b""),
+        backend_frame(b't', b"\0\0"),
+        row_description(&["id", "email"]),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    for m in [bind(b"S_1"), execute(), FrontendMessage::Sync] {
+        assert!(matches!(
+            i.on_client(&m, &mut scratch, true, &mut rec),
+            ClientVerdict::Forward
+        ));
+    }
+    out.clear();
+    for f in [
+        backend_frame(b'2', b""),
+        data_row(&["1", "ann@example.com"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    let seen = String::from_utf8_lossy(&out);
+    assert!(!seen.contains("ann@example.com"), "{seen}");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].masked_values, 1);
+}
+
+/// Regression: libpq's extended-protocol COPY FROM STDIN sends a Sync the server ignores
+/// during the copy; counted, it shifted every later record one batch (later statements were
+/// recorded as "not executed").
+#[test]
+fn extended_copy_in_keeps_later_records_in_step() {
+    let mut i = inspector(i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let mut rec = |r| {
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
+        true
+    };
+    let mut scratch = Scratch::new();
+    let mut out = BytesMut::new();
+    for m in [
+        parse(b"", "COPY t (id) FROM STDIN"),
+        bind(b""),
+        execute(),
+        FrontendMessage::Sync,
+    ] {
+        i.on_client(&m, &mut scratch, true, &mut rec);
+    }
+    for f in [
+        backend_frame(b'1', b""),
+        backend_frame(b'2', b""),
+        backend_frame(b'G', b"\0\0\x01\0\0"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    for m in [
+        FrontendMessage::CopyData(Bytes::from_static(b"1\n")),
+        FrontendMessage::CopyDone,
+        FrontendMessage::Sync,
+    ] {
+        i.on_client(&m, &mut scratch, true, &mut rec);
+    }
+    for f in [backend_frame(b'C', b"COPY 1\0"), backend_frame(b'Z', b"I")] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    i.on_client(&query("SELECT 1"), &mut scratch, true, &mut rec);
+    for f in [
+        row_description(&["x"]),
+        data_row(&["1"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].rows, Some(1));
+    assert_eq!(records[1].rows, Some(1), "{:?}", records[1]);
+    assert_eq!(records[1].error, None, "{:?}", records[1]);
+}
+
 const REVIEW_POLICY: &str = r#"
 [[access]]
 connections = ["db"]
@@ -401,7 +545,7 @@ fn a_query_with_a_review_statement_is_held_whole_then_released_with_its_approver
     assert_eq!(hold.command_seq, 1);
 
     let approvers: Vec<Arc<str>> = vec!["bob".into(), "carol".into()];
-    let v = i.release(hold, "r1".into(), &approvers, true, &mut rec);
+    let v = i.release(hold, &query(sql), "r1".into(), &approvers, true, &mut rec);
     assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
     let mut out = BytesMut::new();
     for f in [
