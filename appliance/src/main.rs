@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
+mod admin_api;
 mod cmd;
 mod histograms;
 mod serve;
@@ -87,6 +88,15 @@ enum Command {
     /// Local token issuer: keygen, mint.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// Held requests: list, approve, deny (admin API).
+    #[command(subcommand)]
+    Reviews(cmd::reviews::ReviewsCommand),
+    /// Live sessions: list, kill (admin API).
+    #[command(subcommand)]
+    Sessions(cmd::sessions::SessionsCommand),
+    /// Just-in-time access: request a time-boxed grant (admin API).
+    #[command(subcommand)]
+    Access(cmd::access::AccessCommand),
 }
 
 fn init_logging(format: LogFormat) {
@@ -114,5 +124,8 @@ fn main() -> ExitCode {
         Command::Recordings(c) => cmd::recordings::run(c),
         Command::Replay(a) => cmd::recordings::replay(a),
         Command::Token(c) => cmd::token::run(c),
+        Command::Reviews(c) => cmd::reviews::run(c),
+        Command::Sessions(c) => cmd::sessions::run(c),
+        Command::Access(c) => cmd::access::run(c),
     }
 }

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dataplane::config::Config;
+use dataplane::grants::{GRANTS_FILE, GrantStore};
+use dataplane::identity::now_unix;
 use dataplane::identity::{JwksRefresher, KeyStore, RefresherThread, Verifier};
+use dataplane::reviews::{Notifier, NotifyConfig, ReviewRegistry};
 use dataplane::runtime::{DriverChoice, Gateway, ShutdownHandle, StartError};
 use dataplane::services::{PolicyStore, Services, load_mask_key};
 use recorder::{Recorder, Table};
@@ -77,10 +80,27 @@ fn start_services(config: &Config) -> Result<Started, (u8, String)> {
             (Some(verifier), Some(thread), icfg.session_grace())
         }
     };
-    let (recorder, producers) = Recorder::start(recorder_config(config), config.gateway.workers)
-        .map_err(|e| (EXIT_RUNTIME, format!("cannot start the recorder: {e}")))?;
+    // One producer per worker, plus one for the control plane (review events).
+    let (recorder, mut producers) =
+        Recorder::start(recorder_config(config), config.gateway.workers + 1)
+            .map_err(|e| (EXIT_RUNTIME, format!("cannot start the recorder: {e}")))?;
+    let control = producers.pop();
+    let grants_path = config.gateway.recordings.join(GRANTS_FILE);
+    let grants = GrantStore::load(&grants_path, now_unix()).map_err(|e| cfg(e.to_string()))?;
+    let (notifier, queue) = Notifier::new(NotifyConfig::default());
+    let reviews = ReviewRegistry::new(control, Some(notifier), Arc::new(grants));
+    let services =
+        Arc::new(Services::new(policy, verifier, grace, producers).with_reviews(reviews));
+    let weak = Arc::downgrade(&services);
+    queue
+        .spawn(move |job, outcome| {
+            if let Some(s) = weak.upgrade() {
+                s.reviews.notified(job, outcome);
+            }
+        })
+        .map_err(|e| (EXIT_RUNTIME, format!("cannot start the notifier: {e}")))?;
     Ok(Started {
-        services: Arc::new(Services::new(policy, verifier, grace, producers)),
+        services,
         recorder: Arc::new(Mutex::new(Some(recorder))),
         refresher,
     })
@@ -233,9 +253,12 @@ pub fn serve(
         Arc::new(move |out: &mut String| render_services(&extra_services, &extra_recorder, out));
     let admin = match crate::admin::spawn(
         config.gateway.admin,
-        crate::histograms::routes(
-            crate::admin::base_router(gateway.metrics(), extra),
-            gateway.metrics(),
+        crate::admin_api::routes(
+            crate::histograms::routes(
+                crate::admin::base_router(gateway.metrics(), extra),
+                gateway.metrics(),
+            ),
+            &services,
         ),
     ) {
         Ok(a) => a,

@@ -3,11 +3,14 @@
 
 pub mod audit;
 pub mod config;
+pub mod grants;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod postgres;
+pub mod reviews;
 pub mod runtime;
 pub mod services;
+pub mod sessions;
 pub mod tcp;
 pub mod transport;

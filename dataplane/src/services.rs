@@ -6,6 +6,10 @@
 //! the session's life, so a reload (SIGHUP) changes what the NEXT session gets and never stalls
 //! or drops a live one. A reload that fails to load or compile leaves the old snapshot in place.
 //!
+//! The review registry, the live-session table and the grant store are control-plane state
+//! behind their own short locks, touched when a session starts or ends and when a statement
+//! is held, never per ordinary statement.
+//!
 //! This module does not read the config file, open sockets, handle signals or run threads: the
 //! binary builds [`Services`] from the config and hands it to the runtime.
 
@@ -25,6 +29,8 @@ use recorder::{Producer, SessionIdGen};
 
 use crate::identity::{TokenCache, Verifier};
 use crate::postgres::frontend::CancelKey;
+use crate::reviews::ReviewRegistry;
+use crate::sessions::SessionRegistry;
 
 /// Bytes of a generated masking key: an HMAC-SHA256 key as long as its output.
 pub const MASK_KEY_BYTES: usize = 32;
@@ -254,6 +260,10 @@ pub struct Services {
     /// After a token expires, how long its session may still run commands.
     pub session_grace: Duration,
     pub cancels: CancelRegistry,
+    /// Statements and grant requests held for approval.
+    pub reviews: ReviewRegistry,
+    /// Live sessions for the admin API (list, kill).
+    pub sessions: SessionRegistry,
     producers: Mutex<Vec<Option<Producer>>>,
 }
 
@@ -269,8 +279,18 @@ impl Services {
             verifier,
             session_grace,
             cancels: CancelRegistry::default(),
+            reviews: ReviewRegistry::default(),
+            sessions: SessionRegistry::default(),
             producers: Mutex::new(producers.into_iter().map(Some).collect()),
         }
+    }
+
+    /// Replaces the review registry (built with the control plane's recorder producer, the
+    /// notifier and the grant store). Call before the workers start.
+    #[must_use]
+    pub fn with_reviews(mut self, reviews: ReviewRegistry) -> Services {
+        self.reviews = reviews;
+        self
     }
 
     /// Worker `index`'s recorder producer; each can be taken once.

@@ -19,8 +19,8 @@ pub mod testfile;
 pub mod workload;
 
 pub use policy::{
-    AccessContext, AccessDenied, Decision, Explanation, LoadError, LoadErrors, Policy, Reason,
-    ReviewSpec, Rule, RuleId, Scratch, SessionPolicy, StatementResult, Verdict,
+    AccessContext, AccessDenied, Decision, Explanation, GrantSpec, LoadError, LoadErrors, Policy,
+    Reason, ReviewSpec, Rule, RuleId, Scratch, SessionPolicy, StatementResult, Verdict,
 };
 pub use request::{Action, Dialect, Identity, IdentityKind, Request};
 pub use sql::{KindSet, SqlScratch, Statement, StatementKind};

@@ -225,6 +225,8 @@ pub struct FrameRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReviewEventKind {
     Requested,
+    /// An approver notification was sent (or failed: see the reason).
+    Notified,
     Approved,
     Denied,
     TimedOut,
@@ -235,6 +237,7 @@ impl ReviewEventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ReviewEventKind::Requested => "requested",
+            ReviewEventKind::Notified => "notified",
             ReviewEventKind::Approved => "approved",
             ReviewEventKind::Denied => "denied",
             ReviewEventKind::TimedOut => "timed_out",

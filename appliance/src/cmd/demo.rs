@@ -22,7 +22,8 @@ use super::{EXIT_CONFIG, EXIT_RUNTIME};
 const TOKEN_TTL: Duration = Duration::from_secs(8 * 3600);
 
 const DEMO_POLICY: &str = r#"# The demo policy: engineers may use the demo database; schema changes and unbounded
-# writes are refused; emails and card numbers are masked in every result.
+# writes are refused; other deletes wait for a dba's approval; emails and card numbers are
+# masked in every result.
 [[access]]
 connections = ["demo-db"]
 groups = ["engineering"]
@@ -39,6 +40,16 @@ match.statement = ["update", "delete"]
 match.without_where = true
 action = "deny"
 message = "add a WHERE clause"
+
+[[rule]]
+id = "review-deletes"
+match.statement = ["delete"]
+action = "review"
+review = { approvers = ["dba"], approvals = 1, timeout = "10m" }
+
+[[admin]]
+groups = ["dba"]
+operations = ["*"]
 
 [[mask]]
 connections = ["demo-db"]
@@ -106,7 +117,7 @@ pub fn run(driver: DriverChoice) -> ExitCode {
             .listen_addrs()
             .first()
             .map_or_else(|| "?".to_owned(), |(_, a)| a.port().to_string());
-        print_instructions(&listen, &prepared.token, admin, &recordings);
+        print_instructions(&listen, &prepared, admin, &recordings);
     });
     drop(cluster);
     drop(work);
@@ -116,6 +127,8 @@ pub fn run(driver: DriverChoice) -> ExitCode {
 struct Prepared {
     config: String,
     token: String,
+    /// An approver's token (group `dba`) for the review steps.
+    dba_token: String,
 }
 
 fn prepare(dir: &Path, cluster: &Cluster) -> Result<Prepared, String> {
@@ -134,6 +147,19 @@ fn prepare(dir: &Path, cluster: &Cluster) -> Result<Prepared, String> {
         },
     )
     .map_err(|e| format!("cannot mint the demo token: {e}"))?;
+    let dba_token = issuer::mint(
+        &keys.key_path,
+        &MintRequest {
+            subject: "demo-dba".into(),
+            email: Some("demo-dba@example.com".into()),
+            groups: vec!["dba".into()],
+            ttl: TOKEN_TTL,
+            audience: issuer::LOCAL_AUDIENCE.into(),
+            issuer: issuer::LOCAL_ISSUER.into(),
+            service: false,
+        },
+    )
+    .map_err(|e| format!("cannot mint the demo approver token: {e}"))?;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .map_err(|e| format!("cannot generate the demo certificate: {e}"))?;
     let write = |name: &str, text: &str| {
@@ -182,14 +208,24 @@ key = "{d}/gateway.key"
         jwks = keys.jwks_path.display(),
         port = cluster.port,
     );
-    Ok(Prepared { config, token })
+    Ok(Prepared {
+        config,
+        token,
+        dba_token,
+    })
 }
 
 #[expect(
     clippy::print_stdout,
     reason = "the instructions are the demo's output"
 )]
-fn print_instructions(port: &str, token: &str, admin: std::net::SocketAddr, recordings: &Path) {
+fn print_instructions(
+    port: &str,
+    prepared: &Prepared,
+    admin: std::net::SocketAddr,
+    recordings: &Path,
+) {
+    let (token, dba_token) = (&prepared.token, &prepared.dba_token);
     let conn = format!("host=127.0.0.1 port={port} dbname=shop user=demo-user sslmode=require");
     let rec = recordings.display();
     println!(
@@ -207,6 +243,19 @@ A DROP: refused by rule `no-ddl` (SQLSTATE 42501); the server never sees it.
 
 A DELETE without WHERE: refused by rule `unbounded-writes`.
   psql "{conn}" -c "DELETE FROM customers"
+
+A DELETE with WHERE: held for approval by rule `review-deletes`. psql waits and prints
+"waiting for approval: review <id>"; nothing reaches the database yet.
+  psql "{conn}" -c "DELETE FROM customers WHERE id = 3"
+
+In a second terminal, a dba approves it with their own token (the requester never can):
+  export PORTCULLIS_ADMIN=http://{admin}
+  export PORTCULLIS_TOKEN='{dba_token}'
+  portcullis reviews list
+  portcullis reviews approve <id>          # or: portcullis reviews deny <id> --reason "..."
+  portcullis sessions list
+The held DELETE then runs (or fails with 42501 "denied by demo-dba: ..."). Review events
+are in '{rec}/reviews/**/*.parquet'.
 
 Without a valid token: refused before anything reaches the database.
   PGPASSWORD=nope psql "{conn}" -c "SELECT 1"

@@ -16,8 +16,10 @@
 //! Backpressure: a side is read only after everything read before has been written to the
 //! other side, so a slow peer slows its counterpart and buffers stay bounded by one read
 //! plus one message. With `record_frames`, every batch written to either side is also
-//! queued as a `frames` row (client side after masking). The driver does not hold
-//! statements for review yet (they are refused until reviews exist).
+//! queued as a `frames` row (client side after masking). A statement a `review` rule matched
+//! is held on its core (see [`super::hold`]): the client is told the review id, later client
+//! messages wait in the buffer, and the statement is forwarded unchanged on approval or
+//! refused on denial, timeout or cancellation.
 //!
 //! [`CancelRegistry`]: crate::services::CancelRegistry
 
@@ -36,7 +38,9 @@ use recorder::{Direction, FrameRecord, Micros, Outcome, SessionEnd, SessionInfo}
 
 use super::backend;
 use super::client_session::{ClientConfig, ClientEvent, ClientSession};
+use super::frontend::FrontendFrame;
 use super::frontend::{self, CancelKey, FrontendMessage};
+use super::hold::{Held, HeldEnd};
 use super::inspect::{ClientVerdict, CommandEvent, Inspector, policy_identity};
 use super::route::{PgRoute, STARTUP_TIMEOUT};
 use super::sequencer::ResponseSequencer;
@@ -45,9 +49,22 @@ use super::{PgError, cancel};
 use crate::config::UpstreamTls;
 use crate::identity::{Identity, now_unix};
 use crate::metrics::{CommandClock, ConnCounters, ErrorKind};
-use crate::services::{CancelRoute, WorkerServices};
+use crate::reviews::{Outcome as ReviewOutcome, Requested, Requester, ReviewRequest, Subject};
+use crate::services::{CancelRoute, PolicySnapshot, WorkerServices};
+use crate::sessions::LiveGuard;
 use crate::tcp::{SessionStop, StopReason};
 use crate::transport::{self, TlsStream, Transport};
+
+mod startup;
+mod upstream;
+mod wait;
+
+use startup::{startup, verify};
+use upstream::{
+    connect_upstream, forward_cancel, register_cancel, upstream_closed, upstream_credential,
+    upstream_io,
+};
+use wait::{cancelled, read_either};
 
 /// Bytes asked of a socket per read.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -225,7 +242,14 @@ pub async fn serve(
     let access = snapshot.policy.session_with(
         &route.name,
         &policy_identity(&identity),
-        &policy_engine::AccessContext::default(),
+        &policy_engine::AccessContext {
+            has_grant: ws
+                .shared
+                .reviews
+                .grants()
+                .has(&identity.subject, &route.name, now_unix()),
+            ..policy_engine::AccessContext::default()
+        },
     );
     let policy = match access {
         Ok(p) => p,
@@ -277,7 +301,11 @@ pub async fn serve(
     let totals = if greeted {
         counters.record_setup(setup_began);
         // 4. Relay.
+        let live = ws.shared.sessions.register(&info);
         let mut relay = Relay {
+            identity: Arc::clone(&identity),
+            held: None,
+            live: &live,
             session,
             sequencer: ResponseSequencer::new(),
             inspector: Inspector::new(
@@ -288,6 +316,7 @@ pub async fn serve(
                 ws.shared.session_grace,
                 route.limits,
             ),
+            snapshot: Arc::clone(&snapshot),
             route,
             ws,
             last_activity: Instant::now(),
@@ -298,6 +327,18 @@ pub async fn serve(
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
             .await;
+        if let Some(held) = relay.held.take() {
+            // The session ended while a statement was held: the review is cancelled and the
+            // statement recorded as never run.
+            let why = reason.as_deref().unwrap_or("the client disconnected");
+            ws.shared.reviews.cancel(&held.id, why);
+            relay.inspector.refuse_hold(
+                held.hold,
+                Some(held.id),
+                format!("review cancelled: {why}"),
+                &mut |e| record_command(ws, e),
+            );
+        }
         relay
             .inspector
             .abandon("session ended before the server answered", &mut |e| {
@@ -358,279 +399,13 @@ fn record_session(ws: &WorkerServices, info: Arc<SessionInfo>, totals: &PgTotals
     }
 }
 
-/// Runs the startup until the token arrives. `Ok(None)`: the connection ended normally
-/// (cancel request, terminate, close); `Err`: why it failed (already told to the client).
-async fn startup(
-    client: &mut Client<'_>,
-    session: &mut ClientSession,
-    cin: &mut BytesMut,
-    route: &PgRoute,
-    ws: &WorkerServices,
-) -> Result<Option<Bytes>, String> {
-    let mut out = BytesMut::new();
-    loop {
-        let event = session.read(cin, &mut out);
-        match event {
-            Ok(Some(ClientEvent::Token(token))) => return Ok(Some(token)),
-            Ok(Some(ClientEvent::StartTls)) => {
-                client.write(&mut out).await.map_err(|e| e.to_string())?;
-                let Some(config) = &route.server_tls else {
-                    return Err("client asked for tls that is not configured".into());
-                };
-                if !cin.is_empty() {
-                    // Sent in clear before the handshake: it would be injected into the
-                    // encrypted session.
-                    let e = PgError::client("data sent before the tls handshake");
-                    client.fatal(session, &e).await;
-                    return Err(e.to_string());
-                }
-                let tcp = match client.transport.take() {
-                    Some(Transport::Plain(tcp)) => tcp,
-                    other => {
-                        client.transport = other;
-                        return Err("tls requested twice".into());
-                    }
-                };
-                let conn = transport::server_connection(config).map_err(|e| e.to_string())?;
-                let tls = TlsStream::handshake(tcp, conn)
-                    .await
-                    .map_err(|e| format!("client tls handshake failed: {e}"))?;
-                client.transport = Some(Transport::TlsServer(Box::new(tls)));
-                session.tls_established();
-            }
-            Ok(Some(ClientEvent::Cancel(key))) => {
-                forward_cancel(ws, key).await;
-                return Ok(None);
-            }
-            Ok(Some(ClientEvent::Terminate)) => return Ok(None),
-            Ok(Some(ClientEvent::Replied | ClientEvent::Skipped)) => {
-                client.write(&mut out).await.map_err(|e| e.to_string())?;
-            }
-            Ok(Some(ClientEvent::Message(_))) => {
-                let e = PgError::client("message before authentication");
-                client.fatal(session, &e).await;
-                return Err(e.to_string());
-            }
-            Ok(None) => {
-                client.write(&mut out).await.map_err(|e| e.to_string())?;
-                if client.read(cin).await.map_err(|e| e.to_string())? == 0 {
-                    return Ok(None);
-                }
-            }
-            Err(e) => {
-                session.refuse(&e, &mut out);
-                let _ = client.write(&mut out).await;
-                return Err(e.to_string());
-            }
-        }
-    }
-}
-
-fn verify(ws: &WorkerServices, token: &[u8]) -> Result<Arc<Identity>, (PgError, Option<String>)> {
-    let Some(verifier) = &ws.shared.verifier else {
-        return Err((
-            PgError::ClientAuth {
-                reason: "this gateway has no identity issuer configured".into(),
-            },
-            None,
-        ));
-    };
-    let mut cache = ws.tokens.borrow_mut();
-    verifier
-        .verify_cached(&mut cache, token, now_unix())
-        .map_err(|e| (PgError::TokenRefused(e), verifier.presented_subject(token)))
-}
-
-fn upstream_credential(route: &PgRoute, session: &ClientSession) -> UpstreamCredential {
-    let mut credential = route.credential.clone();
-    if credential.database.is_empty() {
-        // No database configured: the one the client named, else the upstream user's own.
-        credential.database = session
-            .startup()
-            .and_then(|s| s.database.as_ref())
-            .map(|d| String::from_utf8_lossy(d).into_owned())
-            .unwrap_or_else(|| credential.user.clone());
-    }
-    credential
-}
-
-/// Connects, runs TLS per the route and logs in. Errors never carry the credential.
-async fn connect_upstream(
-    route: &PgRoute,
-    credential: &UpstreamCredential,
-    params: &[(Bytes, Bytes)],
-) -> Result<(Transport, BytesMut, UpstreamReady), PgError> {
-    let tcp = connect_tcp(route.upstream, route.connect_timeout).await?;
-    let _ = tcp.set_nodelay(true);
-    let mut upstream = Transport::Plain(tcp);
-    let mut uin = BytesMut::new();
-    if route.upstream_tls != UpstreamTls::Disable {
-        let mut req = BytesMut::new();
-        frontend::encode_ssl_request(&mut req);
-        upstream
-            .write_all(req.to_vec())
-            .await
-            .map_err(upstream_io)?;
-        let answer = loop {
-            if let Some(a) = backend::decode_ssl_response(&mut uin)? {
-                break a;
-            }
-            if upstream.read_into(&mut uin, 1).await.map_err(upstream_io)? == 0 {
-                return Err(upstream_closed());
-            }
-        };
-        if !answer {
-            return Err(PgError::UpstreamConnect {
-                reason: "the upstream does not accept tls (set `upstream_tls = \"disable\"` only on a trusted network)".into(),
-            });
-        }
-        let Some(config) = &route.upstream_client_tls else {
-            return Err(PgError::internal("upstream tls config missing"));
-        };
-        let Transport::Plain(tcp) = upstream else {
-            return Err(PgError::internal("upstream already encrypted"));
-        };
-        let conn = transport::client_connection(config, route.upstream_name.clone())
-            .map_err(upstream_io)?;
-        let tls = TlsStream::handshake(tcp, conn)
-            .await
-            .map_err(|e| PgError::UpstreamConnect {
-                reason: format!("tls handshake failed: {e}"),
-            })?;
-        upstream = Transport::TlsClient(Box::new(tls));
-    }
-    let extra: Vec<(&[u8], &[u8])> = params
-        .iter()
-        .map(|(n, v)| (n.as_ref(), v.as_ref()))
-        .collect();
-    let mut uout = BytesMut::new();
-    let mut auth = UpstreamAuth::start(credential, &extra, None, &mut uout);
-    let ready = monoio::time::timeout(route.connect_timeout, async {
-        loop {
-            if !uout.is_empty() {
-                upstream
-                    .write_all(uout.split().to_vec())
-                    .await
-                    .map_err(upstream_io)?;
-            }
-            if let Some(ready) = auth.feed(&mut uin, &route.limits, &mut uout)? {
-                return Ok::<_, PgError>(ready);
-            }
-            if uout.is_empty()
-                && upstream
-                    .read_into(&mut uin, READ_CHUNK)
-                    .await
-                    .map_err(upstream_io)?
-                    == 0
-            {
-                return Err(upstream_closed());
-            }
-        }
-    })
-    .await
-    .map_err(|_| PgError::UpstreamConnect {
-        reason: format!("login not completed within {:?}", route.connect_timeout),
-    })??;
-    Ok((upstream, uin, ready))
-}
-
-async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, PgError> {
-    // Spawned and never dropped in flight: on io_uring a dropped connect can leak a socket the
-    // kernel already connected. On timeout the task finishes on its own and closes it.
-    let attempt = monoio::spawn(TcpStream::connect_addr(addr));
-    match monoio::time::timeout(timeout, attempt).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(PgError::UpstreamConnect {
-            reason: format!("cannot connect: {e}"),
-        }),
-        Err(_) => Err(PgError::UpstreamConnect {
-            reason: format!("no answer within {timeout:?}"),
-        }),
-    }
-}
-
-fn upstream_io(e: io::Error) -> PgError {
-    PgError::UpstreamConnect {
-        reason: e.to_string(),
-    }
-}
-
-fn upstream_closed() -> PgError {
-    PgError::UpstreamConnect {
-        reason: "the upstream closed the connection".into(),
-    }
-}
-
-/// Mints the client's cancel key (core, slot and a random secret) and remembers where it
-/// leads. The upstream's own key never reaches the client.
-fn register_cancel(ws: &WorkerServices, route: &PgRoute, ready: &UpstreamReady) -> CancelKey {
-    let core = u32::try_from(ws.index).unwrap_or(u32::MAX);
-    // The server's process id when it is free in the table: clients compare BackendKeyData
-    // with `pg_backend_pid()` and with the pid of a NotificationResponse (to skip their own
-    // notifications). The secret stays the gateway's; minted ids cover a clash between upstreams.
-    let mut secret = [0u8; 4];
-    if let Some(upstream_key) = ready.cancel_key
-        && aws_lc_rs::rand::fill(&mut secret).is_ok()
-        && i32::try_from(upstream_key.process_id).is_ok_and(|pid| pid > 0)
-    {
-        let secret = u32::from_be_bytes(secret);
-        let r = CancelRoute {
-            secret,
-            upstream: route.upstream,
-            upstream_key,
-        };
-        if ws.shared.cancels.register(upstream_key.process_id, r) {
-            return CancelKey {
-                process_id: upstream_key.process_id,
-                secret_key: secret,
-            };
-        }
-    }
-    for _ in 0..8 {
-        let mut secret = [0u8; 4];
-        if aws_lc_rs::rand::fill(&mut secret).is_err() {
-            break;
-        }
-        let secret = u32::from_be_bytes(secret);
-        let slot = ws.next_slot() & (cancel::MAX_SLOTS - 1);
-        let Some(key) = cancel::mint(cancel::CancelTarget { core, slot }, secret) else {
-            break;
-        };
-        let Some(upstream_key) = ready.cancel_key else {
-            return key;
-        };
-        let route = CancelRoute {
-            secret,
-            upstream: route.upstream,
-            upstream_key,
-        };
-        if ws.shared.cancels.register(key.process_id, route) {
-            return key;
-        }
-    }
-    // No key could be registered: hand out one that cancels nothing.
-    CancelKey {
-        process_id: 0,
-        secret_key: 0,
-    }
-}
-
-/// Passes a client's CancelRequest to the upstream with the upstream's own key. Unknown keys
-/// are ignored silently, as the server does.
-async fn forward_cancel(ws: &WorkerServices, key: CancelKey) {
-    let Some(route) = ws.shared.cancels.lookup(key) else {
-        return;
-    };
-    let Ok(mut tcp) = connect_tcp(route.upstream, Duration::from_secs(5)).await else {
-        return;
-    };
-    let mut buf = BytesMut::new();
-    frontend::encode_cancel_request(&mut buf, route.upstream_key);
-    let (_, _) = monoio::io::AsyncWriteRentExt::write_all(&mut tcp, buf.to_vec()).await;
-}
-
 /// The authenticated part of a session.
 struct Relay<'a> {
+    identity: Arc<Identity>,
+    /// The statement waiting for a review, if any: while set, no client message is decided.
+    held: Option<Held>,
+    live: &'a LiveGuard<'a>,
+    snapshot: Arc<PolicySnapshot>,
     session: ClientSession,
     sequencer: ResponseSequencer,
     inspector: Inspector,
@@ -713,6 +488,25 @@ impl Relay<'_> {
                     .await;
                 return (Outcome::Ok, Some("gateway shutdown".into()));
             }
+            if self.live.killed() {
+                client
+                    .fatal(&mut self.session, &PgError::AdminTerminated)
+                    .await;
+                return (Outcome::Ok, Some("ended by an administrator".into()));
+            }
+            if let Some(held) = &self.held {
+                if let Some(end) = held.ended(&self.ws.shared.reviews) {
+                    let step = self.finish_hold(end, &mut to_up, &mut to_client);
+                    if let Step::Fatal(e) = step {
+                        self.session.refuse(&e, &mut to_client);
+                        let _ = client.write(&mut to_client).await;
+                        return (Outcome::Error, Some(e.to_string()));
+                    }
+                    continue;
+                }
+                // A held session is waiting on people, not idle.
+                self.last_activity = Instant::now();
+            }
             let idle_left = self
                 .route
                 .idle_timeout
@@ -727,10 +521,33 @@ impl Relay<'_> {
             let Ok(client_transport) = client.transport_mut() else {
                 return (Outcome::Error, Some("client transport lost".into()));
             };
-            let (rc, ru) =
-                read_either(client_transport, cin, upstream, uin, idle_left.min(TICK)).await;
+            let (wait, read_client, waiter) = match self.held.as_mut() {
+                Some(h) => (
+                    h.time_left().min(TICK),
+                    cin.len() < super::hold::HELD_CLIENT_BYTES,
+                    Some(&mut h.waiter),
+                ),
+                None => (idle_left.min(TICK), true, None),
+            };
+            let (rc, ru) = read_either(
+                client_transport,
+                cin,
+                read_client,
+                upstream,
+                uin,
+                wait,
+                waiter,
+            )
+            .await;
             match rc {
-                Some(Ok(0)) => return (Outcome::Ok, None),
+                Some(Ok(0)) => {
+                    let why = if self.held.is_some() {
+                        Some("the client disconnected while its statement was held".into())
+                    } else {
+                        None
+                    };
+                    return (Outcome::Ok, why);
+                }
                 Some(Ok(n)) => {
                     client.count_in(n);
                     self.last_activity = Instant::now();
@@ -807,6 +624,9 @@ impl Relay<'_> {
         let ws = self.ws;
         let mut record = |e| record_command(ws, e);
         loop {
+            if self.held.is_some() {
+                return Step::Continue(false);
+            }
             if to_up.len() >= WRITE_BATCH || to_client.len() >= WRITE_BATCH {
                 return Step::Continue(true);
             }
@@ -826,27 +646,12 @@ impl Relay<'_> {
                             &mut record,
                         )
                     };
-                    match verdict {
-                        ClientVerdict::Forward => {
-                            if let Err(e) = self.sequencer.forwarded(&frame.message) {
-                                return Step::Fatal(e);
-                            }
-                            to_up.extend_from_slice(&frame.raw);
-                        }
-                        ClientVerdict::Refuse(e) => {
-                            if !matches!(
-                                frame.message,
-                                FrontendMessage::Query { .. }
-                                    | FrontendMessage::FunctionCall { .. }
-                            ) {
-                                self.session.enter_extended_error();
-                            }
-                            let fields = e.to_error_fields();
-                            if let Err(e) = self.sequencer.refuse(&frame.message, &fields, to_up) {
-                                return Step::Fatal(e);
-                            }
-                        }
-                        ClientVerdict::Fatal(e) => return Step::Fatal(e),
+                    if let Some(step) = self.apply(verdict, frame, to_up, to_client) {
+                        return step;
+                    }
+                    if self.held.is_some() {
+                        // Later messages stay buffered until the review ends.
+                        return Step::Continue(false);
                     }
                 }
                 Some(ClientEvent::Terminate) => {
@@ -858,6 +663,136 @@ impl Relay<'_> {
                     return Step::Fatal(PgError::client("startup message after authentication"));
                 }
             }
+        }
+    }
+
+    /// Carries out one verdict on `frame`: forward it, answer it with an error, or hold it for
+    /// review. `Some(step)` when the batch must stop.
+    fn apply(
+        &mut self,
+        verdict: ClientVerdict,
+        frame: FrontendFrame,
+        to_up: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Option<Step> {
+        match verdict {
+            ClientVerdict::Forward => {
+                if let Err(e) = self.sequencer.forwarded(&frame.message) {
+                    return Some(Step::Fatal(e));
+                }
+                to_up.extend_from_slice(&frame.raw);
+            }
+            ClientVerdict::Refuse(e) => {
+                if !matches!(
+                    frame.message,
+                    FrontendMessage::Query { .. } | FrontendMessage::FunctionCall { .. }
+                ) {
+                    self.session.enter_extended_error();
+                }
+                let fields = e.to_error_fields();
+                if let Err(e) = self.sequencer.refuse(&frame.message, &fields, to_up) {
+                    return Some(Step::Fatal(e));
+                }
+            }
+            ClientVerdict::Fatal(e) => return Some(Step::Fatal(e)),
+            ClientVerdict::Hold(hold) => return self.hold(hold, frame, to_up, to_client),
+        }
+        None
+    }
+
+    /// Opens a review for a held statement and tells the client it waits.
+    fn hold(
+        &mut self,
+        hold: super::inspect::Hold,
+        frame: FrontendFrame,
+        to_up: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Option<Step> {
+        let ws = self.ws;
+        let mut record = |e| record_command(ws, e);
+        let request = ReviewRequest {
+            requester: Requester::from_identity(&self.identity),
+            connection: Arc::clone(&self.route.name),
+            subject: Subject::Command {
+                session: self.inspector.session().id,
+                command_seq: Some(hold.command_seq),
+            },
+            text: Arc::clone(&hold.text),
+            rule: Arc::clone(&hold.rule),
+            spec: hold.spec.clone(),
+            webhooks: self
+                .snapshot
+                .policy
+                .webhooks_for(&self.route.name)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        };
+        match ws.shared.reviews.request(request) {
+            Err(e) => {
+                let e = self.inspector.refuse_hold(
+                    hold,
+                    None,
+                    format!("the statement needs review, which could not be opened: {e}"),
+                    &mut record,
+                );
+                self.apply(ClientVerdict::Refuse(e), frame, to_up, to_client)
+            }
+            Ok(Requested::Covered { id, approvers }) => {
+                let verdict = self.inspector.release(
+                    hold,
+                    &frame.message,
+                    id,
+                    &approvers,
+                    ws.recorder_accepting(),
+                    &mut record,
+                );
+                self.apply(verdict, frame, to_up, to_client)
+            }
+            Ok(Requested::Pending { id, waiter }) => {
+                super::hold::notice(to_client, &id, &hold);
+                self.live.set_held(Some(Arc::clone(&id)));
+                self.held = Some(Held::new(id, waiter, hold, frame));
+                None
+            }
+        }
+    }
+
+    /// The held statement's review ended: forward it or refuse it.
+    fn finish_hold(
+        &mut self,
+        end: HeldEnd,
+        to_up: &mut BytesMut,
+        to_client: &mut BytesMut,
+    ) -> Step {
+        let Some(held) = self.held.take() else {
+            return Step::Continue(false);
+        };
+        self.live.set_held(None);
+        let ws = self.ws;
+        let mut record = |e| record_command(ws, e);
+        let verdict = match end {
+            HeldEnd(ReviewOutcome::Approved { approvers }) => self.inspector.release(
+                held.hold,
+                &held.frame.message,
+                Arc::clone(&held.id),
+                &approvers,
+                ws.recorder_accepting(),
+                &mut record,
+            ),
+            HeldEnd(other) => {
+                let message = super::hold::refusal(&held.id, &other);
+                ClientVerdict::Refuse(self.inspector.refuse_hold(
+                    held.hold,
+                    Some(Arc::clone(&held.id)),
+                    message,
+                    &mut record,
+                ))
+            }
+        };
+        match self.apply(verdict, held.frame, to_up, to_client) {
+            Some(step) => step,
+            None => Step::Continue(true),
         }
     }
 
@@ -898,54 +833,4 @@ enum Step {
     /// The client said goodbye.
     End,
     Fatal(PgError),
-}
-
-fn cancelled(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ECANCELED)
-}
-
-/// Reads both sockets at once; when one delivers (or `wait` passes) the other read is
-/// cancelled and awaited, so no byte the kernel delivered is lost. A side whose read was
-/// cancelled before any data came reports `Err(ECANCELED)`.
-async fn read_either(
-    client: &mut Transport,
-    cin: &mut BytesMut,
-    upstream: &mut Transport,
-    uin: &mut BytesMut,
-    wait: Duration,
-) -> (Option<io::Result<usize>>, Option<io::Result<usize>>) {
-    let mut canceller = Some(Canceller::new());
-    let Some(handle) = canceller.as_ref().map(Canceller::handle) else {
-        return (None, None);
-    };
-    let mut c = pin!(client.read_into_cancelable(cin, READ_CHUNK, handle.clone()));
-    let mut u = pin!(upstream.read_into_cancelable(uin, READ_CHUNK, handle));
-    let mut timer = pin!(monoio::time::sleep(wait));
-    let mut rc = None;
-    let mut ru = None;
-    std::future::poll_fn(|cx| {
-        if rc.is_none()
-            && let Poll::Ready(r) = c.as_mut().poll(cx)
-        {
-            rc = Some(r);
-        }
-        if ru.is_none()
-            && let Poll::Ready(r) = u.as_mut().poll(cx)
-        {
-            ru = Some(r);
-        }
-        if rc.is_some() && ru.is_some() {
-            return Poll::Ready(());
-        }
-        if canceller.is_some()
-            && (rc.is_some() || ru.is_some() || timer.as_mut().poll(cx).is_ready())
-            && let Some(cn) = canceller.take()
-        {
-            drop(cn.cancel());
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    })
-    .await;
-    (rc, ru)
 }

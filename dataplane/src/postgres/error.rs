@@ -77,12 +77,16 @@ pub enum PgError {
         /// The rule's message.
         message: String,
     },
-    /// A statement matched a `review` rule; reviews are not wired yet, so it is refused.
-    #[error("statement requires review by rule `{rule}` (reviews not available yet)")]
-    StatementNeedsReview {
-        /// The rule that decided.
-        rule: String,
+    /// A statement held for review was not approved (denied, timed out, or the review could
+    /// not be opened); it never reached the upstream.
+    #[error("{message}")]
+    ReviewRefused {
+        /// `denied by <approver>: <reason>`, `review <id> timed out`, ...
+        message: String,
     },
+    /// An administrator ended the session through the admin API.
+    #[error("terminating connection: ended by an administrator")]
+    AdminTerminated,
     /// The session's token expired: no new statement runs until the caller reconnects.
     #[error("the session's token has expired: reconnect with a fresh token")]
     TokenExpired,
@@ -182,9 +186,10 @@ impl PgError {
             | Self::UpstreamAuthUnsupported { .. }
             | Self::UpstreamConnect { .. } => Side::Upstream,
             Self::StatementDenied { .. }
-            | Self::StatementNeedsReview { .. }
+            | Self::ReviewRefused { .. }
             | Self::AuditUnavailable
             | Self::AdminShutdown
+            | Self::AdminTerminated
             | Self::TooManyConnections { .. }
             | Self::Internal { .. } => Side::Gateway,
         }
@@ -203,7 +208,7 @@ impl PgError {
             Self::ClientAuth { .. } | Self::TokenExpired => SqlState::INVALID_PASSWORD,
             Self::TokenRefused(e) if e.is_ours() => CANNOT_CONNECT_NOW,
             Self::TokenRefused(_) => SqlState::INVALID_PASSWORD,
-            Self::StatementDenied { .. } | Self::StatementNeedsReview { .. } => {
+            Self::StatementDenied { .. } | Self::ReviewRefused { .. } => {
                 SqlState::INSUFFICIENT_PRIVILEGE
             }
             Self::AuditUnavailable => SqlState::INSUFFICIENT_RESOURCES,
@@ -212,7 +217,7 @@ impl PgError {
             | Self::UpstreamAuth { .. }
             | Self::UpstreamAuthUnsupported { .. }
             | Self::UpstreamConnect { .. } => SqlState::CONNECTION_FAILURE,
-            Self::AdminShutdown => SqlState::ADMIN_SHUTDOWN,
+            Self::AdminShutdown | Self::AdminTerminated => SqlState::ADMIN_SHUTDOWN,
             Self::TooManyConnections { .. } => SqlState::TOO_MANY_CONNECTIONS,
             Self::Internal { .. } => SqlState::INTERNAL_ERROR,
         }
@@ -221,9 +226,9 @@ impl PgError {
     /// `Error` when the session survives (a denied statement), `Fatal` when it must close.
     pub fn severity(&self) -> Severity {
         match self {
-            Self::StatementDenied { .. }
-            | Self::StatementNeedsReview { .. }
-            | Self::AuditUnavailable => Severity::Error,
+            Self::StatementDenied { .. } | Self::ReviewRefused { .. } | Self::AuditUnavailable => {
+                Severity::Error
+            }
             _ => Severity::Fatal,
         }
     }

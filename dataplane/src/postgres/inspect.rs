@@ -15,6 +15,10 @@
 //! [`CommandEvent::Finished`]; the recorder keeps one row per statement. Refused statements
 //! are recorded at once, finished.
 //!
+//! A statement whose verdict is `review` is not decided here: [`ClientVerdict::Hold`] hands
+//! it to the driver, which holds it until the review ends and then calls
+//! [`Inspector::release`] or [`Inspector::refuse_hold`].
+//!
 //! Masking follows the latest RowDescription. A DataRow whose columns are unknown (a client
 //! that executes without describing) is masked with the session-wide detectors only, and a
 //! hit then becomes NULL rather than replacement text, since the column's type is unknown.
@@ -28,7 +32,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use policy_engine::mask::{
     ColumnMask, MaskOutcome, MaskStats, SessionMasker, StreamMasker, ValueKind,
 };
-use policy_engine::{Action, Dialect, Scratch, SessionPolicy, StatementKind, Verdict};
+use policy_engine::{Action, Dialect, ReviewSpec, Scratch, SessionPolicy, StatementKind, Verdict};
 use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 
 use super::backend::{BackendFrame, BackendMessage};
@@ -86,7 +90,29 @@ pub enum ClientVerdict {
     Refuse(PgError),
     /// Do not forward; answer with this FATAL error and close.
     Fatal(PgError),
+    /// Do not forward yet: the statement waits for a review. The driver registers it, stops
+    /// reading client messages, and finishes it with [`Inspector::release`] or
+    /// [`Inspector::refuse_hold`].
+    Hold(Hold),
 }
+
+/// A statement (simple Query, or the Parse of a named statement) held for review.
+#[derive(Debug)]
+pub struct Hold {
+    /// The rule that asked for review.
+    pub rule: Arc<str>,
+    pub spec: ReviewSpec,
+    /// The whole statement text, as approvers see it.
+    pub text: Arc<str>,
+    /// `seq` of the command record the held statement gets first.
+    pub command_seq: u64,
+    parts: Vec<Part>,
+    parse_name: Option<Bytes>,
+    sql: Bytes,
+}
+
+/// The review that let a statement run: its id and approvers, for the command records.
+type Approval = (Arc<str>, Arc<[Arc<str>]>);
 
 /// What was decided for a prepared statement at Parse time.
 #[derive(Debug, Clone)]
@@ -94,6 +120,8 @@ struct Meta {
     kind: Arc<str>,
     decision: RecDecision,
     rule: Option<Arc<str>>,
+    /// Set when the Parse was held and approved.
+    approval: Option<Approval>,
 }
 
 /// One statement of a query string as recorded: kind, text, decision, rule id.
@@ -253,8 +281,13 @@ impl Inspector {
                     kind: "execute".into(),
                     decision: RecDecision::Allow,
                     rule: None,
+                    approval: None,
                 });
-                let r = self.new_record(meta.kind, text, meta.decision, meta.rule);
+                let mut r = self.new_record(meta.kind, text, meta.decision, meta.rule);
+                if let Some((id, approvers)) = meta.approval {
+                    r.review_id = Some(id);
+                    r.approvers = approvers;
+                }
                 if !record(CommandEvent::Started(r.clone())) {
                     return ClientVerdict::Refuse(PgError::AuditUnavailable);
                 }
@@ -345,6 +378,7 @@ impl Inspector {
             .rule
             .map_or_else(|| DEFAULT_RULE.into(), |r| r.as_str().into());
         let overall_message = decision.message.unwrap_or("refused by policy").to_owned();
+        let review_spec = decision.review.cloned();
         let rules = self.snapshot.policy.rules();
         // One record per statement, each with its own verdict and rule.
         let mut parts: Vec<Part> = Vec::new();
@@ -402,6 +436,19 @@ impl Inspector {
             });
         }
 
+        if overall == Verdict::Review
+            && let Some(spec) = review_spec
+        {
+            return ClientVerdict::Hold(Hold {
+                rule: overall_rule,
+                spec,
+                text: text.into(),
+                command_seq: self.seq + 1,
+                parts,
+                parse_name,
+                sql: sql.clone(),
+            });
+        }
         match overall {
             Verdict::Deny | Verdict::Review => {
                 let error: Arc<str> = if overall == Verdict::Deny {
@@ -420,8 +467,11 @@ impl Inspector {
                         message: overall_message,
                     }
                 } else {
-                    PgError::StatementNeedsReview {
-                        rule: overall_rule.to_string(),
+                    // A review verdict without review settings cannot be approved by anyone.
+                    PgError::ReviewRefused {
+                        message: format!(
+                            "rule `{overall_rule}` requires review but names no approvers"
+                        ),
                     }
                 };
                 ClientVerdict::Refuse(e)
@@ -430,56 +480,128 @@ impl Inspector {
                 if !recorder_accepting {
                     return ClientVerdict::Refuse(PgError::AuditUnavailable);
                 }
-                match parse_name {
-                    Some(name) => {
-                        // Recorded when a portal of it is executed.
-                        let (kind, decision, rule) = parts
-                            .into_iter()
-                            .next()
-                            .map(|(k, _, d, r)| (k, d, r))
-                            .unwrap_or(("unknown".into(), rec_decision(overall), None));
-                        let meta = Meta {
-                            kind,
-                            decision,
-                            rule,
-                        };
-                        if let Err(e) = self.statements.parse(name, sql.clone(), meta) {
-                            return ClientVerdict::Fatal(e);
-                        }
-                    }
-                    None => {
-                        let started = Instant::now();
-                        let records: Vec<CommandRecord> = parts
-                            .into_iter()
-                            .map(|(kind, piece, decision, rule)| {
-                                self.new_record(kind, Some(piece), decision, rule)
-                            })
-                            .collect();
-                        for (i, r) in records.iter().enumerate() {
-                            if !record(CommandEvent::Started(r.clone())) {
-                                // Close the ones already announced: none of them runs.
-                                for mut r in records.into_iter().take(i) {
-                                    r.error = Some(AUDIT_REFUSED.into());
-                                    record(CommandEvent::Finished(r));
-                                }
-                                return ClientVerdict::Refuse(PgError::AuditUnavailable);
-                            }
-                        }
-                        let sync_no = self.syncs_forwarded + 1;
-                        self.syncs_forwarded = sync_no;
-                        for r in records {
-                            self.pending.push_back(Pending {
-                                record: r,
-                                started,
-                                sync_no,
-                                extended: false,
-                            });
-                        }
-                    }
-                }
-                ClientVerdict::Forward
+                self.admit(parts, parse_name, sql, overall, None, record)
             }
         }
+    }
+
+    /// Lets a decided statement through: a Parse remembers its decision for the Execute that
+    /// records it; a Query's records are announced to the recorder (all or none) and then
+    /// wait for the server's answer.
+    fn admit(
+        &mut self,
+        parts: Vec<Part>,
+        parse_name: Option<Bytes>,
+        sql: &Bytes,
+        overall: Verdict,
+        approval: Option<Approval>,
+        record: &mut RecordFn<'_>,
+    ) -> ClientVerdict {
+        match parse_name {
+            Some(name) => {
+                // Recorded when a portal of it is executed.
+                let (kind, decision, rule) = parts
+                    .into_iter()
+                    .next()
+                    .map(|(k, _, d, r)| (k, d, r))
+                    .unwrap_or(("unknown".into(), rec_decision(overall), None));
+                let meta = Meta {
+                    kind,
+                    decision,
+                    rule,
+                    approval,
+                };
+                if let Err(e) = self.statements.parse(name, sql.clone(), meta) {
+                    return ClientVerdict::Fatal(e);
+                }
+            }
+            None => {
+                let started = Instant::now();
+                let records: Vec<CommandRecord> = parts
+                    .into_iter()
+                    .map(|(kind, piece, decision, rule)| {
+                        let mut r = self.new_record(kind, Some(piece), decision, rule);
+                        if let Some((id, approvers)) = &approval {
+                            r.review_id = Some(Arc::clone(id));
+                            r.approvers = Arc::clone(approvers);
+                        }
+                        r
+                    })
+                    .collect();
+                for (i, r) in records.iter().enumerate() {
+                    if !record(CommandEvent::Started(r.clone())) {
+                        // Close the ones already announced: none of them runs.
+                        for mut r in records.into_iter().take(i) {
+                            r.error = Some(AUDIT_REFUSED.into());
+                            record(CommandEvent::Finished(r));
+                        }
+                        return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                    }
+                }
+                let sync_no = self.syncs_forwarded + 1;
+                self.syncs_forwarded = sync_no;
+                for r in records {
+                    self.pending.push_back(Pending {
+                        record: r,
+                        started,
+                        sync_no,
+                        extended: false,
+                    });
+                }
+            }
+        }
+        ClientVerdict::Forward
+    }
+
+    /// The held statement was approved: forward it (the driver sends the held bytes
+    /// unchanged) with its records carrying the review id and approvers.
+    pub fn release(
+        &mut self,
+        hold: Hold,
+        message: &FrontendMessage,
+        review_id: Arc<str>,
+        approvers: &[Arc<str>],
+        recorder_accepting: bool,
+        record: &mut RecordFn<'_>,
+    ) -> ClientVerdict {
+        if let Some(v) = self.expiry_check(record) {
+            return v;
+        }
+        if !recorder_accepting {
+            return ClientVerdict::Refuse(PgError::AuditUnavailable);
+        }
+        let approval = (review_id, Arc::from(approvers.to_vec()));
+        let verdict = self.admit(
+            hold.parts,
+            hold.parse_name,
+            &hold.sql,
+            Verdict::Review,
+            Some(approval),
+            record,
+        );
+        if matches!(verdict, ClientVerdict::Forward) {
+            self.shapes.forwarded(message, &self.statements);
+        }
+        verdict
+    }
+
+    /// The held statement was not approved: records it with `message` and returns the error
+    /// the client gets. It never reaches the server.
+    pub fn refuse_hold(
+        &mut self,
+        hold: Hold,
+        review_id: Option<Arc<str>>,
+        message: String,
+        record: &mut RecordFn<'_>,
+    ) -> PgError {
+        let error: Arc<str> = message.as_str().into();
+        for (kind, piece, decision, rule) in hold.parts {
+            let mut r = self.new_record(kind, Some(piece), decision, rule);
+            r.review_id = review_id.clone();
+            r.error = Some(Arc::clone(&error));
+            record(CommandEvent::Finished(r));
+        }
+        PgError::ReviewRefused { message }
     }
 
     fn new_record(

@@ -27,6 +27,7 @@ pub mod driver;
 pub mod error;
 pub mod frontend;
 pub mod fuzzing;
+mod hold;
 pub mod inspect;
 pub mod limits;
 pub mod reply;

@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::raw::{OneOrMany, RawFile, RawMatch, RawRule};
 use super::{
-    AccessRule, AdminRule, Hours, HttpMatch, K8sMatch, MaskRule, Policy, ReviewSpec, Rule, RuleId,
-    SqlMatch, SshMatch, TableGlob, Verdict,
+    AccessRule, AdminRule, GrantSpec, Hours, HttpMatch, K8sMatch, MaskRule, Policy, ReviewSpec,
+    Rule, RuleId, SqlMatch, SshMatch, TableGlob, Verdict, WebhookRule,
 };
 use crate::glob::{Glob, GlobSet};
 use crate::sql::{KindSet, StatementKind};
@@ -26,6 +26,9 @@ pub const MAX_POLICY_FILES: usize = 1000;
 pub const MAX_REGEXES_PER_RULE: usize = 256;
 /// Compiled size limit for one rule's regex set.
 const REGEX_SIZE_LIMIT: usize = 8 << 20;
+
+/// Longest just-in-time grant when an `[[access]]` entry does not set `max_grant`.
+pub const DEFAULT_MAX_GRANT: Duration = Duration::from_secs(8 * 3600);
 
 /// Operations that `[[admin]]` tables may grant.
 pub const ADMIN_OPERATIONS: &[&str] = &[
@@ -327,6 +330,25 @@ impl Builder {
                 operations: ops,
             });
         }
+        for (i, w) in raw.webhook.into_iter().enumerate() {
+            let line = site.line(w.span().start);
+            let w = w.into_inner();
+            let key = format!("webhook[{i}]");
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                self.push(
+                    &site,
+                    line,
+                    format!("{key}.url"),
+                    format!("`{}` is not an http(s) url", w.url),
+                    None,
+                );
+            }
+            let connections = self.globs(&site, line, &key, "connections", w.connections, false);
+            self.p.webhooks.push(WebhookRule {
+                url: w.url,
+                connections,
+            });
+        }
     }
 
     fn globs(
@@ -362,11 +384,50 @@ impl Builder {
                 None
             }
         };
+        let approvers = a.approvers.into_vec();
+        let approvals = a.approvals.unwrap_or(1);
+        if approvals == 0 {
+            self.push(
+                site,
+                line,
+                format!("{key}.approvals"),
+                "must be at least 1".into(),
+                None,
+            );
+        }
+        if !approvers.is_empty() && !a.require_grant {
+            self.push(
+                site,
+                line,
+                format!("{key}.approvers"),
+                "grant approvers on an entry without `require_grant = true`".into(),
+                Some("add `require_grant = true` or remove `approvers`".into()),
+            );
+        }
+        let max_grant = match a.max_grant.as_deref().map(parse_duration) {
+            None => DEFAULT_MAX_GRANT,
+            Some(Ok(d)) => d,
+            Some(Err(m)) => {
+                self.push(
+                    site,
+                    line,
+                    format!("{key}.max_grant"),
+                    m,
+                    Some("write durations like `30m`, `8h`".into()),
+                );
+                Duration::ZERO
+            }
+        };
         self.p.access.push(AccessRule {
             connections,
             groups,
             hours,
             require_grant: a.require_grant,
+            grant: (!approvers.is_empty()).then_some(GrantSpec {
+                approvers,
+                approvals,
+                max_duration: max_grant,
+            }),
         });
     }
 

@@ -23,9 +23,9 @@ use regex::RegexSet;
 pub use decide::{Decision, Reason, Scratch, StatementResult};
 pub use explain::Explanation;
 pub use load::{
-    ADMIN_OPERATIONS, LoadError, LoadErrors, MAX_POLICY_FILE_BYTES, MAX_POLICY_FILES,
-    MAX_REGEXES_PER_RULE, TEST_FILE_SUFFIX, compile_sources, load_dir, parse_duration,
-    policy_files,
+    ADMIN_OPERATIONS, DEFAULT_MAX_GRANT, LoadError, LoadErrors, MAX_POLICY_FILE_BYTES,
+    MAX_POLICY_FILES, MAX_REGEXES_PER_RULE, TEST_FILE_SUFFIX, compile_sources, load_dir,
+    parse_duration, policy_files,
 };
 pub use time::Hours;
 
@@ -175,6 +175,22 @@ pub(crate) struct AccessRule {
     pub groups: GlobSet,
     pub hours: Option<Hours>,
     pub require_grant: bool,
+    pub grant: Option<GrantSpec>,
+}
+
+/// Who approves just-in-time grants for an `[[access]]` entry with `require_grant = true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantSpec {
+    pub approvers: Vec<String>,
+    pub approvals: u32,
+    /// Longest grant that may be requested.
+    pub max_duration: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct WebhookRule {
+    pub url: String,
+    pub connections: GlobSet,
 }
 
 #[derive(Debug)]
@@ -199,6 +215,7 @@ pub struct Policy {
     pub(crate) masks: Vec<MaskRule>,
     pub(crate) detectors: Vec<DetectorSpec>,
     pub(crate) admin: Vec<AdminRule>,
+    pub(crate) webhooks: Vec<WebhookRule>,
     pub(crate) version: String,
     /// All rule regexes in one set: when it does not match, no regex rule can.
     pub(crate) regex_prefilter: Option<RegexSet>,
@@ -271,6 +288,26 @@ impl Policy {
             groups_match_strict(&a.groups, identity)
                 && a.operations.iter().any(|o| o == "*" || o == operation)
         })
+    }
+
+    /// Who approves a just-in-time grant of `connection` to this identity: the first
+    /// `[[access]]` entry naming the connection and one of its groups, with
+    /// `require_grant = true` and `approvers`. `None`: no grant can be requested.
+    pub fn grant_spec(&self, connection: &str, identity: &Identity) -> Option<&GrantSpec> {
+        self.access
+            .iter()
+            .filter(|a| a.require_grant && a.connections.matches(connection))
+            .filter(|a| groups_match(&a.groups, identity))
+            .find_map(|a| a.grant.as_ref())
+    }
+
+    /// Webhook urls notified of reviews on `connection` (`[[webhook]]` tables).
+    pub fn webhooks_for(&self, connection: &str) -> Vec<&str> {
+        self.webhooks
+            .iter()
+            .filter(|w| w.connections.matches(connection))
+            .map(|w| w.url.as_str())
+            .collect()
     }
 
     /// The access check for a new session, as of now and without a grant.

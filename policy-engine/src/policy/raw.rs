@@ -42,6 +42,8 @@ pub struct RawFile {
     pub detector: Vec<Spanned<DetectorSpec>>,
     #[serde(default)]
     pub admin: Vec<Spanned<RawAdmin>>,
+    #[serde(default)]
+    pub webhook: Vec<Spanned<RawWebhook>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +56,14 @@ pub struct RawAccess {
     pub hours: Option<String>,
     #[serde(default)]
     pub require_grant: bool,
+    /// Groups that approve just-in-time grants for these connections.
+    #[serde(default)]
+    pub approvers: OneOrMany,
+    #[serde(default)]
+    pub approvals: Option<u32>,
+    /// Longest grant that may be requested (`8h` when unset).
+    #[serde(default)]
+    pub max_grant: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,4 +164,12 @@ pub struct RawDefaults {
 pub struct RawAdmin {
     pub groups: OneOrMany,
     pub operations: OneOrMany,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    #[serde(default)]
+    pub connections: OneOrMany,
 }

@@ -109,3 +109,90 @@ fn kind_index_decides_like_full_walk() {
         );
     }
 }
+
+fn identity(groups: &[&str]) -> Identity {
+    Identity {
+        subject: "alice".into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        ..Identity::default()
+    }
+}
+
+#[test]
+fn grant_approvers_and_webhooks_come_from_policy() {
+    let text = r#"
+[[access]]
+connections = ["prod-*"]
+groups = ["engineering"]
+require_grant = true
+approvers = ["dba", "sre"]
+approvals = 2
+max_grant = "2h"
+
+[[access]]
+connections = ["dev-db"]
+groups = ["engineering"]
+
+[[webhook]]
+url = "https://hooks.example/prod"
+connections = ["prod-*"]
+
+[[webhook]]
+url = "http://127.0.0.1:9/all"
+"#;
+    let policy = Arc::new(
+        compile_sources(&[(PathBuf::from("a.toml"), text.into())]).expect("policy compiles"),
+    );
+    let eng = identity(&["engineering"]);
+    let spec = policy.grant_spec("prod-db", &eng).expect("a grant spec");
+    assert_eq!(spec.approvers, ["dba", "sre"]);
+    assert_eq!(spec.approvals, 2);
+    assert_eq!(spec.max_duration, std::time::Duration::from_secs(7200));
+    assert!(
+        policy.grant_spec("dev-db", &eng).is_none(),
+        "no grant needed"
+    );
+    assert!(
+        policy
+            .grant_spec("prod-db", &identity(&["support"]))
+            .is_none(),
+        "groups still have to match"
+    );
+    assert_eq!(
+        policy.webhooks_for("prod-db"),
+        ["https://hooks.example/prod", "http://127.0.0.1:9/all"]
+    );
+    assert_eq!(policy.webhooks_for("dev-db"), ["http://127.0.0.1:9/all"]);
+    // With a grant the session is admitted; without it, refused.
+    let cx = |has_grant| super::AccessContext {
+        has_grant,
+        ..super::AccessContext::default()
+    };
+    assert!(policy.session_with("prod-db", &eng, &cx(true)).is_ok());
+    assert_eq!(
+        policy.session_with("prod-db", &eng, &cx(false)).err(),
+        Some(super::AccessDenied::NeedsGrant)
+    );
+}
+
+#[test]
+fn bad_grant_and_webhook_settings_are_load_errors() {
+    let text = r#"
+[[access]]
+connections = ["db"]
+approvers = ["dba"]
+approvals = 0
+max_grant = "forever"
+
+[[webhook]]
+url = "ftp://nope"
+"#;
+    let errors = compile_sources(&[(PathBuf::from("a.toml"), text.into())])
+        .expect_err("errors")
+        .0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"access[0].approvals"), "{keys:?}");
+    assert!(keys.contains(&"access[0].approvers"), "{keys:?}");
+    assert!(keys.contains(&"access[0].max_grant"), "{keys:?}");
+    assert!(keys.contains(&"webhook[0].url"), "{keys:?}");
+}

@@ -39,8 +39,12 @@ strategy = "redact"
 "#;
 
 fn inspector(expires_at: i64) -> Inspector {
+    inspector_with(POLICY, expires_at)
+}
+
+fn inspector_with(text: &str, expires_at: i64) -> Inspector {
     let policy =
-        Arc::new(compile_sources(&[(PathBuf::from("t.toml"), POLICY.to_owned())]).expect("policy"));
+        Arc::new(compile_sources(&[(PathBuf::from("t.toml"), text.to_owned())]).expect("policy"));
     let specs: Vec<_> = policy.mask_specs().cloned().collect();
     let masks = MaskEngine::compile(&specs, policy.detector_specs(), b"key").expect("masks");
     let snapshot = Arc::new(PolicySnapshot {
@@ -505,4 +509,106 @@ fn extended_copy_in_keeps_later_records_in_step() {
     assert_eq!(records[0].rows, Some(1));
     assert_eq!(records[1].rows, Some(1), "{:?}", records[1]);
     assert_eq!(records[1].error, None, "{:?}", records[1]);
+}
+
+const REVIEW_POLICY: &str = r#"
+[[access]]
+connections = ["db"]
+groups = ["eng"]
+
+[[rule]]
+id = "two-person-updates"
+match.statement = ["update"]
+action = "review"
+review = { approvers = ["dba"], approvals = 2, timeout = "5m" }
+"#;
+
+#[test]
+fn a_query_with_a_review_statement_is_held_whole_then_released_with_its_approvers() {
+    let mut i = inspector_with(REVIEW_POLICY, i64::MAX);
+    let mut events: Vec<(&str, CommandRecord)> = Vec::new();
+    let mut rec = |e: CommandEvent| {
+        events.push(match e {
+            CommandEvent::Started(r) => ("started", r),
+            CommandEvent::Finished(r) => ("finished", r),
+        });
+        true
+    };
+    let sql = "SELECT 1; UPDATE t SET a = 1 WHERE id = 2";
+    let verdict = i.on_client(&query(sql), &mut Scratch::new(), true, &mut rec);
+    let ClientVerdict::Hold(hold) = verdict else {
+        panic!("expected a hold, got {verdict:?}");
+    };
+    assert_eq!(hold.rule.as_ref(), "two-person-updates");
+    assert_eq!(hold.text.as_ref(), sql);
+    assert_eq!(hold.spec.approvals, 2);
+    assert_eq!(hold.command_seq, 1);
+
+    let approvers: Vec<Arc<str>> = vec!["bob".into(), "carol".into()];
+    let v = i.release(hold, &query(sql), "r1".into(), &approvers, true, &mut rec);
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    let mut out = BytesMut::new();
+    for f in [
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'C', b"UPDATE 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("backend");
+    }
+    let kinds: Vec<(&str, u64)> = events.iter().map(|(k, r)| (*k, r.seq)).collect();
+    // Nothing while held; announced before forwarding on release; finished on the answer.
+    assert_eq!(
+        kinds,
+        [
+            ("started", 1),
+            ("started", 2),
+            ("finished", 1),
+            ("finished", 2)
+        ]
+    );
+    let update = &events[3].1;
+    assert_eq!(update.decision, Decision::Review);
+    assert_eq!(update.review_id.as_deref(), Some("r1"));
+    assert_eq!(update.approvers.as_ref(), approvers.as_slice());
+    assert_eq!(update.rows, Some(1));
+    assert_eq!(events[1].1.review_id.as_deref(), Some("r1"));
+}
+
+#[test]
+fn a_refused_hold_is_recorded_with_the_reason_and_never_forwarded() {
+    let mut i = inspector_with(REVIEW_POLICY, i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let mut rec = |e: CommandEvent| {
+        match e {
+            CommandEvent::Finished(r) => records.push(r),
+            CommandEvent::Started(r) => panic!("a refused hold is never started: {r:?}"),
+        }
+        true
+    };
+    let verdict = i.on_client(
+        &query("UPDATE t SET a = 1 WHERE id = 2"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    let ClientVerdict::Hold(hold) = verdict else {
+        panic!("expected a hold, got {verdict:?}");
+    };
+    let e = i.refuse_hold(
+        hold,
+        Some("r2".into()),
+        "denied by bob: not now".into(),
+        &mut rec,
+    );
+    assert_eq!(
+        e,
+        PgError::ReviewRefused {
+            message: "denied by bob: not now".into()
+        }
+    );
+    assert_eq!(e.to_error_fields().code.as_str(), "42501");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].error.as_deref(), Some("denied by bob: not now"));
+    assert_eq!(records[0].review_id.as_deref(), Some("r2"));
+    assert_eq!(records[0].decision, Decision::Review);
 }
