@@ -506,3 +506,31 @@ fn extended_copy_in_keeps_later_records_in_step() {
     assert_eq!(records[1].rows, Some(1), "{:?}", records[1]);
     assert_eq!(records[1].error, None, "{:?}", records[1]);
 }
+
+#[test]
+fn rows_of_unknown_columns_are_withheld_when_column_rules_apply() {
+    // No RowDescription and no earlier Describe: the `email` column rule cannot be matched,
+    // so nothing of the row leaves (NULLs), rather than the email leaving unmasked.
+    let mut i = inspector(i64::MAX);
+    let mut rec = |_| true;
+    let v = i.on_client(
+        &query("SELECT id, email FROM customers"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    let mut out = BytesMut::new();
+    i.on_backend(&data_row(&["7", "quiet@example.com"]), &mut out, &mut rec)
+        .expect("rewritten");
+    let mut decoded = out.clone();
+    let f = backend::decode_message(&mut decoded, &Limits::default())
+        .expect("valid")
+        .expect("one message");
+    let backend::BackendMessage::DataRow(row) = f.message else {
+        panic!("{:?}", f.message);
+    };
+    let values: Vec<_> = row.values().collect();
+    assert_eq!(values, [None, None]);
+    assert_eq!(i.masked_total(), 2);
+}
