@@ -690,10 +690,18 @@ impl Inspector {
                 let stats = &mut self.stats;
                 let cell = &mut self.cell;
                 let unknown = &self.unknown_column;
+                // Columns unknown (never described) while column rules apply: the rules cannot
+                // be matched, so every value is withheld rather than risk a masked column
+                // leaving as is (fail closed; detectors alone would miss e.g. a name column).
+                let blind = columns.is_none() && masker.has_column_rules();
                 rewrite::rewrite_data_row(row, &self.limits, out, |i, value| {
                     let Some(value) = value else {
                         return CellEdit::Keep;
                     };
+                    if blind {
+                        stats.add_withheld();
+                        return CellEdit::Null;
+                    }
                     let (mask, kind) = match columns.and_then(|c| c.get(i)) {
                         Some(c) => (&c.mask, c.kind),
                         None => (unknown, ValueKind::Other),

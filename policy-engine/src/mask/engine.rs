@@ -148,6 +148,12 @@ impl MaskStats {
         *self = Self::default();
     }
 
+    /// Counts a value withheld whole because the rules that would apply to it could not be
+    /// matched (its column is unknown); counted with column-rule masks.
+    pub fn add_withheld(&mut self) {
+        self.columns += 1;
+    }
+
     fn add(&mut self, det: DetectorId) {
         if let Some(c) = self.counts.get_mut(usize::from(det)) {
             *c += 1;

@@ -612,3 +612,31 @@ fn a_refused_hold_is_recorded_with_the_reason_and_never_forwarded() {
     assert_eq!(records[0].review_id.as_deref(), Some("r2"));
     assert_eq!(records[0].decision, Decision::Review);
 }
+
+#[test]
+fn rows_of_unknown_columns_are_withheld_when_column_rules_apply() {
+    // No RowDescription and no earlier Describe: the `email` column rule cannot be matched,
+    // so nothing of the row leaves (NULLs), rather than the email leaving unmasked.
+    let mut i = inspector(i64::MAX);
+    let mut rec = |_| true;
+    let v = i.on_client(
+        &query("SELECT id, email FROM customers"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    let mut out = BytesMut::new();
+    i.on_backend(&data_row(&["7", "quiet@example.com"]), &mut out, &mut rec)
+        .expect("rewritten");
+    let mut decoded = out.clone();
+    let f = backend::decode_message(&mut decoded, &Limits::default())
+        .expect("valid")
+        .expect("one message");
+    let backend::BackendMessage::DataRow(row) = f.message else {
+        panic!("{:?}", f.message);
+    };
+    let values: Vec<_> = row.values().collect();
+    assert_eq!(values, [None, None]);
+    assert_eq!(i.masked_total(), 2);
+}
