@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recorder::read::{self, SegmentState};
@@ -49,19 +47,7 @@ fn crash_child_writer() {
 fn kill_dash_nine_then_restart_recovers_flushed_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "crash_child_writer",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = common::spawn_child("crash_child_writer", CHILD_ENV, dir);
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut flushed = 0u64;
     // Wait until several segments were sealed and plenty more is flushed in a live one.

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use recorder::read;
@@ -149,19 +147,7 @@ fn in_flight_child() {
 fn kill_dash_nine_while_commands_run_keeps_one_row_per_command() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "in_flight_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = common::spawn_child("in_flight_child", CHILD_ENV, dir);
     loop {
         let line = lines.next().expect("child exited early").unwrap();
         if line.ends_with("ready") {

@@ -5,7 +5,9 @@
     reason = "test helpers outside #[test] fns: a panic is a failing test"
 )]
 
+use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,4 +87,19 @@ pub fn all_commands(dir: &Path) -> Vec<read::CommandRow> {
         .iter()
         .flat_map(|b| read::command_rows(b).unwrap())
         .collect()
+}
+
+/// Re-runs this test binary as a child that executes only `test` with `env` set to `dir`
+/// (the child test returns at once unless it sees it), and hands back its stdout by line.
+/// Crash tests kill the child with SIGKILL while it writes.
+pub fn spawn_child(test: &str, env: &str, dir: &Path) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
 }
