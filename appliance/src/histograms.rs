@@ -25,13 +25,16 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Intervals kept: one hour at [`SAMPLE_EVERY`]. Bounds the sampler's memory.
 pub const MAX_INTERVALS: usize = 360;
 
-/// What the sampler keeps: the last cumulative copy and the intervals since.
+/// What the sampler keeps: the last cumulative copy and the intervals since, each already
+/// encoded as its log lines (compressed, a few hundred bytes per histogram). Keeping the
+/// histograms themselves would cost up to a few hundred KiB each once they have seen slow
+/// values: hundreds of MiB over an hour of intervals.
 #[derive(Debug)]
 struct History {
     started: SystemTime,
     last_at: SystemTime,
     last: Option<LatencySet>,
-    intervals: VecDeque<Interval>,
+    intervals: VecDeque<String>,
 }
 
 impl History {
@@ -55,7 +58,10 @@ impl History {
             if self.intervals.len() == MAX_INTERVALS {
                 self.intervals.pop_front();
             }
-            self.intervals.push_back(interval.clone());
+            match latency::interval_lines(self.started, &interval) {
+                Ok(lines) => self.intervals.push_back(lines),
+                Err(e) => tracing::warn!(error = %e, "cannot encode a histogram interval"),
+            }
         }
         Some(interval)
     }
@@ -103,15 +109,33 @@ pub fn routes(router: Router, metrics: Arc<Metrics>) -> Router {
         .route("GET", "/api/histograms/log", move |_| {
             let set = merged(&metrics);
             let mut h = history.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut intervals: Vec<Interval> = h.intervals.iter().cloned().collect();
-            intervals.extend(h.cut(set, false));
+            let closed: String = h.intervals.iter().map(String::as_str).collect();
+            let current: Vec<Interval> = h.cut(set, false).into_iter().collect();
             let started = h.started;
             drop(h);
-            match latency::interval_log(started, &intervals) {
-                Ok(text) => Response::text(200, text),
+            match latency::interval_log(started, &current) {
+                Ok(text) => Response::text(200, splice_log(&text, &closed)),
                 Err(e) => Response::json(500, &serde_json::json!({ "error": e })),
             }
         })
+}
+
+/// Puts the stored interval lines `closed` between the log's header and its lines for the
+/// interval in progress.
+fn splice_log(log: &str, closed: &str) -> String {
+    let mut out = String::with_capacity(log.len() + closed.len());
+    let mut spliced = false;
+    for line in log.split_inclusive('\n') {
+        if !spliced && latency::is_interval_line(line) {
+            out.push_str(closed);
+            spliced = true;
+        }
+        out.push_str(line);
+    }
+    if !spliced {
+        out.push_str(closed);
+    }
+    out
 }
 
 /// The `/api/histograms` document.

@@ -349,6 +349,22 @@ pub fn interval_log(base: std::time::SystemTime, intervals: &[Interval]) -> Resu
     String::from_utf8(out).map_err(|e| format!("interval log is not utf-8: {e}"))
 }
 
+/// The lines of one interval as [`interval_log`] writes them (no header), relative to
+/// `base`: what a long-lived history keeps instead of the histograms.
+pub fn interval_lines(base: std::time::SystemTime, interval: &Interval) -> Result<String, String> {
+    let log = interval_log(base, std::slice::from_ref(interval))?;
+    Ok(log
+        .split_inclusive('\n')
+        .filter(|l| is_interval_line(l))
+        .collect())
+}
+
+/// Whether a line of an interval log is a histogram line (not a comment or the legend).
+/// Every line this module writes is tagged.
+pub fn is_interval_line(line: &str) -> bool {
+    line.starts_with("Tag=")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,5 +454,24 @@ mod tests {
             })
             .collect();
         assert_eq!(tags, ["added", "policy"]);
+    }
+
+    #[test]
+    fn stored_interval_lines_are_the_log_without_its_header() {
+        let mut set = LatencySet::new().unwrap();
+        set.record(Latency::Added, Duration::from_micros(15));
+        set.record(Latency::Upstream, Duration::from_millis(3));
+        let base = std::time::SystemTime::now();
+        let interval = Interval {
+            start: base,
+            length: Duration::from_secs(10),
+            set,
+        };
+        let log = interval_log(base, std::slice::from_ref(&interval)).unwrap();
+        let lines = interval_lines(base, &interval).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(lines.lines().all(is_interval_line), "{lines}");
+        assert!(log.ends_with(&lines), "{log}");
+        assert!(!log.lines().take(3).any(is_interval_line), "{log}");
     }
 }
