@@ -150,35 +150,13 @@ fn fixture(cluster: PgCluster, driver: &str) -> Fixture {
     std::fs::write(d.join("db.password"), format!("{}\n", cluster.password)).unwrap();
     let upstream = cluster.addr();
     let conn = |name: &str, tls: bool| {
-        let mut c = format!(
-            "[[connections]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ndatabase = \"{}\"\nupstream_tls = \"disable\"\nidle_timeout = \"5m\"\n",
-            cluster.database
-        );
-        if !tls {
-            c.push_str("allow_plaintext = true\n");
-        }
-        c.push_str(&format!(
-            "[connections.credentials]\nuser = \"{}\"\npassword_file = \"{}\"\n",
-            cluster.user,
-            d.join("db.password").display()
-        ));
-        if tls {
-            c.push_str(&format!(
-                "[connections.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-                d.join("gateway.crt").display(),
-                d.join("gateway.key").display()
-            ));
-        }
-        c
+        let (db, user) = (&cluster.database, &cluster.user);
+        common::pg_connection(d, name, &upstream, db, user, tls, "idle_timeout = \"5m\"\n")
     };
-    let extra = format!(
-        "recordings = \"{}\"\npolicies = \"{}\"\n",
-        d.join("recordings").display(),
-        d.join("policies").display()
-    );
+    let extra = common::dirs_under(d);
     let connections = format!(
-        "[identity]\nissuer = \"portcullis-local\"\naudience = \"portcullis\"\njwks = {{ file = \"{}\" }}\nleeway_secs = 0\n\n[recorder]\nflush_interval = \"50ms\"\n\n{}\n{}",
-        d.join("issuer/jwks.json").display(),
+        "{}{}\n{}",
+        common::local_identity(d),
         conn("orders-db", true),
         conn("orders-plain", false),
     );

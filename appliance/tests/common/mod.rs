@@ -26,6 +26,57 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub const DRIVERS: [&str; 2] = ["iouring", "epoll"];
 
+/// A PostgreSQL `[[connections]]` entry over the files a test directory `d` holds:
+/// `db.password` (the upstream credential) and, for a TLS listener, `gateway.crt` and
+/// `gateway.key`; a listener without TLS allows plaintext. `extra` (TOML keys) goes in as is.
+pub fn pg_connection(
+    d: &Path,
+    name: &str,
+    upstream: &str,
+    database: &str,
+    user: &str,
+    tls: bool,
+    extra: &str,
+) -> String {
+    let mut c = format!(
+        "[[connections]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ndatabase = \"{database}\"\nupstream_tls = \"disable\"\n"
+    );
+    if !tls {
+        c.push_str("allow_plaintext = true\n");
+    }
+    c.push_str(extra);
+    c.push_str(&format!(
+        "[connections.credentials]\nuser = \"{user}\"\npassword_file = \"{}\"\n",
+        d.join("db.password").display()
+    ));
+    if tls {
+        c.push_str(&format!(
+            "[connections.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            d.join("gateway.crt").display(),
+            d.join("gateway.key").display()
+        ));
+    }
+    c
+}
+
+/// `[gateway]` keys putting the recordings and the policies under `d`.
+pub fn dirs_under(d: &Path) -> String {
+    format!(
+        "recordings = \"{}\"\npolicies = \"{}\"\n",
+        d.join("recordings").display(),
+        d.join("policies").display()
+    )
+}
+
+/// `[identity]` trusting the local issuer key `portcullis token keygen` wrote under
+/// `d/issuer`, and a `[recorder]` flushing every 50 ms so tests read records soon.
+pub fn local_identity(d: &Path) -> String {
+    format!(
+        "[identity]\nissuer = \"portcullis-local\"\naudience = \"portcullis\"\njwks = {{ file = \"{}\" }}\nleeway_secs = 0\n\n[recorder]\nflush_interval = \"50ms\"\n\n",
+        d.join("issuer/jwks.json").display()
+    )
+}
+
 /// A peer program the test needs; missing means skip locally, fail in CI.
 pub fn require(program: &str) -> Option<PathBuf> {
     let found = [

@@ -96,35 +96,13 @@ impl Setup {
         conn_extra: &str,
     ) -> Gateway {
         std::fs::write(self.path("db.password"), &cluster.password).unwrap();
-        let extra = format!(
-            "recordings = \"{}\"\npolicies = \"{}\"\n",
-            self.recordings().display(),
-            self.path("policies").display()
-        );
+        let d = self.dir.path();
+        let upstream = cluster.addr();
         let conn = |name: &str, tls: bool| {
-            let mut c = format!(
-                "[[connections]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{}\"\ndatabase = \"{}\"\nupstream_tls = \"disable\"\n",
-                cluster.addr(),
-                cluster.database
-            );
-            if !tls {
-                c.push_str("allow_plaintext = true\n");
-            }
-            c.push_str(conn_extra);
-            c.push_str(&format!(
-                "[connections.credentials]\nuser = \"{}\"\npassword_file = \"{}\"\n",
-                cluster.user,
-                self.path("db.password").display()
-            ));
-            if tls {
-                c.push_str(&format!(
-                    "[connections.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-                    self.path("gateway.crt").display(),
-                    self.path("gateway.key").display()
-                ));
-            }
-            c
+            let (db, user) = (&cluster.database, &cluster.user);
+            crate::common::pg_connection(d, name, &upstream, db, user, tls, conn_extra)
         };
+        let extra = crate::common::dirs_under(d);
         let connections = format!(
             "[identity]\n{identity}\n\n[recorder]\nflush_interval = \"50ms\"\n\n{}\n{}",
             conn("orders-db", true),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::POLICY;
-use crate::common::{BIN, Gateway};
+use crate::common::{self, BIN, Gateway};
 use crate::pgcluster::PgCluster;
 
 pub struct Setup {
@@ -78,27 +78,26 @@ pub fn setup(webhook: SocketAddr) -> Setup {
 pub fn config(setup: &Setup, cluster: &PgCluster) -> (String, String) {
     let d = setup.dir.path();
     std::fs::write(d.join("db.password"), format!("{}\n", cluster.password)).unwrap();
-    let extra = format!(
-        "recordings = \"{}\"\npolicies = \"{}\"\n",
-        d.join("recordings").display(),
-        d.join("policies").display()
-    );
     let upstream = cluster.addr();
     let conn = |name: &str| {
-        format!(
-            "[[connections]]\nname = \"{name}\"\nprotocol = \"postgres\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\ndatabase = \"{}\"\nupstream_tls = \"disable\"\nallow_plaintext = true\nidle_timeout = \"5m\"\n[connections.credentials]\nuser = \"{}\"\npassword_file = \"{}\"\n",
-            cluster.database,
-            cluster.user,
-            d.join("db.password").display()
+        let (db, user) = (&cluster.database, &cluster.user);
+        common::pg_connection(
+            d,
+            name,
+            &upstream,
+            db,
+            user,
+            false,
+            "idle_timeout = \"5m\"\n",
         )
     };
     let connections = format!(
-        "[identity]\nissuer = \"portcullis-local\"\naudience = \"portcullis\"\njwks = {{ file = \"{}\" }}\nleeway_secs = 0\n\n[recorder]\nflush_interval = \"50ms\"\n\n{}\n{}",
-        d.join("issuer/jwks.json").display(),
+        "{}{}\n{}",
+        common::local_identity(d),
         conn("orders"),
         conn("vault"),
     );
-    (extra, connections)
+    (common::dirs_under(d), connections)
 }
 
 pub fn psql(addr: SocketAddr, token: &str, sql: &str) -> Output {
