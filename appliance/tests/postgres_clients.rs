@@ -376,8 +376,11 @@ fn large_result_peak_rss(rows: u64) -> (u64, u64) {
 }
 
 /// Most the gateway's peak RSS may grow while streaming a large masked result: a few read and
-/// write batches and the masking scratch, not anything proportional to the result.
-const LARGE_RESULT_RSS_GROWTH_KIB: u64 = 32 * 1024;
+/// write batches, the masking scratch and allocator growth, not anything proportional to the
+/// result (each pass streams well over 100 MB). Observed growth on the shared 2-core machine
+/// was 2 to 33 MiB and did not follow the row count (2 M and 10 M rows both reached ~33 MiB on
+/// a loaded run and 6 / 16 MiB on quieter ones), so the bound leaves room for that spread.
+const LARGE_RESULT_RSS_GROWTH_KIB: u64 = 64 * 1024;
 
 #[test]
 fn two_million_masked_rows_stream_with_bounded_gateway_memory() {
