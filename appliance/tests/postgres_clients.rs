@@ -283,7 +283,15 @@ fn psycopg_through_the_gateway() {
                 ("notify", &["ok: listen/notify: 4 notifications"]),
                 ("jdbc_style", &["ok: undescribed execute masked"]),
                 ("cancel", &["ok: cancel: 57014"]),
-                ("tls", &["ok: verify-full", "ok: plaintext refused"]),
+                (
+                    "tls",
+                    &[
+                        "ok: verify-full",
+                        "ok: plaintext refused",
+                        "ok: direct tls (sslnegotiation=direct)",
+                        "ok: direct tls refused where tls is not configured",
+                    ],
+                ),
                 (
                     "transactions",
                     &[

@@ -652,6 +652,34 @@ fn bad_input_gets_an_error_or_a_close_and_the_gateway_keeps_serving() {
         raw.s.write_all(&[b'Q', 0, 0, 0, 100, b'S']).unwrap();
         drop(raw);
 
+        // A direct TLS hello (no SSLRequest first) must negotiate the `postgresql` ALPN
+        // protocol: without ALPN the session ends with a FATAL inside TLS, and a client
+        // offering only another protocol fails the handshake.
+        if common::require("openssl").is_some() {
+            let tls = gw.addr("orders-db");
+            let s_client = |alpn: Option<&str>| {
+                let mut c = Command::new("openssl");
+                c.args(["s_client", "-quiet", "-connect", &tls.to_string()]);
+                if let Some(p) = alpn {
+                    c.args(["-alpn", p]);
+                }
+                c.stdin(std::process::Stdio::null()).output().unwrap()
+            };
+            let out = s_client(None);
+            let shown = text(&out.stdout);
+            assert!(
+                shown.contains("without the `postgresql` ALPN protocol"),
+                "{driver}: {shown} {}",
+                text(&out.stderr)
+            );
+            let out = s_client(Some("http/1.1"));
+            assert!(
+                text(&out.stderr).contains("no application protocol"),
+                "{driver}: {}",
+                text(&out.stderr)
+            );
+        }
+
         // The gateway still serves.
         let out = psql(gw.addr("orders-db"), "require", &token, "SELECT 41 + 1");
         assert!(out.status.success(), "{driver}: {}", text(&out.stderr));

@@ -142,24 +142,44 @@ where
 {
     /// Wraps `tcp` and completes the TLS handshake.
     pub async fn handshake(tcp: TcpStream, conn: C) -> io::Result<Self> {
+        Self::handshake_after(tcp, conn, Vec::with_capacity(TLS_READ_CHUNK)).await
+    }
+
+    /// Like [`TlsStream::handshake`], for a peer whose first TLS bytes were already read from
+    /// `tcp` (a PostgreSQL client opening with a ClientHello): they are fed to rustls before
+    /// anything else is read.
+    pub async fn handshake_after(
+        tcp: TcpStream,
+        conn: C,
+        already_read: Vec<u8>,
+    ) -> io::Result<Self> {
         let mut stream = TlsStream {
             tcp,
             conn,
-            cipher: Vec::with_capacity(TLS_READ_CHUNK),
+            cipher: already_read,
             cipher_pos: 0,
             cipher_out: Vec::with_capacity(TLS_READ_CHUNK),
             tcp_eof: false,
         };
         while stream.conn.is_handshaking() {
             stream.flush_tls().await?;
-            if stream.conn.is_handshaking()
-                && stream.conn.wants_read()
-                && stream.fill_tls(None).await? == 0
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed during the tls handshake",
-                ));
+            if stream.conn.is_handshaking() && stream.conn.wants_read() {
+                match stream.fill_tls(None).await {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "peer closed during the tls handshake",
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // rustls has queued the alert saying why (no common protocol or ALPN,
+                        // bad certificate): send it so the peer reports the real cause rather
+                        // than an unexpected close.
+                        let _ = stream.flush_tls().await;
+                        return Err(e);
+                    }
+                }
             }
         }
         stream.flush_tls().await?;

@@ -395,6 +395,20 @@ def case_tls():
             assert conn.execute("SELECT 5").fetchone() == (5,)
             assert conn.pgconn.protocol_version == 3, conn.pgconn.protocol_version
         ok("protocol 3.2 request negotiated down")
+    # libpq 17+ can open with the TLS handshake itself (no SSLRequest round trip); the
+    # gateway takes it and negotiates the `postgresql` ALPN protocol the client requires.
+    if pq.version() >= 170000:
+        with connect(sslnegotiation="direct") as conn:
+            assert conn.pgconn.ssl_in_use, "not encrypted"
+            assert conn.execute("SELECT 7").fetchone() == (7,)
+        ok("direct tls (sslnegotiation=direct)")
+        # A listener without TLS refuses a direct hello instead of misreading it.
+        try:
+            connect(port=env("PGC_PLAIN_PORT"), sslnegotiation="direct", sslmode="require").close()
+            raise AssertionError("direct tls accepted by a plaintext listener")
+        except psycopg.OperationalError as e:
+            print(f"plaintext listener: {e}", flush=True)
+        ok("direct tls refused where tls is not configured")
     # A wrong CA is refused by the client.
     try:
         connect(sslrootcert=env("PGC_OTHER_CA")).close()

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //!  ExpectStartup ──SSLRequest──► 'S' → StartTls (driver handshakes, tls_established)
+//!       │  ├─TLS ClientHello (sslnegotiation=direct)──► StartDirectTls (bytes left in input)
 //!       │  ├─SSLRequest/GSSENCRequest──► 'N', stay
 //!       │  └─CancelRequest──► Cancel(key) → Closed
 //!       ▼ StartupMessage 3.x (NegotiateProtocolVersion if 3.1+ or _pq_ options)
@@ -38,6 +39,12 @@ use super::reply::{self, TransactionStatus};
 /// How many SSLRequest/GSSENCRequest packets a client may send before its StartupMessage. The
 /// server accepts one of each; more is a client looping.
 pub const MAX_NEGOTIATION_PACKETS: usize = 2;
+
+/// The content type of a TLS handshake record: the first byte of a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The ALPN protocol PostgreSQL clients offer and a direct TLS connection must negotiate.
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
 /// Per-listener settings the session needs.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +99,12 @@ pub enum ClientEvent {
     /// `S` was written: flush it, run the TLS handshake, call
     /// [`ClientSession::tls_established`], continue with decrypted bytes.
     StartTls,
+    /// The client opened with a TLS ClientHello instead of an SSLRequest (libpq 17+
+    /// `sslnegotiation=direct`). The hello is still in the input buffer: hand all of it to the
+    /// TLS handshake, require the `postgresql` ALPN protocol (as the server does, so a TLS
+    /// connection meant for another service cannot be replayed here), then call
+    /// [`ClientSession::tls_established`].
+    StartDirectTls,
     /// A cancel request: look the key up among the gateway's sessions, forward the cancel to the
     /// matching upstream, close this connection without replying (as the server does).
     Cancel(CancelKey),
@@ -166,6 +179,20 @@ impl ClientSession {
         let limits = self.config.limits;
         match self.state {
             ClientState::ExpectStartup => {
+                // A startup packet's length word starting with 0x16 would announce hundreds of
+                // megabytes, so a first byte of 0x16 can only be a TLS handshake record.
+                if !self.tls_active
+                    && self.negotiations == 0
+                    && input.first() == Some(&TLS_HANDSHAKE_RECORD)
+                {
+                    if !self.config.tls_available {
+                        return Err(PgError::client(
+                            "direct TLS connection refused: this listener has no TLS configured",
+                        ));
+                    }
+                    self.negotiations = MAX_NEGOTIATION_PACKETS;
+                    return Ok(Some(ClientEvent::StartDirectTls));
+                }
                 let Some(packet) = frontend::decode_startup(input, &limits)? else {
                     return Ok(None);
                 };

@@ -37,7 +37,7 @@ use monoio::net::TcpStream;
 use recorder::{Direction, FrameRecord, Micros, Outcome, SessionEnd, SessionInfo};
 
 use super::backend;
-use super::client_session::{ClientConfig, ClientEvent, ClientSession};
+use super::client_session::{ALPN_POSTGRESQL, ClientConfig, ClientEvent, ClientSession};
 use super::frontend::FrontendFrame;
 use super::frontend::{self, CancelKey, FrontendMessage};
 use super::hold::{Held, HeldEnd};
@@ -659,7 +659,12 @@ impl Relay<'_> {
                     return Step::End;
                 }
                 Some(ClientEvent::Replied | ClientEvent::Skipped) => {}
-                Some(ClientEvent::StartTls | ClientEvent::Cancel(_) | ClientEvent::Token(_)) => {
+                Some(
+                    ClientEvent::StartTls
+                    | ClientEvent::StartDirectTls
+                    | ClientEvent::Cancel(_)
+                    | ClientEvent::Token(_),
+                ) => {
                     return Step::Fatal(PgError::client("startup message after authentication"));
                 }
             }

@@ -86,6 +86,11 @@ pub fn client_session(data: &[u8]) {
                 );
             }
             Ok(Some(ClientEvent::StartTls)) => session.tls_established(),
+            Ok(Some(ClientEvent::StartDirectTls)) => {
+                // The hello would go to the handshake; drop it and go on in clear.
+                input.clear();
+                session.tls_established();
+            }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => break,
         }

@@ -17,6 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::config::{ConnectionConfig, PasswordSource, UpstreamTls};
 use crate::postgres::Limits;
+use crate::postgres::client_session::ALPN_POSTGRESQL;
 use crate::postgres::upstream_auth::{UpstreamCredential, UpstreamPassword};
 
 /// Largest password file read: a password is a line, anything larger is a wrong path.
@@ -167,12 +168,15 @@ fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("private key `{}`: {e}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key do not work together: {e}"))?;
+    // libpq 17+ offers `postgresql`; a client offering only other protocols is refused during
+    // the handshake, as PostgreSQL does. Clients offering none are served.
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -356,3 +356,46 @@ fn password_message_after_authentication_is_refused() {
     assert_eq!(err.sqlstate().as_str(), "08P01");
     assert!(err.to_string().contains("after authentication"), "{err}");
 }
+
+#[test]
+fn a_tls_client_hello_first_starts_direct_tls_and_keeps_the_bytes() {
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    let mut s = ClientSession::new(config(true, false));
+    let (mut out, mut input) = (BytesMut::new(), BytesMut::from(&hello[..]));
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::StartDirectTls)
+    );
+    assert_eq!(
+        &input[..],
+        &hello[..],
+        "the hello is left for the handshake"
+    );
+    assert!(out.is_empty(), "nothing is answered in clear");
+    s.tls_established();
+    // Inside the TLS session an SSLRequest is a protocol violation, as after an `S`.
+    let mut input = BytesMut::new();
+    frontend::encode_ssl_request(&mut input);
+    assert!(s.read(&mut input, &mut out).is_err());
+
+    // Without TLS configured, a hello is refused instead of misread as a startup packet.
+    let mut s = ClientSession::new(config(false, true));
+    let mut input = BytesMut::from(&hello[..]);
+    let e = s.read(&mut input, &mut out).unwrap_err();
+    assert!(e.to_string().contains("direct TLS"), "{e}");
+}
+
+#[test]
+fn a_client_hello_after_an_ssl_request_answer_is_not_direct_tls() {
+    // After 'N' the next packet must be a startup packet; a 0x16 there is an oversized length.
+    let mut s = ClientSession::new(config(false, true));
+    let mut out = BytesMut::new();
+    let mut input = BytesMut::new();
+    frontend::encode_ssl_request(&mut input);
+    assert_eq!(
+        s.read(&mut input, &mut out).unwrap(),
+        Some(ClientEvent::Replied)
+    );
+    let mut input = BytesMut::from(&b"\x16\x03\x01\x00\x05hello"[..]);
+    assert!(s.read(&mut input, &mut out).is_err());
+}

@@ -20,9 +20,6 @@ pub(super) async fn startup(
             Ok(Some(ClientEvent::Token(token))) => return Ok(Some(token)),
             Ok(Some(ClientEvent::StartTls)) => {
                 client.write(&mut out).await.map_err(|e| e.to_string())?;
-                let Some(config) = &route.server_tls else {
-                    return Err("client asked for tls that is not configured".into());
-                };
                 if !cin.is_empty() {
                     // Sent in clear before the handshake: it would be injected into the
                     // encrypted session.
@@ -30,19 +27,12 @@ pub(super) async fn startup(
                     client.fatal(session, &e).await;
                     return Err(e.to_string());
                 }
-                let tcp = match client.transport.take() {
-                    Some(Transport::Plain(tcp)) => tcp,
-                    other => {
-                        client.transport = other;
-                        return Err("tls requested twice".into());
-                    }
-                };
-                let conn = transport::server_connection(config).map_err(|e| e.to_string())?;
-                let tls = TlsStream::handshake(tcp, conn)
-                    .await
-                    .map_err(|e| format!("client tls handshake failed: {e}"))?;
-                client.transport = Some(Transport::TlsServer(Box::new(tls)));
-                session.tls_established();
+                start_tls(client, session, route, Vec::new(), false).await?;
+            }
+            Ok(Some(ClientEvent::StartDirectTls)) => {
+                // The ClientHello is in `cin`: it goes to rustls, not to the decoder.
+                let hello = cin.split().to_vec();
+                start_tls(client, session, route, hello, true).await?;
             }
             Ok(Some(ClientEvent::Cancel(key))) => {
                 forward_cancel(ws, key).await;
@@ -70,6 +60,43 @@ pub(super) async fn startup(
             }
         }
     }
+}
+
+/// Runs the client-side TLS handshake on the plain connection, starting from `already_read`
+/// (a direct-TLS ClientHello). A direct connection must negotiate the `postgresql` ALPN
+/// protocol, as the server requires, so TLS meant for another service is not taken as ours.
+async fn start_tls(
+    client: &mut Client<'_>,
+    session: &mut ClientSession,
+    route: &PgRoute,
+    already_read: Vec<u8>,
+    direct: bool,
+) -> Result<(), String> {
+    let Some(config) = &route.server_tls else {
+        return Err("client asked for tls that is not configured".into());
+    };
+    let tcp = match client.transport.take() {
+        Some(Transport::Plain(tcp)) => tcp,
+        other => {
+            client.transport = other;
+            return Err("tls requested twice".into());
+        }
+    };
+    let conn = transport::server_connection(config).map_err(|e| e.to_string())?;
+    let tls = TlsStream::handshake_after(tcp, conn, already_read)
+        .await
+        .map_err(|e| format!("client tls handshake failed: {e}"))?;
+    let alpn_ok = tls.connection().alpn_protocol() == Some(ALPN_POSTGRESQL);
+    client.transport = Some(Transport::TlsServer(Box::new(tls)));
+    session.tls_established();
+    if direct && !alpn_ok {
+        let e = PgError::client(
+            "direct TLS connection established without the `postgresql` ALPN protocol",
+        );
+        client.fatal(session, &e).await;
+        return Err(e.to_string());
+    }
+    Ok(())
 }
 
 pub(super) fn verify(
