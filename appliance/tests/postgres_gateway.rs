@@ -35,6 +35,12 @@ match.statement = ["drop", "truncate"]
 action = "deny"
 message = "schema changes go through migrations"
 
+[[rule]]
+id = "no-server-files"
+match.statement = ["admin_function"]
+action = "deny"
+message = "server-side file access is not allowed"
+
 [[mask]]
 columns = ["email"]
 strategy = "redact"
@@ -684,5 +690,136 @@ fn bad_input_gets_an_error_or_a_close_and_the_gateway_keeps_serving() {
         let out = psql(gw.addr("orders-db"), "require", &token, "SELECT 41 + 1");
         assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), "42");
+    }
+}
+
+/// Sends a fast-path FunctionCall of `oid` with int4 arguments, text result, and reads to
+/// ReadyForQuery.
+fn function_call(raw: &mut Raw, oid: u32, args: &[&[u8]]) -> Vec<(u8, Vec<u8>)> {
+    let mut body = oid.to_be_bytes().to_vec();
+    body.extend_from_slice(&1u16.to_be_bytes());
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body.extend_from_slice(&(args.len() as u16).to_be_bytes());
+    for a in args {
+        body.extend_from_slice(&(a.len() as i32).to_be_bytes());
+        body.extend_from_slice(a);
+    }
+    body.extend_from_slice(&0u16.to_be_bytes());
+    let mut msg = vec![b'F'];
+    msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    msg.extend_from_slice(&body);
+    raw.s.write_all(&msg).unwrap();
+    raw.until_ready()
+}
+
+#[test]
+fn large_objects_over_the_fast_path_are_decided_masked_and_recorded() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    for driver in DRIVERS {
+        let setup = setup();
+        let (extra, connections) = gateway_config(&setup, &cluster);
+        let mut gw: Gateway = start(driver, &extra, &connections);
+        let (tls, plain) = (gw.addr("orders-db"), gw.addr("orders-plain"));
+        let token = mint(&setup, "alice", "engineering", "15m");
+        let d = setup.dir.path();
+
+        // psql's \lo_import and \lo_export run on libpq's fast-path calls (lo_creat, lo_open,
+        // lowrite, loread, lo_close): allowed, and the exported bytes are masked on the way out.
+        let original = format!("contact card {CARD} on file\n");
+        std::fs::write(d.join("in.txt"), &original).unwrap();
+        let import = format!("\\lo_import {}", d.join("in.txt").display());
+        let out = psql(tls, "require", &token, &import);
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        let oid = text(&out.stdout)
+            .split_whitespace()
+            .last()
+            .and_then(|w| w.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{driver}: no OID in {}", text(&out.stdout)));
+        // What was written upstream is the caller's data, unmasked (masking is on the way out).
+        let stored = cluster.admin_sql(
+            &cluster.database,
+            &format!("SELECT convert_from(lo_get({oid}), 'UTF8')"),
+        );
+        assert!(stored.contains(CARD), "{driver}: stored {stored:?}");
+
+        let export = format!("\\lo_export {oid} {}", d.join("out.txt").display());
+        let out = psql(tls, "require", &token, &export);
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        let exported = std::fs::read_to_string(d.join("out.txt")).unwrap();
+        assert!(
+            !exported.contains(CARD),
+            "{driver}: card left unmasked: {exported}"
+        );
+        assert!(
+            exported.starts_with("contact card ") && exported.contains("1111 on file"),
+            "{driver}: partial mask keeps the last 4 and the rest: {exported:?}"
+        );
+
+        // Server-side lo_import over the fast path (OID 764) is the admin function the policy
+        // denies: 42501, and the server never sees it.
+        let (mut raw, _) = Raw::login(plain, &token);
+        let answer = function_call(&mut raw, 764, &[b"/etc/hostname"]);
+        assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{driver}");
+        assert!(
+            text(&answer.iter().find(|(t, _)| *t == b'E').unwrap().1).contains("no-server-files"),
+            "{driver}: {answer:?}"
+        );
+        // A function the gateway cannot name (a user function's OID) is refused.
+        let answer = function_call(&mut raw, 16_384, &[]);
+        assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{driver}");
+        assert!(
+            text(&answer.iter().find(|(t, _)| *t == b'E').unwrap().1).contains("OID 16384"),
+            "{driver}: {answer:?}"
+        );
+        // The session is still usable after both refusals.
+        raw.send_query("SELECT 1");
+        let answer = raw.until_ready();
+        assert!(
+            answer.iter().any(|(t, _)| *t == b'D'),
+            "{driver}: {answer:?}"
+        );
+        drop(raw);
+        let denied_imports = cluster.admin_sql(
+            &cluster.database,
+            "SELECT count(*) FROM pg_largeobject_metadata",
+        );
+        assert_eq!(
+            denied_imports.trim(),
+            "1",
+            "{driver}: only psql's import ran"
+        );
+        cluster.admin_sql(&cluster.database, &format!("SELECT lo_unlink({oid})"));
+
+        // Every call is on record as its SQL form, with its decision.
+        gw.signal("TERM");
+        gw.wait_exit(Duration::from_secs(60))
+            .expect("gateway exits after SIGTERM");
+        let (_, commands) = read_recordings(&d.join("recordings"));
+        let texts: Vec<(String, String)> = commands
+            .iter()
+            .filter_map(|c| Some((c.text.clone()?, c.decision.clone())))
+            .collect();
+        for call in ["lo_open", "lowrite", "loread", "lo_close"] {
+            let sql = format!("SELECT pg_catalog.{call}(...)");
+            assert!(
+                texts.iter().any(|(t, d)| *t == sql && d == "allow"),
+                "{driver}: no allowed {sql} in {texts:?}"
+            );
+        }
+        assert!(
+            texts
+                .iter()
+                .any(|(t, d)| t == "SELECT pg_catalog.lo_import(...)" && d == "deny"),
+            "{driver}: {texts:?}"
+        );
+        let masked: u64 = commands
+            .iter()
+            .filter(|c| c.text.as_deref() == Some("SELECT pg_catalog.loread(...)"))
+            .map(|c| c.masked_values)
+            .sum();
+        assert!(masked >= 1, "{driver}: the masked read is counted");
     }
 }

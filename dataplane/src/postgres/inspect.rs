@@ -159,6 +159,8 @@ pub struct Inspector {
     shapes: ResultShapes<Vec<Column>>,
     columns: Option<Vec<Column>>,
     unknown_column: ColumnMask,
+    /// How the answer to the last fast-path call forwarded may be masked.
+    fastpath_result: ValueKind,
     copy_out: Option<StreamMasker>,
     /// Binary COPY-out: column types unknown, so a detector hit becomes NULL.
     copy_out_binary: Option<BinaryCopyRewriter>,
@@ -202,6 +204,7 @@ impl Inspector {
             limits,
             columns: None,
             unknown_column,
+            fastpath_result: ValueKind::Other,
             copy_out: None,
             copy_out_binary: None,
             copy_in: false,
@@ -314,9 +317,17 @@ impl Inspector {
                 self.statements.close(*target, name);
                 ClientVerdict::Forward
             }
-            FrontendMessage::FunctionCall { .. } => {
-                // A fast-path function call names a function by OID: nothing a rule can match,
-                // so it is refused (fail closed).
+            FrontendMessage::FunctionCall { function_oid } => {
+                // Decided as the SQL form of the call; see `fastpath`.
+                if let Some(name) = super::fastpath::function_name(*function_oid) {
+                    let sql = Bytes::from(super::fastpath::equivalent_sql(name));
+                    let verdict = self.on_sql(&sql, None, scratch, recorder_accepting, record);
+                    // libpq never pipelines fast-path calls; a client that does gets its later
+                    // call's result kind applied, which can only withhold more, or rewrite bytes
+                    // of its own integer result.
+                    self.fastpath_result = super::fastpath::result_kind(name);
+                    return verdict;
+                }
                 let r = self.new_record(
                     "function_call".into(),
                     None,
@@ -326,7 +337,10 @@ impl Inspector {
                 record(CommandEvent::Finished(r));
                 ClientVerdict::Refuse(PgError::StatementDenied {
                     rule: DEFAULT_RULE.into(),
-                    message: "fast-path function calls are not allowed through the gateway".into(),
+                    message: format!(
+                        "fast-path call of function OID {function_oid} refused: only the \
+                         built-in large-object functions may be called this way; use SQL"
+                    ),
                 })
             }
             _ => ClientVerdict::Forward,
@@ -776,6 +790,39 @@ impl Inspector {
                     copy_data(out, &self.cell);
                 }
                 out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::FunctionCallResponse(value) => {
+                // The one result of a fast-path call (for `loread`, large-object bytes): no
+                // column to match, so only detectors apply, as for a value of an undescribed
+                // column in binary COPY; binary values stay valid when rewritten.
+                let before = self.stats.total();
+                let masked = match value {
+                    Some(v) if !self.masker.is_empty() => {
+                        self.cell.clear();
+                        let outcome = self.masker.mask_value(
+                            &self.unknown_column,
+                            self.fastpath_result,
+                            v,
+                            &mut self.cell,
+                            &mut self.stats,
+                        );
+                        match outcome {
+                            MaskOutcome::Unchanged => None,
+                            MaskOutcome::Null => Some(None),
+                            MaskOutcome::Rewritten => Some(Some(&self.cell[..])),
+                        }
+                    }
+                    _ => None,
+                };
+                match masked {
+                    Some(v) => rewrite::function_call_response(v, &self.limits, out)?,
+                    None => out.extend_from_slice(&frame.raw),
+                }
+                self.count_masked(before);
+                if let Some(p) = self.current_mut() {
+                    p.record.bytes = p.record.bytes.saturating_add(frame.raw.len() as u64);
+                }
+                self.finish_current(None, None, record);
             }
             BackendMessage::CommandComplete { tag } => {
                 self.shapes.on_execute_end();

@@ -11,6 +11,7 @@
 //! - [`rewrite`]: DataRow re-encoding for masking; [`statement`]: SQL text, prepared statements,
 //!   portals, row counts; [`limits`]: every peer-controlled size;
 //! - [`cancel`]: the gateway's own cancel keys, routable to the owning core;
+//! - [`fastpath`]: which fast-path function calls can be decided, as what SQL;
 //! - [`sequencer`]: keeps the gateway's own replies in order among pipelined upstream replies;
 //! - [`fuzzing`]: entry points for fuzz targets and smoke tests.
 //!
@@ -25,6 +26,7 @@ pub mod cancel;
 pub mod client_session;
 pub mod driver;
 pub mod error;
+pub mod fastpath;
 pub mod frontend;
 pub mod fuzzing;
 mod hold;

@@ -149,6 +149,31 @@ where
     Ok(stats)
 }
 
+/// Appends a FunctionCallResponse carrying `value` (None: SQL NULL). A masked value can be
+/// longer than the original, so the length is checked as for a DataRow; on error `out` is
+/// left as it was.
+pub fn function_call_response(
+    value: Option<&[u8]>,
+    limits: &Limits,
+    out: &mut BytesMut,
+) -> Result<(), PgError> {
+    let len = value.map_or(0, <[u8]>::len).saturating_add(8);
+    if len > limits.max_message_len || len > i32::MAX as usize {
+        return Err(PgError::internal(format!(
+            "rewritten FunctionCallResponse of {len} bytes exceeds the limit of {} bytes",
+            limits.max_message_len
+        )));
+    }
+    framed(out, b'V', |b| match value {
+        None => b.put_i32(-1),
+        Some(v) => {
+            b.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+            b.put_slice(v);
+        }
+    });
+    Ok(())
+}
+
 /// Column name, type and format per column of a RowDescription: what column rules match on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
