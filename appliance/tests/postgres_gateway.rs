@@ -823,3 +823,89 @@ fn large_objects_over_the_fast_path_are_decided_masked_and_recorded() {
         assert!(masked >= 1, "{driver}: the masked read is counted");
     }
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it with `alg` (the algorithm the
+/// channel-binding hash follows): (CA PEM, server certificate PEM, server key PEM).
+fn upstream_pki(alg: &'static rcgen::SignatureAlgorithm) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    (ca.pem(), server.pem(), server_key.serialize_pem())
+}
+
+#[test]
+fn upstream_tls_is_verified_and_the_scram_login_is_bound_to_the_channel() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    // Signed with SHA-384: the binding hash must follow the certificate, not default to SHA-256
+    // (a wrong hash makes the server refuse the login).
+    let (ca, cert, key) = upstream_pki(&rcgen::PKCS_ECDSA_P384_SHA384);
+    cluster.enable_tls(&cert, &key);
+    let (other_ca, _, _) = upstream_pki(&rcgen::PKCS_ECDSA_P256_SHA256);
+    for driver in DRIVERS {
+        let setup = setup();
+        let d = setup.dir.path();
+        std::fs::write(d.join("db-ca.pem"), &ca).unwrap();
+        std::fs::write(d.join("other-ca.pem"), &other_ca).unwrap();
+        std::fs::write(d.join("db.password"), format!("{}\n", cluster.password)).unwrap();
+        let conn = |name: &str, ca_file: &str| {
+            common::pg_connection(
+                d,
+                name,
+                &cluster.addr(),
+                &cluster.database,
+                &cluster.user,
+                true,
+                "",
+            )
+            .replace(
+                "upstream_tls = \"disable\"",
+                &format!(
+                    "upstream_tls = \"verify-full\"\nupstream_ca = \"{}\"",
+                    d.join(ca_file).display()
+                ),
+            )
+        };
+        let connections = format!(
+            "{}{}\n{}",
+            common::local_identity(d),
+            conn("orders-db", "db-ca.pem"),
+            conn("orders-plain", "other-ca.pem"),
+        );
+        let gw: Gateway = start(driver, &common::dirs_under(d), &connections);
+        let token = mint(&setup, "alice", "engineering", "15m");
+
+        // The gateway's own session to the server is encrypted, and logged in with
+        // SCRAM-SHA-256-PLUS over it.
+        let out = psql(
+            gw.addr("orders-db"),
+            "require",
+            &token,
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        );
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "t", "{driver}");
+        gw.wait_log("\"method\":\"SCRAM-SHA-256-PLUS\"");
+
+        // A server whose certificate does not chain to the configured CA is refused before
+        // any credential is sent; the caller learns it is an upstream TLS failure.
+        let out = psql(gw.addr("orders-plain"), "require", &token, "SELECT 1");
+        assert!(!out.status.success(), "{driver}: connected past a wrong CA");
+        let err = text(&out.stderr);
+        assert!(err.contains("tls handshake failed"), "{driver}: {err}");
+        assert!(!err.contains(&cluster.password), "{driver}: {err}");
+        assert!(
+            !cluster.log().contains("password authentication failed"),
+            "{driver}: a login was attempted past the failed verification"
+        );
+    }
+}

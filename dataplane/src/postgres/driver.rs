@@ -37,6 +37,7 @@ use monoio::net::TcpStream;
 use recorder::{Direction, FrameRecord, Micros, Outcome, SessionEnd, SessionInfo};
 
 use super::backend;
+use super::channel_binding;
 use super::client_session::{ALPN_POSTGRESQL, ClientConfig, ClientEvent, ClientSession};
 use super::frontend::FrontendFrame;
 use super::frontend::{self, CancelKey, FrontendMessage};
@@ -292,6 +293,8 @@ pub async fn serve(
             return totals;
         }
     };
+    // One line per upstream login: shows an operator that channel binding is in use.
+    tracing::info!(connection = %route.name, upstream = %route.upstream_label, method = ready.method, "upstream login");
     let cancel_key = register_cancel(ws, route, &ready);
     let mut out = BytesMut::new();
     let greeted = session

@@ -23,6 +23,7 @@ mod codec;
 
 pub mod backend;
 pub mod cancel;
+mod channel_binding;
 pub mod client_session;
 pub mod driver;
 pub mod error;

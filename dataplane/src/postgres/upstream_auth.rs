@@ -65,6 +65,9 @@ pub struct UpstreamReady {
     pub cancel_key: Option<CancelKey>,
     /// Transaction status from the first ReadyForQuery.
     pub status: TransactionStatus,
+    /// How the gateway authenticated: `SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`, `md5`,
+    /// `password` or `trust`; logged so an operator can see channel binding is in use.
+    pub method: &'static str,
 }
 
 /// Progress after one server message.
@@ -109,6 +112,7 @@ pub struct UpstreamAuth {
     tls_server_end_point: Option<Vec<u8>>,
     parameters: Vec<(Bytes, Bytes)>,
     cancel_key: Option<CancelKey>,
+    method: &'static str,
 }
 
 impl std::fmt::Debug for UpstreamAuth {
@@ -150,6 +154,7 @@ impl UpstreamAuth {
             tls_server_end_point,
             parameters: Vec::new(),
             cancel_key: None,
+            method: "trust",
         }
     }
 
@@ -222,7 +227,9 @@ impl UpstreamAuth {
         }
         self.state = match (state, message) {
             (State::ExpectAuthRequest, BackendMessage::Authentication(auth)) => {
-                self.answer_request(auth, out)?
+                let (state, method) = self.answer_request(auth, out)?;
+                self.method = method;
+                state
             }
             (
                 State::ExpectSaslContinue(mut scram),
@@ -265,6 +272,7 @@ impl UpstreamAuth {
                     parameters: std::mem::take(&mut self.parameters),
                     cancel_key: self.cancel_key,
                     status: *status,
+                    method: self.method,
                 }));
             }
             (state, message) => {
@@ -278,18 +286,23 @@ impl UpstreamAuth {
         Ok(AuthProgress::Continue)
     }
 
-    fn answer_request(&self, auth: &Authentication, out: &mut BytesMut) -> Result<State, PgError> {
+    /// Answers an authentication request; the next state and the method's name.
+    fn answer_request(
+        &self,
+        auth: &Authentication,
+        out: &mut BytesMut,
+    ) -> Result<(State, &'static str), PgError> {
         match auth {
             // Trust authentication: the server asks for nothing.
-            Authentication::Ok => Ok(State::ExpectReady),
+            Authentication::Ok => Ok((State::ExpectReady, "trust")),
             Authentication::CleartextPassword => {
                 frontend::encode_password(out, self.password.expose());
-                Ok(State::ExpectAuthOk)
+                Ok((State::ExpectAuthOk, "password"))
             }
             Authentication::Md5Password { salt } => {
                 let hash = md5_hash(self.user.as_bytes(), self.password.expose(), *salt);
                 frontend::encode_password(out, hash.as_bytes());
-                Ok(State::ExpectAuthOk)
+                Ok((State::ExpectAuthOk, "md5"))
             }
             Authentication::Sasl { mechanisms } => {
                 let offers = |m: &str| mechanisms.iter().any(|o| o.as_ref() == m.as_bytes());
@@ -311,7 +324,7 @@ impl UpstreamAuth {
                 };
                 let scram = ScramSha256::new(self.password.expose(), binding);
                 frontend::encode_sasl_initial_response(out, mechanism.as_bytes(), scram.message());
-                Ok(State::ExpectSaslContinue(Box::new(scram)))
+                Ok((State::ExpectSaslContinue(Box::new(scram)), mechanism))
             }
             other @ (Authentication::SaslContinue(_)
             | Authentication::SaslFinal(_)

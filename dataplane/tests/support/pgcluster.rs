@@ -262,6 +262,43 @@ impl PgCluster {
         cluster
     }
 
+    /// Turns TLS on with this certificate and key (a reload, no restart): the server then
+    /// also offers SCRAM-SHA-256-PLUS, so logins over TLS can be bound to the channel.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        let (cert, key) = (
+            self.datadir.join("server.crt"),
+            self.datadir.join("server.key"),
+        );
+        std::fs::write(&cert, cert_pem).expect("write server.crt");
+        std::fs::write(&key, key_pem).expect("write server.key");
+        // The server refuses a key file others can read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("restrict server.key");
+        if let Some(user) = &self.run_as {
+            check(
+                Command::new("chown")
+                    .arg(format!("{user}:"))
+                    .arg(&cert)
+                    .arg(&key)
+                    .output()
+                    .expect("run chown"),
+                "chown of the server certificate",
+            );
+        }
+        self.admin_sql("postgres", "ALTER SYSTEM SET ssl = on");
+        self.admin_sql("postgres", "SELECT pg_reload_conf()");
+        // The reload is asynchronous: wait until new sessions see it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.admin_sql("postgres", "SHOW ssl").trim() != "on" {
+            assert!(
+                Instant::now() < deadline,
+                "ssl did not turn on:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn command(&self, tool: &str) -> Command {
         let program = self.bindir.join(tool);
         match &self.run_as {

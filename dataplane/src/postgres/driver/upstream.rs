@@ -27,6 +27,7 @@ pub(super) async fn connect_upstream(
     let _ = tcp.set_nodelay(true);
     let mut upstream = Transport::Plain(tcp);
     let mut uin = BytesMut::new();
+    let mut end_point = None;
     if route.upstream_tls != UpstreamTls::Disable {
         let mut req = BytesMut::new();
         frontend::encode_ssl_request(&mut req);
@@ -60,6 +61,11 @@ pub(super) async fn connect_upstream(
             .map_err(|e| PgError::UpstreamConnect {
                 reason: format!("tls handshake failed: {e}"),
             })?;
+        end_point = tls
+            .connection()
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| channel_binding::tls_server_end_point(leaf));
         upstream = Transport::TlsClient(Box::new(tls));
     }
     let extra: Vec<(&[u8], &[u8])> = params
@@ -67,7 +73,7 @@ pub(super) async fn connect_upstream(
         .map(|(n, v)| (n.as_ref(), v.as_ref()))
         .collect();
     let mut uout = BytesMut::new();
-    let mut auth = UpstreamAuth::start(credential, &extra, None, &mut uout);
+    let mut auth = UpstreamAuth::start(credential, &extra, end_point, &mut uout);
     let ready = monoio::time::timeout(route.connect_timeout, async {
         loop {
             if !uout.is_empty() {
