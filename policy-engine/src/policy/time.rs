@@ -1,19 +1,45 @@
-//! Access time windows: `hours = "Mon-Fri 07:00-19:00 +01:00"`.
+//! Access time windows: `hours = "Mon-Fri 07:00-19:00 Europe/Paris"`.
 //!
-//! Supports UTC and fixed offsets only. Named zones (`Europe/Paris`) are rejected at load with
-//! a clear message rather than guessed, because daylight-saving rules need a time zone database
-//! that the appliance does not ship yet.
+//! The zone is UTC, a fixed offset, or an IANA name. A named zone's window follows the wall
+//! clock there, daylight-saving changes included: the offset is looked up for the instant being
+//! checked. Names resolve at load against the host's time zone database
+//! (`/usr/share/zoneinfo`), or the copy built into the binary when the host has none, so an
+//! unknown name is a load error, never a silent UTC.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A weekly window: days of the week and a time range in a fixed UTC offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+
+/// A weekly window: days of the week and a time range in a time zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hours {
     /// Bit 0 = Monday ... bit 6 = Sunday.
     days: u8,
     start_min: u16,
     end_min: u16,
-    offset_secs: i32,
+    zone: Zone,
+}
+
+/// The zone a window's times are read in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Zone {
+    /// Seconds east of UTC.
+    Fixed(i32),
+    /// An IANA zone: the offset depends on the date.
+    Named(TimeZone),
+}
+
+impl Zone {
+    /// Seconds east of UTC at `unix_secs`.
+    fn offset_at(&self, unix_secs: i64) -> i32 {
+        match self {
+            Zone::Fixed(secs) => *secs,
+            Zone::Named(tz) => Timestamp::from_second(unix_secs)
+                .map(|t| tz.to_offset(t).seconds())
+                .unwrap_or(0),
+        }
+    }
 }
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -22,7 +48,7 @@ type ParseError = (String, Option<String>);
 
 impl Hours {
     /// Parses `DAYS HH:MM-HH:MM [ZONE]`: DAYS is `Mon-Fri`, `Mon,Wed,Fri`, `Sat-Sun` or `*`;
-    /// ZONE is `UTC` (default), `Z`, or an offset `+01:00` / `-0530`. An end before the start
+    /// ZONE is `UTC` (default), `Z`, an offset `+01:00` / `-0530`, or an IANA name. An end before the start
     /// spans midnight; the day is the day the window starts.
     pub fn parse(s: &str) -> Result<Hours, ParseError> {
         let bad = |m: String| -> ParseError {
@@ -45,17 +71,23 @@ impl Hours {
             .ok_or_else(|| bad(format!("bad time range `{range}`")))?;
         let start_min = parse_hhmm(a).ok_or_else(|| bad(format!("bad time `{a}`")))?;
         let end_min = parse_hhmm(b).ok_or_else(|| bad(format!("bad time `{b}`")))?;
-        let offset_secs = parse_zone(zone).ok_or_else(|| {
-            (
-                format!("time zone `{zone}` is not supported"),
-                Some("use `UTC` or a fixed offset such as `+01:00` (named zones are not supported yet)".into()),
-            )
-        })?;
+        let zone = match parse_offset(zone) {
+            Some(secs) => Zone::Fixed(secs),
+            None => TimeZone::get(zone).map(Zone::Named).map_err(|e| {
+                (
+                    format!("unknown time zone `{zone}`: {e}"),
+                    Some(
+                        "use an IANA name such as `Europe/Paris`, `UTC`, or a fixed offset such as `+01:00`"
+                            .into(),
+                    ),
+                )
+            })?,
+        };
         Ok(Hours {
             days,
             start_min,
             end_min,
-            offset_secs,
+            zone,
         })
     }
 
@@ -65,7 +97,7 @@ impl Hours {
             Ok(d) => d.as_secs() as i64,
             Err(_) => return false,
         };
-        let local = secs + i64::from(self.offset_secs);
+        let local = secs + i64::from(self.zone.offset_at(secs));
         let day = local.div_euclid(86_400);
         let minute = (local.rem_euclid(86_400) / 60) as u16;
         // 1970-01-01 was a Thursday (index 3 with Monday = 0).
@@ -113,7 +145,8 @@ fn parse_hhmm(s: &str) -> Option<u16> {
     Some(h * 60 + m)
 }
 
-fn parse_zone(z: &str) -> Option<i32> {
+/// `UTC`, `Z`, `GMT` or a fixed offset: seconds east of UTC.
+fn parse_offset(z: &str) -> Option<i32> {
     if z.eq_ignore_ascii_case("utc") || z == "Z" || z.eq_ignore_ascii_case("gmt") {
         return Some(0);
     }
@@ -163,10 +196,29 @@ mod tests {
     }
 
     #[test]
-    fn named_zones_are_rejected_with_a_hint() {
-        let (msg, hint) = Hours::parse("Mon-Fri 07:00-19:00 Europe/Paris").unwrap_err();
-        assert!(msg.contains("`Europe/Paris`"), "{msg}");
-        assert!(hint.unwrap().contains("+01:00"));
+    fn named_zones_follow_daylight_saving_time() {
+        let h = Hours::parse("Mon-Fri 07:00-19:00 Europe/Paris").unwrap();
+        // Thursday 2026-11-26, winter (+01:00): 06:30 UTC is 07:30 in Paris, 18:30 UTC is
+        // 19:30.
+        let thu_0630utc = 1_795_674_600;
+        assert!(h.contains(at(thu_0630utc)));
+        assert!(!h.contains(at(thu_0630utc - 3600)));
+        assert!(!h.contains(at(thu_0630utc + 12 * 3600)));
+        // Thursday 2026-07-02, summer (+02:00): 05:30 UTC is 07:30 in Paris; a fixed +01:00
+        // window would still be closed.
+        let summer_0530utc = 1_782_970_200;
+        assert!(h.contains(at(summer_0530utc)));
+        let fixed = Hours::parse("Mon-Fri 07:00-19:00 +01:00").unwrap();
+        assert!(!fixed.contains(at(summer_0530utc)));
+        // 17:30 UTC is 19:30 in Paris in summer: closed.
+        assert!(!h.contains(at(summer_0530utc + 12 * 3600)));
+    }
+
+    #[test]
+    fn unknown_zones_are_rejected_with_a_hint() {
+        let (msg, hint) = Hours::parse("Mon-Fri 07:00-19:00 Europe/Atlantis").unwrap_err();
+        assert!(msg.contains("`Europe/Atlantis`"), "{msg}");
+        assert!(hint.unwrap().contains("Europe/Paris"));
     }
 
     #[test]
