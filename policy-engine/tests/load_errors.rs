@@ -122,3 +122,59 @@ fn load_dir_skips_test_files_and_names_the_file() {
     let p = policy_engine::Policy::load_dir(dir.path()).unwrap();
     assert_eq!(p.rules().len(), 1);
 }
+
+#[test]
+fn masking_rules_are_compiled_at_load_and_errors_point_at_their_table() {
+    let load = |files: &[(&str, &str)]| {
+        let sources: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|(f, t)| (PathBuf::from(f), (*t).to_string()))
+            .collect();
+        compile_sources(&sources)
+    };
+    // A detector named by a mask rule must exist: built in, or a [[detector]] in any file.
+    let e = load(&[
+        ("00-a.toml", "[[rule]]\nid = \"r\"\naction = \"allow\"\n"),
+        (
+            "10-masks.toml",
+            "[[mask]]\ncolumns = [\"email\"]\nstrategy = \"redact\"\n\n[[mask]]\ndetectors = [\"emial\"]\nstrategy = \"redact\"\n",
+        ),
+    ])
+    .unwrap_err()
+    .0;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].file, PathBuf::from("10-masks.toml"));
+    assert_eq!((e[0].line, e[0].key.as_str()), (5, "mask[1]"));
+    assert!(e[0].message.contains("unknown detector `emial`"), "{}", e[0]);
+
+    // A custom detector's regex is compiled: an error names the detector and its line.
+    let e = load(&[
+        (
+            "00-masks.toml",
+            "[[mask]]\ndetectors = [\"ticket\"]\nstrategy = \"redact\"\n",
+        ),
+        (
+            "20-detectors.toml",
+            "[[detector]]\nname = \"ok\"\nregex = \"OK-[0-9]+\"\n\n[[detector]]\nname = \"ticket\"\nregex = \"TCK-[0-9\"\n",
+        ),
+    ])
+    .unwrap_err()
+    .0;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].file, PathBuf::from("20-detectors.toml"));
+    assert_eq!((e[0].line, e[0].key.as_str()), (5, "detector[ticket]"));
+    assert!(e[0].message.contains("invalid regex"), "{}", e[0]);
+
+    // Defined in a later file than the rule that uses it: fine.
+    let fixed = "[[detector]]\nname = \"ticket\"\nregex = \"TCK-[0-9]+\"\n";
+    assert!(
+        load(&[
+            (
+                "00-masks.toml",
+                "[[mask]]\ndetectors = [\"ticket\", \"email\"]\nstrategy = \"redact\"\n"
+            ),
+            ("20-detectors.toml", fixed),
+        ])
+        .is_ok()
+    );
+}

@@ -16,6 +16,7 @@ use super::{
     Rule, RuleId, SqlMatch, SshMatch, TableGlob, Verdict, WebhookRule,
 };
 use crate::glob::{Glob, GlobSet};
+use crate::mask::{MaskEngine, MaskError, MaskSpec};
 use crate::sql::{KindSet, StatementKind};
 
 /// Largest policy file read; larger ones are refused before reading.
@@ -186,6 +187,10 @@ struct Builder {
     errors: Vec<LoadError>,
     /// Every rule regex, for the policy-wide prefilter.
     all_regexes: Vec<String>,
+    /// Where each `[[mask]]` (in policy order) and each `[[detector]]` (by name) was written,
+    /// to point masking errors at their file and line.
+    mask_sites: Vec<(PathBuf, usize, String)>,
+    detector_sites: Vec<(PathBuf, usize, String)>,
 }
 
 struct Site<'a> {
@@ -285,6 +290,7 @@ impl Builder {
                 OneOrMany::Many(m.groups.clone()),
                 false,
             );
+            self.mask_sites.push((site.file.to_owned(), line, key));
             self.p.masks.push(MaskRule {
                 spec: m,
                 connections,
@@ -303,6 +309,8 @@ impl Builder {
                     None,
                 );
             }
+            self.detector_sites
+                .push((site.file.to_owned(), line, format!("detector[{}]", d.name)));
             self.p.detectors.push(d);
         }
         for (i, a) in raw.admin.into_iter().enumerate() {
@@ -727,6 +735,9 @@ impl Builder {
     }
 
     fn finish(mut self, sources: &[(PathBuf, String)]) -> Result<Policy, LoadErrors> {
+        if self.errors.is_empty() {
+            self.check_masks();
+        }
         if !self.errors.is_empty() {
             return Err(LoadErrors(self.errors));
         }
@@ -740,6 +751,55 @@ impl Builder {
                 .ok();
         }
         Ok(self.p)
+    }
+
+    /// Compiles the masking rules as the gateway will, so `policy check` and a reload reject
+    /// what the gateway would (an unknown detector, a bad custom regex) with file and line,
+    /// rather than the gateway failing at start. The key only has to be non-empty here.
+    fn check_masks(&mut self) {
+        let specs: Vec<MaskSpec> = self.p.masks.iter().map(|m| m.spec.clone()).collect();
+        let Err(e) = MaskEngine::compile(&specs, &self.p.detectors, b"policy-check") else {
+            return;
+        };
+        let rule_site = |rule: usize| self.mask_sites.get(rule).cloned();
+        let detector_site = |name: &str| {
+            self.detector_sites
+                .iter()
+                .find(|(_, _, key)| {
+                    key.strip_prefix("detector[")
+                        .and_then(|k| k.strip_suffix(']'))
+                        == Some(name)
+                })
+                .cloned()
+        };
+        let (site, message) = match &e {
+            MaskError::UnknownDetector { rule, name } => (
+                rule_site(*rule),
+                format!("unknown detector `{name}` (not built in, no [[detector]] of that name)"),
+            ),
+            MaskError::EmptyRule { rule } | MaskError::BadGlob { rule, .. } => {
+                (rule_site(*rule), e.to_string())
+            }
+            MaskError::BadRegex { name, .. }
+            | MaskError::UnknownValidator { name, .. }
+            | MaskError::DuplicateDetector { name } => (detector_site(name), e.to_string()),
+            _ => (self.detector_sites.first().cloned(), e.to_string()),
+        };
+        let (file, line, key) = site.unwrap_or_else(|| {
+            let file = self
+                .mask_sites
+                .first()
+                .map(|s| s.0.clone())
+                .unwrap_or_default();
+            (file, 0, String::new())
+        });
+        self.errors.push(LoadError {
+            file,
+            line,
+            key,
+            message,
+            hint: None,
+        });
     }
 }
 
