@@ -204,23 +204,36 @@ where
     ) -> io::Result<usize> {
         let want = max.min(PLAINTEXT_CHUNK);
         loop {
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            let got = buf
-                .get_mut(start..)
-                .map(|dst| self.conn.reader().read(dst))
-                .unwrap_or(Ok(0));
-            match got {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buf.truncate(start);
-                }
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(e);
+            // rustls copies into an initialised slice, so the room given to it is zeroed
+            // first: size it by what is actually decrypted, not by `want`, or every read of a
+            // 100-byte message would clear 16 KiB.
+            let state = self
+                .conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let available = state.plaintext_bytes_to_read();
+            if available == 0 && state.peer_has_closed() {
+                return Ok(0);
+            }
+            if available > 0 {
+                let start = buf.len();
+                buf.resize(start + want.min(available), 0);
+                let got = buf
+                    .get_mut(start..)
+                    .map(|dst| self.conn.reader().read(dst))
+                    .unwrap_or(Ok(0));
+                match got {
+                    Ok(n) => {
+                        buf.truncate(start + n);
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        buf.truncate(start);
+                    }
+                    Err(e) => {
+                        buf.truncate(start);
+                        return Err(e);
+                    }
                 }
             }
             // No plaintext buffered: answer whatever rustls wants to say (alerts, key updates),
