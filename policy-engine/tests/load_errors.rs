@@ -145,7 +145,11 @@ fn masking_rules_are_compiled_at_load_and_errors_point_at_their_table() {
     assert_eq!(e.len(), 1, "{e:#?}");
     assert_eq!(e[0].file, PathBuf::from("10-masks.toml"));
     assert_eq!((e[0].line, e[0].key.as_str()), (5, "mask[1]"));
-    assert!(e[0].message.contains("unknown detector `emial`"), "{}", e[0]);
+    assert!(
+        e[0].message.contains("unknown detector `emial`"),
+        "{}",
+        e[0]
+    );
 
     // A custom detector's regex is compiled: an error names the detector and its line.
     let e = load(&[
