@@ -6,6 +6,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
+    clippy::panic,
     reason = "integration test: a failed step is a failed test"
 )]
 
@@ -447,9 +448,30 @@ fn scenario(driver: &str, cluster: &PgCluster) {
     let short_id = req.split_whitespace().nth(2).unwrap().to_owned();
     ok(&cli(&gw, &bob, &["reviews", "approve", &short_id]));
     assert!(psql(vault, &dave, "SELECT 1").status.success());
+    // A session the grant admitted ends with it: its first statement after the grant's end
+    // gets a FATAL and never reaches the server.
+    let mut during = Raw::login(vault, &dave);
+    during.send_query("SELECT 'inside the grant'");
+    let answer = during.until(b'Z');
+    assert!(answer.iter().any(|(t, _)| *t == b'D'), "{answer:?}");
     std::thread::sleep(Duration::from_secs(4));
     let out = psql(vault, &dave, "SELECT 1");
     assert!(!out.status.success(), "an expired grant still admits");
+    during.send_query("SELECT 'after the grant ended'");
+    let answer = during.until(b'Z');
+    let fatal = answer
+        .iter()
+        .find(|(t, _)| *t == b'E')
+        .map(|(_, body)| text(body))
+        .unwrap_or_else(|| panic!("no error after the grant ended: {answer:?}"));
+    assert!(
+        fatal.contains("FATAL") && fatal.contains("grant for this connection has expired"),
+        "{fatal}"
+    );
+    assert!(
+        !cluster.log().contains("after the grant ended"),
+        "a statement ran after the grant ended"
+    );
 
     // 12. The grant survives a restart.
     gw.signal("TERM");

@@ -103,6 +103,22 @@ impl GrantStore {
             .any(|g| g.subject == subject && g.connection == connection && g.expires_at > now)
     }
 
+    /// When the last of `subject`'s live grants for `connection` ends, if it holds one at `now`.
+    pub fn expires(
+        &self,
+        subject: &str,
+        connection: &str,
+        now: UnixSeconds,
+    ) -> Option<UnixSeconds> {
+        self.grants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|g| g.subject == subject && g.connection == connection && g.expires_at > now)
+            .map(|g| g.expires_at)
+            .max()
+    }
+
     /// The live grants at `now`.
     pub fn list(&self, now: UnixSeconds) -> Vec<Grant> {
         self.grants

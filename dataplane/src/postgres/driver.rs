@@ -240,18 +240,31 @@ pub async fn serve(
     let snapshot = ws.shared.policy.current();
     info.policy_version = Arc::clone(&snapshot.version);
     let info = Arc::new(info);
+    let grant_until =
+        ws.shared
+            .reviews
+            .grants()
+            .expires(&identity.subject, &route.name, now_unix());
     let access = snapshot.policy.session_with(
         &route.name,
         &policy_identity(&identity),
         &policy_engine::AccessContext {
-            has_grant: ws
-                .shared
-                .reviews
-                .grants()
-                .has(&identity.subject, &route.name, now_unix()),
+            has_grant: grant_until.is_some(),
             ..policy_engine::AccessContext::default()
         },
     );
+    // A session only the grant admits ends with the grant.
+    let access_until = grant_until.filter(|_| {
+        access.is_ok()
+            && snapshot
+                .policy
+                .session_with(
+                    &route.name,
+                    &policy_identity(&identity),
+                    &policy_engine::AccessContext::default(),
+                )
+                .is_err()
+    });
     let policy = match access {
         Ok(p) => p,
         Err(why) => {
@@ -327,6 +340,9 @@ pub async fn serve(
             probe_readies: 0,
             clock: CommandClock::default(),
         };
+        if let Some(until) = access_until {
+            relay.inspector.end_access_at(until);
+        }
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
             .await;

@@ -40,7 +40,7 @@ use super::frontend::FrontendMessage;
 use super::rewrite::{self, BinaryCopyRewriter, CellEdit};
 use super::statement::{CommandTag, ResultShapes, StatementTracker};
 use super::{Limits, PgError};
-use crate::identity::{Identity, now_unix};
+use crate::identity::{Identity, UnixSeconds, now_unix};
 use crate::metrics::StageTimes;
 use crate::services::PolicySnapshot;
 
@@ -153,6 +153,9 @@ pub struct Inspector {
     masker: SessionMasker,
     identity: Arc<Identity>,
     grace: Duration,
+    /// When the session was admitted only by a just-in-time grant: the grant's end, after
+    /// which the session's next statement ends it.
+    access_until: Option<UnixSeconds>,
     limits: Limits,
     statements: StatementTracker<Meta>,
     /// Columns of described statements, for rows of an Execute described in an earlier batch.
@@ -199,6 +202,7 @@ impl Inspector {
             masker,
             identity,
             grace,
+            access_until: None,
             statements: StatementTracker::new(&limits),
             shapes: ResultShapes::new(&limits),
             limits,
@@ -347,8 +351,23 @@ impl Inspector {
         }
     }
 
+    /// The session was admitted only by a just-in-time grant ending at `until`: it ends
+    /// with the grant.
+    pub fn end_access_at(&mut self, until: UnixSeconds) {
+        self.access_until = Some(until);
+    }
+
     fn expiry_check(&mut self, record: &mut RecordFn<'_>) -> Option<ClientVerdict> {
-        if !self.identity.expired(now_unix(), self.grace) {
+        let now = now_unix();
+        if self.access_until.is_some_and(|until| now >= until) {
+            let mut r = self.new_record("grant_expired".into(), None, RecDecision::Deny, None);
+            r.error = Some(GRANT_EXPIRED.into());
+            record(CommandEvent::Finished(r));
+            return Some(ClientVerdict::Fatal(PgError::AccessDenied {
+                reason: GRANT_EXPIRED.into(),
+            }));
+        }
+        if !self.identity.expired(now, self.grace) {
             return None;
         }
         let mut r = self.new_record("token_expired".into(), None, RecDecision::Deny, None);
@@ -927,6 +946,9 @@ impl Inspector {
         }
     }
 }
+
+/// Why a session admitted by a just-in-time grant ends when the grant does.
+const GRANT_EXPIRED: &str = "the just-in-time grant for this connection has expired: request a new one with `portcullis access request`";
 
 /// The policy engine's view of a verified identity.
 pub fn policy_identity(identity: &Identity) -> policy_engine::Identity {
