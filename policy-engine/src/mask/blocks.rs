@@ -1,21 +1,25 @@
 //! Block prefilter for the built-in detectors: one pass over the region in blocks of up to
-//! 64 bytes turns each block into byte-class bitmasks (digits, separators, `@`, `:`, `=`,
+//! 64 bytes turns each block into byte-class bitmasks (digits, separators, `@`, `:`/`=`,
 //! token first bytes), and bit arithmetic on those masks yields the few positions where a
 //! validator has to look. Every detector family sees its candidates in increasing order, with
-//! the same skip rules as a dedicated scan over the whole region (`Scanner::scan_reference`),
-//! so the hits are exactly the same; a property test pins the two together.
+//! the same skip rules as its dedicated scan over the whole region
+//! (`Scanner::scan_families` with `plain`), so the hits are exactly the same; a property test
+//! pins the two together.
 //!
-//! Why masks and not one `memchr` per anchor byte: result-set cells are ~15 bytes, where the
-//! fixed cost of entering five SIMD searches (and of a byte-class table walk before them) was
-//! most of the time, and digits are dense in real rows, so a search per digit run cost more
-//! than the runs' validation. The mask loops are plain compares over fixed-size arrays, which
-//! the compiler turns into vector compares and movemasks without `unsafe`.
+//! Used for short values (result-set cells) when digit detectors are on, and for the digit
+//! family of every region. Longer regions find the rarer anchors (`@`, `:`, `=`, token
+//! prefixes) with `memchr` and the token automaton instead: those are vectorised at run time
+//! (AVX2), while this pass is one table lookup per byte (the crate forbids `unsafe`, and the
+//! compiler does not turn the mask loops into SSE2 movemasks by itself).
 //!
+//! Why one pass for short values: cells are ~15 bytes, where the fixed cost of entering five
+//! searches was most of the time. Why masks for digits everywhere: digits are dense in real
+//! rows (ids, dates, hashes), and a call per digit run cost more than the runs' validation.
 //! The digit family uses a shape argument instead of visiting every run: a digit match either
 //! follows an anchor byte (`+` for E.164, `(` for `(ddd)`, a capital letter for an IBAN
 //! country code) or lies in a token run (digits joined by single ` `, `-`, `.`) with at least
-//! nine digits or three dots (an IPv4 address), hence at least seven bytes long. Runs that are
-//! neither are skipped whole; `numeric::digit_run` examines the others run by run.
+//! nine digits or three joins (an IPv4 address's dots), hence at least seven bytes long. Runs
+//! that are neither are skipped whole; `numeric::digit_run` examines the others run by run.
 //!
 //! Not here: the validators (`detect`, `numeric`), custom regex detectors.
 
@@ -433,6 +437,7 @@ mod tests {
                 "DE89370400440532013000",
                 "GB82 WEST 1234 5698 7654 32",
                 "192.168.1.20",
+                "1.2.3.4",
                 "10.0.0.1.5",
                 "2001:db8::1",
                 "fe80::1:2",
