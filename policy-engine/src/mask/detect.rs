@@ -14,7 +14,6 @@ use memchr::memmem;
 use regex::bytes::Regex;
 
 use super::MaskError;
-use super::numeric::scan_digits;
 use super::validate;
 
 /// Detector index into a `MaskEngine`'s table; built-ins first, custom detectors after.
@@ -99,8 +98,11 @@ pub fn group(name: &str) -> Option<u64> {
     }
 }
 
-/// Detectors found from a token prefix in [`TOKEN_ANCHORS`].
-const TOKEN_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
+/// Every built-in detector.
+pub(crate) const BUILTIN_SET: u64 = (1 << N_BUILTINS) - 1;
+
+/// Detectors found from a token prefix (`AKIA`, `ghp_`, `eyJ`, `-----BEGIN `, ...).
+pub(crate) const TOKEN_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
     | (1 << Builtin::GcpApiKey as u8)
     | (1 << Builtin::GithubToken as u8)
     | (1 << Builtin::GitlabToken as u8)
@@ -109,7 +111,8 @@ const TOKEN_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
     | (1 << Builtin::PrivateKey as u8);
 
 /// Detectors found from a key name in [`KEYWORDS`] before a `=` or `:`.
-const ASSIGNMENT_SET: u64 = (1 << Builtin::AwsSecretKey as u8) | (1 << Builtin::Credential as u8);
+pub(crate) const ASSIGNMENT_SET: u64 =
+    (1 << Builtin::AwsSecretKey as u8) | (1 << Builtin::Credential as u8);
 
 /// Detectors found by literal anchors alone (no digit scan): the "secrets" set.
 pub const LITERAL_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
@@ -128,9 +131,9 @@ pub(crate) const DIGIT_SET: u64 = (1 << Builtin::CreditCard as u8)
     | (1 << Builtin::Iban as u8)
     | (1 << Builtin::Ipv4 as u8);
 
-/// What an aho-corasick anchor starts.
-#[derive(Debug, Clone, Copy)]
-enum Anchor {
+/// What a token anchor starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Anchor {
     AwsKeyId,
     Gcp,
     Github,
@@ -143,8 +146,8 @@ enum Anchor {
     AwsSecretKeyword,
 }
 
-/// Case-sensitive literal prefixes of tokens, found by one aho-corasick automaton.
-const TOKEN_ANCHORS: &[(&str, Anchor)] = &[
+/// Case-sensitive literal prefixes of tokens (matched by [`anchor_at`]).
+pub(crate) const TOKEN_ANCHORS: &[(&str, Anchor)] = &[
     ("AKIA", Anchor::AwsKeyId),
     ("ASIA", Anchor::AwsKeyId),
     ("ABIA", Anchor::AwsKeyId),
@@ -212,6 +215,8 @@ pub struct Hit {
 /// The compiled prefilters; one per engine, shared by every session.
 #[derive(Debug)]
 pub struct Scanner {
+    /// Token prefixes for long regions; short values find them with [`anchor_at`] at the
+    /// block prefilter's candidates instead.
     anchors: AhoCorasick,
     /// Custom detectors, id `N_BUILTINS + i`.
     pub customs: Vec<Custom>,
@@ -240,11 +245,39 @@ impl Scanner {
     /// Appends every confirmed hit of the detectors in `set` within `hay[from..to]` to
     /// `hits` (unordered, possibly overlapping). Bytes outside `[from, to)` are look-behind /
     /// look-ahead context only. Allocates only when something is found.
+    ///
+    /// Short values (result-set cells) with digit detectors on go through the block
+    /// prefilter (`blocks`), which hands the validators the same candidates, in the same
+    /// order, as the per-family scans; longer regions use one SIMD search per family
+    /// (`memchr`, the token automaton), which beats a byte-class pass once the fixed cost of
+    /// entering them is spread over enough bytes.
     pub fn scan(&self, hay: &[u8], from: usize, to: usize, set: u64, hits: &mut Vec<Hit>) {
         let Some(region) = hay.get(..to) else {
             return;
         };
-        let set = if to.saturating_sub(from) <= GATE_MAX {
+        if to.saturating_sub(from) <= GATE_MAX && set & DIGIT_SET != 0 {
+            super::blocks::scan_builtins(region, from, set & BUILTIN_SET, hits);
+            self.scan_customs(region, from, set, hits);
+        } else {
+            self.scan_families(region, from, set, false, hits);
+        }
+    }
+
+    /// One scan per detector family over `hay[from..]`. The data path (`plain == false`)
+    /// first drops, for a short region, the families whose bytes it lacks ([`gate`]), and
+    /// finds digit runs with the block prefilter; `plain` is the reference the tests compare
+    /// the prefilters with: every candidate of every family goes to its validator.
+    #[inline]
+    pub(crate) fn scan_families(
+        &self,
+        hay: &[u8],
+        from: usize,
+        set: u64,
+        plain: bool,
+        hits: &mut Vec<Hit>,
+    ) {
+        let region = hay;
+        let set = if !plain && region.len().saturating_sub(from) <= GATE_MAX {
             set & gate(region.get(from..).unwrap_or_default(), set)
         } else {
             set
@@ -253,16 +286,46 @@ impl Scanner {
             self.scan_tokens(region, from, set, hits);
         }
         if set & ASSIGNMENT_SET != 0 {
-            scan_assignments(region, from, set, hits);
+            let tail = region.get(from..).unwrap_or_default();
+            for rel in memchr::memchr2_iter(b'=', b':', tail) {
+                if let Some(h) = assignment_hit(region, from, from + rel, set) {
+                    hits.push(h);
+                }
+            }
         }
         if set & (1 << Builtin::Email as u8) != 0 {
-            scan_emails(region, from, hits);
+            let tail = region.get(from..).unwrap_or_default();
+            let mut skip_until = 0usize;
+            for rel in memchr::memchr_iter(b'@', tail) {
+                if let Some(h) = email_hit(region, from + rel, &mut skip_until) {
+                    hits.push(h);
+                }
+            }
         }
         if set & DIGIT_SET != 0 {
-            scan_digits(region, from, set, hits);
+            if plain {
+                super::numeric::scan_digits(region, from, set, hits);
+            } else {
+                super::blocks::scan_builtins(region, from, set & DIGIT_SET, hits);
+            }
         }
         if set & (1 << Builtin::Ipv6 as u8) != 0 {
-            scan_ipv6(region, from, hits);
+            let tail = region.get(from..).unwrap_or_default();
+            let mut skip_until = 0usize;
+            for rel in memchr::memchr_iter(b':', tail) {
+                if let Some(h) = ipv6_hit(region, from + rel, &mut skip_until) {
+                    hits.push(h);
+                }
+            }
+        }
+        self.scan_customs(region, from, set, hits);
+    }
+
+    #[inline]
+    fn scan_customs(&self, region: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+        // Most policies have no custom detector: skip the loop's set-up per value.
+        if set & !BUILTIN_SET == 0 {
+            return;
         }
         for (i, c) in self.customs.iter().enumerate() {
             let id = N_BUILTINS + i;
@@ -291,6 +354,7 @@ impl Scanner {
         }
     }
 
+    /// Token prefixes found by the aho-corasick automaton (leftmost-longest, non-overlapping).
     fn scan_tokens(&self, hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
         let Some(tail) = hay.get(from..) else { return };
         for m in self.anchors.find_iter(tail) {
@@ -299,79 +363,130 @@ impl Scanner {
             let Some(&(_, anchor)) = TOKEN_ANCHORS.get(m.pattern().as_usize()) else {
                 continue;
             };
-            let found =
-                match anchor {
-                    Anchor::AwsKeyId => token_at(hay, s, e, 16, 16, |b| {
-                        b.is_ascii_uppercase() || b.is_ascii_digit()
-                    })
-                    .map(|end| (end, Builtin::AwsAccessKey)),
-                    Anchor::Gcp => {
-                        token_at(hay, s, e, 35, 35, is_b64url).map(|end| (end, Builtin::GcpApiKey))
-                    }
-                    Anchor::Github => token_at(hay, s, e, 36, 255, |b| b.is_ascii_alphanumeric())
-                        .map(|end| (end, Builtin::GithubToken)),
-                    Anchor::GithubPat => {
-                        token_at(hay, s, e, 22, 255, is_word).map(|end| (end, Builtin::GithubToken))
-                    }
-                    Anchor::Gitlab => token_at(hay, s, e, 20, 255, is_b64url)
-                        .map(|end| (end, Builtin::GitlabToken)),
-                    Anchor::Slack => token_at(hay, s, e, 10, 255, is_b64url)
-                        .map(|end| (end, Builtin::SlackToken)),
-                    Anchor::Jwt => jwt_at(hay, s).map(|end| (end, Builtin::Jwt)),
-                    Anchor::Pem => pem_header_at(hay, s).map(|end| (end, Builtin::PrivateKey)),
-                    Anchor::Keyword | Anchor::AwsSecretKeyword => None,
-                };
-            if let Some((end, det)) = found
-                && set & (1u64 << det as u8) != 0
-            {
-                hits.push(Hit {
-                    start: s,
-                    end,
-                    det: det as u8,
-                });
+            if let Some(h) = token_hit(hay, s, e, anchor, set) {
+                hits.push(h);
             }
         }
     }
 }
 
-/// Secret assignments (`password=...`, `"api_key": "..."`): at every `=` and `:`, the key name
-/// before it (after an optional closing quote and spaces) is checked against [`KEYWORDS`].
-fn scan_assignments(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
-    let Some(tail) = hay.get(from..) else { return };
-    for rel in memchr::memchr2_iter(b'=', b':', tail) {
-        let Some((s, e, anchor)) = keyword_before(hay, from, from + rel) else {
-            continue;
-        };
-        let found = match anchor {
-            Anchor::AwsSecretKeyword => assignment_at(hay, s, e).map(|(vs, ve)| {
-                let v = hay.get(vs..ve).unwrap_or_default();
-                if v.len() == 40
-                    && v.iter()
-                        .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
-                {
-                    (vs, ve, Builtin::AwsSecretKey)
-                } else {
-                    (vs, ve, Builtin::Credential)
-                }
-            }),
-            _ => assignment_at(hay, s, e).map(|(vs, ve)| (vs, ve, Builtin::Credential)),
-        };
-        if let Some((vs, ve, det)) = found
-            && set & (1u64 << det as u8) != 0
-        {
-            hits.push(Hit {
-                start: vs,
-                end: ve,
-                det: det as u8,
-            });
+/// The token whose anchor (a token prefix) is at `[s, e)`, when it is complete and
+/// its detector is in `set`.
+pub(crate) fn token_hit(hay: &[u8], s: usize, e: usize, anchor: Anchor, set: u64) -> Option<Hit> {
+    let (end, det) = match anchor {
+        Anchor::AwsKeyId => token_at(hay, s, e, 16, 16, |b| {
+            b.is_ascii_uppercase() || b.is_ascii_digit()
+        })
+        .map(|end| (end, Builtin::AwsAccessKey)),
+        Anchor::Gcp => token_at(hay, s, e, 35, 35, is_b64url).map(|end| (end, Builtin::GcpApiKey)),
+        Anchor::Github => token_at(hay, s, e, 36, 255, |b| b.is_ascii_alphanumeric())
+            .map(|end| (end, Builtin::GithubToken)),
+        Anchor::GithubPat => {
+            token_at(hay, s, e, 22, 255, is_word).map(|end| (end, Builtin::GithubToken))
         }
-    }
+        Anchor::Gitlab => {
+            token_at(hay, s, e, 20, 255, is_b64url).map(|end| (end, Builtin::GitlabToken))
+        }
+        Anchor::Slack => {
+            token_at(hay, s, e, 10, 255, is_b64url).map(|end| (end, Builtin::SlackToken))
+        }
+        Anchor::Jwt => jwt_at(hay, s).map(|end| (end, Builtin::Jwt)),
+        Anchor::Pem => pem_header_at(hay, s).map(|end| (end, Builtin::PrivateKey)),
+        Anchor::Keyword | Anchor::AwsSecretKeyword => None,
+    }?;
+    (set & (1u64 << det as u8) != 0).then_some(Hit {
+        start: s,
+        end,
+        det: det as u8,
+    })
+}
+
+/// The token prefix (`TOKEN_ANCHORS`) at `p`, if any: its end and kind. No prefix is a prefix of
+/// another, so at most one matches at a position, and taking them left to right while
+/// skipping those that start inside the previous one is exactly the automaton's
+/// leftmost-longest, non-overlapping iteration.
+#[inline]
+pub(crate) fn anchor_at(hay: &[u8], p: usize) -> Option<(usize, Anchor)> {
+    use Anchor::*;
+    let (len, anchor) = match hay.get(p..)? {
+        [b'A', b'K' | b'S' | b'B', b'I', b'A', ..] | [b'A', b'C', b'C', b'A', ..] => (4, AwsKeyId),
+        [b'A', b'I', b'z', b'a', ..] => (4, Gcp),
+        [b'g', b'h', b'p' | b'o' | b'u' | b's' | b'r', b'_', ..] => (4, Github),
+        [
+            b'g',
+            b'i',
+            b't',
+            b'h',
+            b'u',
+            b'b',
+            b'_',
+            b'p',
+            b'a',
+            b't',
+            b'_',
+            ..,
+        ] => (11, GithubPat),
+        [b'g', b'l', b'p', b'a', b't', b'-', ..] => (6, Gitlab),
+        [
+            b'x',
+            b'o',
+            b'x',
+            b'b' | b'p' | b'a' | b'r' | b's' | b'e',
+            b'-',
+            ..,
+        ] => (5, Slack),
+        [b'e', b'y', b'J', ..] => (3, Jwt),
+        [
+            b'-',
+            b'-',
+            b'-',
+            b'-',
+            b'-',
+            b'B',
+            b'E',
+            b'G',
+            b'I',
+            b'N',
+            b' ',
+            ..,
+        ] => (11, Pem),
+        _ => return None,
+    };
+    Some((p + len, anchor))
+}
+
+/// The secret assignment (`password=...`, `"api_key": "..."`) whose separator (`=` or `:`)
+/// is at `sep`: the key name before it (after an optional closing quote and spaces) is
+/// checked against [`KEYWORDS`].
+#[inline]
+pub(crate) fn assignment_hit(hay: &[u8], from: usize, sep: usize, set: u64) -> Option<Hit> {
+    let (s, e, anchor) = keyword_before(hay, from, sep)?;
+    let (vs, ve, det) = match anchor {
+        Anchor::AwsSecretKeyword => assignment_at(hay, s, e).map(|(vs, ve)| {
+            let v = hay.get(vs..ve).unwrap_or_default();
+            if v.len() == 40
+                && v.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'/' || b == b'+')
+            {
+                (vs, ve, Builtin::AwsSecretKey)
+            } else {
+                (vs, ve, Builtin::Credential)
+            }
+        }),
+        _ => assignment_at(hay, s, e).map(|(vs, ve)| (vs, ve, Builtin::Credential)),
+    }?;
+    (set & (1u64 << det as u8) != 0).then_some(Hit {
+        start: vs,
+        end: ve,
+        det: det as u8,
+    })
 }
 
 /// The keyword whose assignment separator is at `sep`: it ends just before the separator,
 /// optional spaces and an optional closing quote, starts at or after `from` and not right
 /// after a letter or digit. When several keywords end there (`client_secret`, `secret`), the
 /// one starting first decides the kind, as `aws_secret_key` must win over a plain keyword.
+#[inline]
 fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, Anchor)> {
     let mut e = sep;
     while e > from && hay.get(e - 1) == Some(&b' ') {
@@ -749,23 +864,20 @@ pub fn secret_key_kind(key: &[u8], value: &[u8]) -> Option<DetectorId> {
 // ---------------------------------------------------------------------------------------
 // emails
 
-fn scan_emails(hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
-    let Some(tail) = hay.get(from..) else { return };
-    let mut skip_until = 0usize;
-    for rel in memchr::memchr_iter(b'@', tail) {
-        let at = from + rel;
-        if at < skip_until {
-            continue;
-        }
-        if let Some((s, e)) = email_at(hay, at) {
-            hits.push(Hit {
-                start: s,
-                end: e,
-                det: Builtin::Email as u8,
-            });
-            skip_until = e;
-        }
+/// The email around the `@` at `at`, unless `at` lies inside the previous one (`skip_until`,
+/// updated on a hit).
+#[inline]
+pub(crate) fn email_hit(hay: &[u8], at: usize, skip_until: &mut usize) -> Option<Hit> {
+    if at < *skip_until {
+        return None;
     }
+    let (s, e) = email_at(hay, at)?;
+    *skip_until = e;
+    Some(Hit {
+        start: s,
+        end: e,
+        det: Builtin::Email as u8,
+    })
 }
 
 #[inline]
@@ -846,58 +958,55 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
 // ---------------------------------------------------------------------------------------
 // IPv6
 
-fn scan_ipv6(hay: &[u8], from: usize, hits: &mut Vec<Hit>) {
-    let Some(tail) = hay.get(from..) else { return };
-    let mut skip_until = 0usize;
-    for rel in memchr::memchr_iter(b':', tail) {
-        let c = from + rel;
-        if c < skip_until {
-            continue;
-        }
-        let is_v6 = |b: &u8| b.is_ascii_hexdigit() || *b == b':' || *b == b'.';
-        let back = hay
-            .get(..c)
-            .unwrap_or_default()
-            .iter()
-            .rev()
-            .take(45)
-            .take_while(|b| is_v6(b))
-            .count();
-        let s = c - back;
-        let fwd = hay
-            .get(c..)
-            .unwrap_or_default()
-            .iter()
-            .take(46)
-            .take_while(|b| is_v6(b))
-            .count();
-        let mut e = c + fwd;
-        skip_until = e;
-        while e > s && hay.get(e - 1) == Some(&b'.') {
-            e -= 1;
-        }
-        if s > 0 && hay.get(s - 1).copied().is_some_and(is_word)
-            || hay.get(e).copied().is_some_and(is_word)
-        {
-            continue;
-        }
-        let Some(tok) = hay.get(s..e) else { continue };
-        let colons = tok.iter().filter(|&&b| b == b':').count();
-        if colons < 2 || (colons < 7 && memmem::find(tok, b"::").is_none()) || tok.len() < 3 {
-            continue;
-        }
-        // `::` alone and `a::b`-style short tokens are too ambiguous (code, paths).
-        if tok.iter().filter(|b| b.is_ascii_hexdigit()).count() < 2 {
-            continue;
-        }
-        if let Ok(text) = std::str::from_utf8(tok)
-            && text.parse::<std::net::Ipv6Addr>().is_ok()
-        {
-            hits.push(Hit {
-                start: s,
-                end: e,
-                det: Builtin::Ipv6 as u8,
-            });
-        }
+/// The IPv6 address around the `:` at `c`. Colons before `skip_until` belong to the token
+/// examined last and are skipped; every examined colon moves `skip_until` past its token.
+pub(crate) fn ipv6_hit(hay: &[u8], c: usize, skip_until: &mut usize) -> Option<Hit> {
+    if c < *skip_until {
+        return None;
     }
+    let is_v6 = |b: &u8| b.is_ascii_hexdigit() || *b == b':' || *b == b'.';
+    let back = hay
+        .get(..c)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .take(45)
+        .take_while(|b| is_v6(b))
+        .count();
+    let s = c - back;
+    let fwd = hay
+        .get(c..)
+        .unwrap_or_default()
+        .iter()
+        .take(46)
+        .take_while(|b| is_v6(b))
+        .count();
+    let mut e = c + fwd;
+    *skip_until = e;
+    while e > s && hay.get(e - 1) == Some(&b'.') {
+        e -= 1;
+    }
+    if s > 0 && hay.get(s - 1).copied().is_some_and(is_word)
+        || hay.get(e).copied().is_some_and(is_word)
+    {
+        return None;
+    }
+    let tok = hay.get(s..e)?;
+    let colons = tok.iter().filter(|&&b| b == b':').count();
+    // `windows` rather than `memmem`: tokens are at most 91 bytes, shorter than a searcher's
+    // set-up.
+    if colons < 2 || (colons < 7 && !tok.windows(2).any(|w| w == b"::")) || tok.len() < 3 {
+        return None;
+    }
+    // `::` alone and `a::b`-style short tokens are too ambiguous (code, paths).
+    if tok.iter().filter(|b| b.is_ascii_hexdigit()).count() < 2 {
+        return None;
+    }
+    let text = std::str::from_utf8(tok).ok()?;
+    text.parse::<std::net::Ipv6Addr>().ok()?;
+    Some(Hit {
+        start: s,
+        end: e,
+        det: Builtin::Ipv6 as u8,
+    })
 }

@@ -8,6 +8,7 @@
 //! Deliberately not here: deciding which rules apply to a session (the policy does that and
 //! passes rule indices), protocol framing, and NLP-style free-text entity recognition.
 
+mod blocks;
 pub mod corpus;
 mod detect;
 mod engine;

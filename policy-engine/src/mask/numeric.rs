@@ -30,6 +30,8 @@ fn digit_mask(block: &[u8; 32]) -> u32 {
     m
 }
 
+/// Every digit run of `hay[from..]`, in order (the block prefilter hands [`digit_run`] only
+/// the runs that can hold a match).
 pub(crate) fn scan_digits(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
     let mut skip_until = from;
     let mut pos = from;
@@ -68,6 +70,35 @@ pub(crate) fn scan_digits(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>
         if m != 0 {
             starts_in(m, pos, prev_digit, &mut skip_until);
         }
+    }
+}
+
+/// Examines every digit run of the token run starting at `r` (digits joined by single ` `,
+/// `-`, `.`), in order, as [`scan_digits`] would: runs starting before `skip_until` are
+/// skipped, and `skip_until` moves past each examined one. Returns the end of the token run.
+pub(crate) fn digit_run(
+    hay: &[u8],
+    r: usize,
+    set: u64,
+    hits: &mut Vec<Hit>,
+    skip_until: &mut usize,
+) -> usize {
+    let mut p = r;
+    loop {
+        let starts = p == 0 || !hay.get(p - 1).is_some_and(u8::is_ascii_digit);
+        if starts && p >= *skip_until {
+            *skip_until = digit_token(hay, p, set, hits);
+        }
+        while hay.get(p).is_some_and(u8::is_ascii_digit) {
+            p += 1;
+        }
+        if matches!(hay.get(p), Some(b' ' | b'-' | b'.'))
+            && hay.get(p + 1).is_some_and(u8::is_ascii_digit)
+        {
+            p += 1;
+            continue;
+        }
+        return p;
     }
 }
 

@@ -22,9 +22,10 @@ use super::engine::{PemState, SessionMasker};
 /// Longest unfinished line held back; also the most memory a stream masker holds.
 pub const STREAM_WINDOW: usize = 64 * 1024;
 
-/// Complete lines are masked in batches of about this size; the size does not change the
-/// output, only how often the scanner is entered.
-const BATCH_TARGET: usize = 64 * 1024;
+/// Complete lines are masked in batches of at most this size (or one line, when longer lines
+/// are cut); the size does not change the output, only how often the scanner is entered.
+/// Equal to the window, so a line that fits the window always ends inside a batch.
+const BATCH_TARGET: usize = STREAM_WINDOW;
 
 /// Masks one byte stream. Create with [`SessionMasker::stream`]; one per direction per
 /// session.
@@ -53,17 +54,33 @@ impl StreamMasker {
             out.extend_from_slice(input);
             return;
         }
-        if self.pending.is_empty() {
-            let used = self.process(input, false, out, stats);
-            self.pending
-                .extend_from_slice(input.get(used..).unwrap_or_default());
-        } else {
-            let mut pending = std::mem::take(&mut self.pending);
-            pending.extend_from_slice(input);
-            let used = self.process(&pending, false, out, stats);
-            pending.drain(..used.min(pending.len()));
-            self.pending = pending;
+        let mut input = input;
+        if !self.pending.is_empty() {
+            // The held-back line usually ends early in this piece: complete and mask it
+            // alone, then mask the rest of the piece in place instead of copying the whole
+            // piece behind it. Batches are whole lines either way, so the output is the same.
+            match memchr::memchr(b'\n', input) {
+                Some(i) if self.pending.len() + i < STREAM_WINDOW => {
+                    let mut pending = std::mem::take(&mut self.pending);
+                    pending.extend_from_slice(input.get(..=i).unwrap_or_default());
+                    self.process(&pending, false, out, stats);
+                    pending.clear();
+                    self.pending = pending;
+                    input = input.get(i + 1..).unwrap_or_default();
+                }
+                _ => {
+                    let mut pending = std::mem::take(&mut self.pending);
+                    pending.extend_from_slice(input);
+                    let used = self.process(&pending, false, out, stats);
+                    pending.drain(..used.min(pending.len()));
+                    self.pending = pending;
+                    return;
+                }
+            }
         }
+        let used = self.process(input, false, out, stats);
+        self.pending
+            .extend_from_slice(input.get(used..).unwrap_or_default());
     }
 
     /// Masks and appends everything held back; the masker is then ready for a new stream.
@@ -110,18 +127,11 @@ fn batch_len(rest: &[u8], last: bool) -> Option<usize> {
     if rest.is_empty() {
         return None;
     }
-    let mut e = 0usize;
-    while e < BATCH_TARGET {
-        let window = rest
-            .get(e..rest.len().min(e + STREAM_WINDOW))
-            .unwrap_or_default();
-        match memchr::memchr(b'\n', window) {
-            Some(i) => e += i + 1,
-            None => break,
-        }
-    }
-    if e > 0 {
-        return Some(e);
+    // One backward search for the last line end in the target, not one search per line:
+    // rows are ~100 bytes, so a batch used to cost hundreds of `memchr` calls.
+    let target = rest.get(..BATCH_TARGET).unwrap_or(rest);
+    if let Some(i) = memchr::memrchr(b'\n', target) {
+        return Some(i + 1);
     }
     if let Some(window) = rest.get(..STREAM_WINDOW) {
         let cut = memchr::memrchr3(b'\t', b'"', b',', window)

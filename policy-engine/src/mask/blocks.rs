@@ -1,0 +1,513 @@
+//! Block prefilter for the built-in detectors: one pass over the region in blocks of up to
+//! 64 bytes turns each block into byte-class bitmasks (digits, separators, `@`, `:`/`=`,
+//! token first bytes), and bit arithmetic on those masks yields the few positions where a
+//! validator has to look. Every detector family sees its candidates in increasing order, with
+//! the same skip rules as its dedicated scan over the whole region
+//! (`Scanner::scan_families` with `plain`), so the hits are exactly the same; a property test
+//! pins the two together.
+//!
+//! Used for short values (result-set cells) when digit detectors are on, and for the digit
+//! family of every region. Longer regions find the rarer anchors (`@`, `:`, `=`, token
+//! prefixes) with `memchr` and the token automaton instead: those are vectorised at run time
+//! (AVX2), while this pass is one table lookup per byte (the crate forbids `unsafe`, and the
+//! compiler does not turn the mask loops into SSE2 movemasks by itself).
+//!
+//! Why one pass for short values: cells are ~15 bytes, where the fixed cost of entering five
+//! searches was most of the time. Why masks for digits everywhere: digits are dense in real
+//! rows (ids, dates, hashes), and a call per digit run cost more than the runs' validation.
+//! The digit family uses a shape argument instead of visiting every run: a digit match either
+//! follows an anchor byte (`+` for E.164, `(` for `(ddd)`, a capital letter for an IBAN
+//! country code) or lies in a token run (digits joined by single ` `, `-`, `.`) with at least
+//! nine digits or three joins (an IPv4 address's dots), hence at least seven bytes long. Runs
+//! that are neither are skipped whole; `numeric::digit_run` examines the others run by run.
+//!
+//! Not here: the validators (`detect`, `numeric`), custom regex detectors.
+
+use super::detect::{
+    ASSIGNMENT_SET, Builtin, DIGIT_SET, Hit, TOKEN_SET, anchor_at, assignment_hit, email_hit,
+    ipv6_hit, token_hit,
+};
+use super::numeric::digit_run;
+
+/// Widest block; shorter values use a 16- or 32-byte block so a short cell is not padded to 64.
+const BLOCK: usize = 64;
+
+/// Shortest token any prefix-anchored detector matches (`xoxb-` and ten characters); shorter
+/// regions skip the token masks.
+const MIN_TOKEN_LEN: usize = 15;
+
+/// Shortest token run that can hold a match found by token shape: `1.2.3.4` (a match by digit
+/// count needs nine digits, hence nine bytes).
+const MIN_DIGIT_RUN: u32 = 7;
+
+/// Fewest digits of a match found by token shape (an SSN), other than an IPv4 address.
+const MIN_TOKEN_DIGITS: u32 = 9;
+
+const EMAIL: u64 = 1 << Builtin::Email as u8;
+const IPV6: u64 = 1 << Builtin::Ipv6 as u8;
+
+const C_DIGIT: u8 = 1;
+/// ` `, `-`, `.`: what joins digit groups into one token.
+const C_SEP: u8 = 2;
+/// `+`, `(` and capital letters: what can sit right before the first digit of an E.164 or
+/// `(ddd)` phone number or after an IBAN country code's first letter.
+const C_ANCHOR: u8 = 4;
+const C_AT: u8 = 8;
+/// `:` and `=`: key-value separators (and, for `:`, IPv6).
+const C_ASSIGN: u8 = 16;
+/// `A`, `g`, `x`: first bytes of the AWS/GCP, GitHub/GitLab and Slack prefixes.
+const C_TOKEN: u8 = 32;
+/// `J`, the rarest byte of `eyJ`.
+const C_J: u8 = 64;
+const C_DASH: u8 = 128;
+
+#[expect(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: a bad index fails the build, never the gateway"
+)]
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut d = b'0';
+    while d <= b'9' {
+        t[d as usize] = C_DIGIT;
+        d += 1;
+    }
+    let mut u = b'A';
+    while u <= b'Z' {
+        t[u as usize] = C_ANCHOR;
+        u += 1;
+    }
+    t[b'+' as usize] = C_ANCHOR;
+    t[b'(' as usize] = C_ANCHOR;
+    t[b' ' as usize] = C_SEP;
+    t[b'.' as usize] = C_SEP;
+    t[b'-' as usize] = C_SEP | C_DASH;
+    t[b'@' as usize] = C_AT;
+    t[b':' as usize] = C_ASSIGN;
+    t[b'=' as usize] = C_ASSIGN;
+    t[b'A' as usize] |= C_TOKEN;
+    t[b'g' as usize] = C_TOKEN;
+    t[b'x' as usize] = C_TOKEN;
+    t[b'J' as usize] |= C_J;
+    t
+};
+
+/// The class bytes of `b` (one table lookup per byte), eight to a word.
+#[inline(always)]
+fn class_words<const N: usize, const W: usize>(b: &[u8; N]) -> ([u64; W], u8) {
+    let mut words = [0u64; W];
+    let mut any = 0u64;
+    for (w, chunk) in words.iter_mut().zip(b.chunks_exact(8)) {
+        let mut x = 0u64;
+        for (i, &c) in chunk.iter().enumerate() {
+            x |= u64::from(CLASSES.get(usize::from(c)).copied().unwrap_or(0)) << (8 * i);
+        }
+        *w = x;
+        any |= x;
+    }
+    // Which classes occur at all, so absent ones cost nothing more.
+    let mut present = 0u8;
+    for k in 0..8 {
+        #[expect(clippy::cast_possible_truncation, reason = "one byte lane")]
+        let lane = (any >> (8 * k)) as u8;
+        present |= lane;
+    }
+    (words, present)
+}
+
+/// Bit `i` of the result is bit `class` of class byte `i` (a byte transpose by multiply:
+/// each of the eight 0/1 bytes lands on its own bit of the top byte).
+#[inline(always)]
+fn class_mask<const W: usize>(words: &[u64; W], class: u8) -> u64 {
+    let shift = class.trailing_zeros();
+    let mut m = 0u64;
+    for (j, &w) in words.iter().enumerate() {
+        let bits = ((w >> shift) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+        m |= bits << (8 * j);
+    }
+    m
+}
+
+/// What a family carries from one block to the next.
+#[derive(Debug, Default)]
+struct State {
+    /// Where the scan starts: assignment keys must start at or after it.
+    from: usize,
+    email_skip: usize,
+    ipv6_skip: usize,
+    /// Token prefixes starting before here overlap the previous prefix.
+    token_resume: usize,
+    digit_skip: usize,
+    /// Token runs before here were examined already (a run can cross blocks).
+    digit_done: usize,
+    /// Bit 63 of the previous block's digit / token-run / anchor masks.
+    prev_digit: bool,
+    prev_run: bool,
+    prev_anchor: bool,
+}
+
+/// Appends the hits of the built-in detectors in `set` within `hay[from..]` to `hits`.
+pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
+    let Some(region) = hay.get(from..) else {
+        return;
+    };
+    let prev = from.checked_sub(1).and_then(|i| hay.get(i)).copied();
+    let mut st = State {
+        from,
+        token_resume: from,
+        digit_skip: from,
+        digit_done: from,
+        prev_digit: prev.is_some_and(|b| b.is_ascii_digit()),
+        // A token run reaching `from` from before is examined from its first digit at or
+        // after `from` (`digit_run` skips a digit that is not a run start).
+        prev_run: false,
+        prev_anchor: prev.is_some_and(is_anchor),
+        ..State::default()
+    };
+    let tokens = region.len() >= MIN_TOKEN_LEN;
+    let mut pos = from;
+    let mut rest = region;
+    while !rest.is_empty() {
+        let n = rest.len().min(BLOCK);
+        let last = n == rest.len();
+        // Full blocks are borrowed; the last partial one is copied into a zeroed array (zero
+        // is in no byte class), sized to the value so a short cell classifies 16 bytes.
+        if let Some(Ok(block)) = rest.get(..BLOCK).map(<&[u8; BLOCK]>::try_from) {
+            block_scan::<BLOCK, 8>(hay, pos, block, last, set, tokens, &mut st, hits);
+        } else if n <= 16 {
+            let mut b = [0u8; 16];
+            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
+            block_scan::<16, 2>(hay, pos, &b, true, set, tokens, &mut st, hits);
+        } else if n <= 32 {
+            let mut b = [0u8; 32];
+            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
+            block_scan::<32, 4>(hay, pos, &b, true, set, tokens, &mut st, hits);
+        } else {
+            let mut b = [0u8; BLOCK];
+            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
+            block_scan::<BLOCK, 8>(hay, pos, &b, true, set, tokens, &mut st, hits);
+        }
+        pos += n;
+        rest = rest.get(n..).unwrap_or_default();
+    }
+}
+
+#[inline]
+fn is_anchor(b: u8) -> bool {
+    CLASSES
+        .get(usize::from(b))
+        .is_some_and(|c| c & C_ANCHOR != 0)
+}
+
+/// Calls `f` with the position of every set bit of `m`, lowest first.
+#[inline(always)]
+fn each_bit(mut m: u64, pos: usize, mut f: impl FnMut(usize)) {
+    while m != 0 {
+        let i = m.trailing_zeros() as usize;
+        m &= m - 1;
+        f(pos + i);
+    }
+}
+
+/// Classifies one block (`hay[pos..]`, zero-padded when `last`) and hands its candidates to
+/// the validators. Masks that look at the next byte treat the byte after a non-last block as
+/// "could be anything" (a candidate more, never one less); after the last block there is
+/// nothing, as the validators see it.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the per-block state of one scan; a struct for it would only rename the fields"
+)]
+#[inline(always)]
+fn block_scan<const N: usize, const W: usize>(
+    hay: &[u8],
+    pos: usize,
+    b: &[u8; N],
+    last: bool,
+    set: u64,
+    tokens: bool,
+    st: &mut State,
+    hits: &mut Vec<Hit>,
+) {
+    let (words, present) = class_words::<N, W>(b);
+    let has = |class: u8| present & class != 0;
+    if set & EMAIL != 0 && has(C_AT) {
+        each_bit(class_mask(&words, C_AT), pos, |p| {
+            if let Some(h) = email_hit(hay, p, &mut st.email_skip) {
+                hits.push(h);
+            }
+        });
+    }
+    if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
+        each_bit(class_mask(&words, C_ASSIGN), pos, |p| {
+            if set & IPV6 != 0
+                && hay.get(p) == Some(&b':')
+                && let Some(h) = ipv6_hit(hay, p, &mut st.ipv6_skip)
+            {
+                hits.push(h);
+            }
+            // No skip state here: any order gives the same hits.
+            if set & ASSIGNMENT_SET != 0
+                && let Some(h) = assignment_hit(hay, st.from, p, set)
+            {
+                hits.push(h);
+            }
+        });
+    }
+    let dash = if has(C_DASH) {
+        class_mask(&words, C_DASH)
+    } else {
+        0
+    };
+    if tokens && set & TOKEN_SET != 0 {
+        let first = if has(C_TOKEN) {
+            class_mask(&words, C_TOKEN)
+        } else {
+            0
+        };
+        // `eyJ` is found from its `J`, two bytes on.
+        let jwt = if has(C_J) {
+            class_mask(&words, C_J) >> 2
+        } else {
+            0
+        };
+        let mut cand = first | jwt | (dash & (dash >> 1));
+        if !last {
+            // `eyJ` or `--` may continue into the next block.
+            cand |= 3 << (N - 2);
+        }
+        each_bit(cand, pos, |p| {
+            if p < st.token_resume {
+                return;
+            }
+            if let Some((e, anchor)) = anchor_at(hay, p) {
+                st.token_resume = e;
+                if let Some(h) = token_hit(hay, p, e, anchor, set) {
+                    hits.push(h);
+                }
+            }
+        });
+    }
+    let (prev_digit, prev_run, prev_anchor) = (st.prev_digit, st.prev_run, st.prev_anchor);
+    st.prev_digit = false;
+    st.prev_run = false;
+    st.prev_anchor = false;
+    if set & DIGIT_SET == 0 || !has(C_DIGIT) {
+        // The carries are only read when this block's last byte is a digit or an anchor.
+        st.prev_anchor = has(C_ANCHOR) && class_mask(&words, C_ANCHOR) >> (N - 1) != 0;
+        return;
+    }
+    let top = 1u64 << (N - 1);
+    let digit = class_mask(&words, C_DIGIT);
+    let anchor = if has(C_ANCHOR) {
+        class_mask(&words, C_ANCHOR)
+    } else {
+        0
+    };
+    let sep = if has(C_SEP) {
+        class_mask(&words, C_SEP)
+    } else {
+        0
+    };
+    st.prev_digit = digit & top != 0;
+    st.prev_anchor = anchor & top != 0;
+    // A separator joins when digits sit on both sides; past a non-last block the next byte is
+    // unknown and taken as a digit.
+    let before = (digit << 1) | u64::from(prev_digit);
+    let after = (digit >> 1) | if last { 0 } else { top };
+    let joins = sep & before & after;
+    let run = digit | joins;
+    st.prev_run = run & top != 0;
+    let starts = run & !((run << 1) | u64::from(prev_run));
+    // Runs of at least MIN_DIGIT_RUN bytes: bit p survives when bits p..p+7 are all set. A
+    // non-last block continues with ones (unknown bytes).
+    let fill = if last { 0u128 } else { !0u128 << N };
+    let r = u128::from(run) | fill;
+    let r2 = r & (r >> 1);
+    let r4 = r2 & (r2 >> 2);
+    let r7 = r4 & (r4 >> (MIN_DIGIT_RUN - 4));
+    #[expect(clippy::cast_possible_truncation, reason = "the block's 64 bits")]
+    let long = r7 as u64;
+    let anchored = (anchor << 1) | u64::from(prev_anchor);
+    let mut cand = starts & (long | anchored);
+    // A run that ends inside the block is known whole: without an anchor, it needs nine
+    // digits or three joiners (an IPv4 address's dots) for any digit detector to match.
+    let mut quiet = cand & !anchored;
+    while quiet != 0 {
+        let p = quiet.trailing_zeros();
+        quiet &= quiet - 1;
+        let len = (!(r >> p)).trailing_zeros();
+        if p + len >= N as u32 {
+            continue; // runs on past the block: examined in full
+        }
+        let span = ((1u64 << len) - 1) << p;
+        if (digit & span).count_ones() < MIN_TOKEN_DIGITS && (joins & span).count_ones() < 3 {
+            cand &= !(1u64 << p);
+        }
+    }
+    each_bit(cand, pos, |p| {
+        if p >= st.digit_done {
+            st.digit_done = digit_run(hay, p, set, hits, &mut st.digit_skip);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::corpus;
+    use super::super::detect::{BUILTIN_SET, DIGIT_SET, Hit, LITERAL_SET, Scanner};
+    use super::*;
+
+    /// Hits of the block prefilter and of the per-family scans without any gate, sorted.
+    fn both(hay: &[u8], from: usize, set: u64) -> (Vec<Hit>, Vec<Hit>) {
+        let scanner = Scanner::new(vec![]).unwrap();
+        let mut fast = Vec::new();
+        scan_builtins(hay, from, set, &mut fast);
+        let mut plain = Vec::new();
+        scanner.scan_families(hay, from, set, true, &mut plain);
+        let key = |h: &Hit| (h.start, h.end, h.det);
+        fast.sort_by_key(key);
+        plain.sort_by_key(key);
+        (fast, plain)
+    }
+
+    const SETS: [u64; 4] = [
+        BUILTIN_SET,
+        DIGIT_SET,
+        LITERAL_SET,
+        DIGIT_SET | (1 << Builtin::Email as u8) | IPV6,
+    ];
+
+    #[test]
+    fn corpus_cells_and_lines_match_the_plain_scans() {
+        let rows = corpus::rows(7, 600, 8, 30);
+        let mut found = 0usize;
+        for cell in corpus::cell_values(&rows) {
+            for set in SETS {
+                let (fast, plain) = both(&cell, 0, set);
+                assert_eq!(fast, plain, "cell {:?}", String::from_utf8_lossy(&cell));
+                found += fast.len();
+            }
+        }
+        // Lines cross block boundaries and carry runs, skips and token prefixes over them.
+        let stream = corpus::tsv_stream(&rows);
+        for line in stream.split_inclusive(|&b| b == b'\n') {
+            let (fast, plain) = both(line, 0, BUILTIN_SET);
+            assert_eq!(fast, plain, "line {:?}", String::from_utf8_lossy(line));
+        }
+        assert!(found > 1000, "the corpus holds PII: {found}");
+    }
+
+    #[test]
+    fn anchors_match_the_prefix_table() {
+        for &(prefix, kind) in TOKEN_ANCHORS_FOR_TEST {
+            let mut hay = b"..".to_vec();
+            hay.extend_from_slice(prefix.as_bytes());
+            assert_eq!(
+                anchor_at(&hay, 2),
+                Some((2 + prefix.len(), kind)),
+                "{prefix}"
+            );
+            // One byte short is no prefix.
+            let short = hay.get(..hay.len() - 1).unwrap();
+            assert_eq!(anchor_at(short, 2), None, "{prefix}");
+        }
+        assert_eq!(anchor_at(b"AKIB", 0), None);
+        assert_eq!(anchor_at(b"eyj", 0), None);
+    }
+
+    use super::super::detect::TOKEN_ANCHORS as TOKEN_ANCHORS_FOR_TEST;
+
+    /// Pieces dense in the bytes the prefilter keys on, so generated values sit on every
+    /// boundary case: runs of digits and separators across block edges, anchors right before
+    /// digits, overlapping token prefixes, assignments and address fragments.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "4111 1111 1111 1111",
+                "4111-1111-1111-1111",
+                "378282246310005",
+                "123-45-6789",
+                "+1 415 555 2671",
+                "(415) 555-2671",
+                "415.555.2671",
+                "020 7946 0958",
+                "07700 900123",
+                "DE89370400440532013000",
+                "GB82 WEST 1234 5698 7654 32",
+                "192.168.1.20",
+                "1.2.3.4",
+                "10.0.0.1.5",
+                "2001:db8::1",
+                "fe80::1:2",
+                "1:2:3:4:5:6:7:8",
+                "jane.doe@example.com",
+                "@x.io",
+                "a@b",
+                "AKIAIOSFODNN7EXAMPLE",
+                "ACCAKIA",
+                "AIzaSyA1234567890abcdefghijklmnopqrstu",
+                "ghp_",
+                "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+                "github_pat_",
+                "glpat-",
+                "glpat-abcdefghij0123456789",
+                "xoxb-1234567890-abc",
+                "xox",
+                "eyJ",
+                "eyJhbGciOiJI",
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl",
+                "-----BEGIN ",
+                "-----BEGIN RSA PRIVATE KEY-----",
+                "---",
+                "password=",
+                "token: ",
+                "api_key=\"",
+                "aws_secret_access_key=",
+                "2026-11-26 13:45:12",
+                "v1.2.3",
+                "ORD-123456",
+                "TKT-123-4567",
+                "ID 2123456789",
+                "0",
+                "00",
+                " ",
+                "-",
+                ".",
+                ":",
+                "=",
+                "+",
+                "(",
+                "A",
+                "AB",
+                "12",
+                "\n",
+                "\t",
+                "é",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            prop::collection::vec(
+                prop::sample::select(b"0123456789 -.+(:=@AZgxJey_".to_vec()),
+                1..12
+            ),
+            prop::collection::vec(any::<u8>(), 1..8),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn prefilter_finds_exactly_what_the_plain_scans_find(
+            parts in prop::collection::vec(piece(), 0..40),
+            from in 0usize..80,
+            set in prop::sample::select(SETS.to_vec()),
+        ) {
+            let hay = parts.concat();
+            let from = from.min(hay.len());
+            let (fast, plain) = both(&hay, from, set);
+            prop_assert_eq!(fast, plain, "{:?} from {}", String::from_utf8_lossy(&hay), from);
+        }
+    }
+}
