@@ -146,8 +146,12 @@ impl SqlScratch {
             let src = text.get(t.start as usize..t.end as usize).unwrap_or("");
             match t.kind {
                 TokenKind::Word => {
-                    for ch in src.chars() {
-                        out.push(ch.to_ascii_lowercase());
+                    // One copy, then ASCII case folding in place (non-ASCII bytes stay as
+                    // they are, as with per-char `to_ascii_lowercase`).
+                    let from = out.len();
+                    out.push_str(src);
+                    if let Some(w) = out.get_mut(from..) {
+                        w.make_ascii_lowercase();
                     }
                 }
                 TokenKind::QuotedIdent => {
