@@ -244,3 +244,21 @@ proptest! {
         });
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The hand-rolled automaton finds a literal exactly when a plain case-folding substring
+    /// search does (small alphabet, so overlaps and failure links are exercised).
+    #[test]
+    fn word_literals_find_like_substring_search(
+        lits in proptest::collection::vec("[abAB_1]{1,5}", 1..6),
+        text in "[abAB_1 .]{0,40}",
+    ) {
+        let lower: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+        let w = super::WordLiterals::new(&lower).expect("small set");
+        let t = text.to_ascii_lowercase();
+        let naive = lower.iter().any(|l| t.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
+        prop_assert_eq!(w.found_in(&text), naive);
+    }
+}
