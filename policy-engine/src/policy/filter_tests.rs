@@ -118,6 +118,24 @@ fn corpus() -> Vec<(Dialect, String)> {
             .into_iter()
             .map(|(_, s)| (Dialect::Postgres, s)),
     );
+    // Long statements, scanned token by token by the literal prefilter: with a regex literal
+    // in a word, in a quoted identifier, only inside a string, and nowhere (`fn_2` and `fn_7`
+    // are generated regex rules).
+    let ids: Vec<String> = (0..400).map(|i| i.to_string()).collect();
+    let list = ids.join(", ");
+    for tail in [
+        "FN_2(1)",
+        "\"fn_7\"",
+        "'fn_2 pg_sleep(1)'",
+        "x",
+        "pg_sleep(1)",
+    ] {
+        v.push((
+            Dialect::Postgres,
+            format!("SELECT id FROM t WHERE id IN ({list}) AND {tail}"),
+        ));
+        v.push((Dialect::Mysql, format!("SELECT {list}, {tail} FROM t")));
+    }
     v
 }
 
