@@ -749,6 +749,7 @@ impl Builder {
                 .size_limit(REGEX_SIZE_LIMIT * 8)
                 .build()
                 .ok();
+            self.p.regex_literals = super::filter::word_literal_prefilter(&self.all_regexes);
         }
         Ok(self.p)
     }

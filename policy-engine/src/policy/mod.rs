@@ -10,6 +10,7 @@
 
 mod decide;
 mod explain;
+mod filter;
 mod load;
 mod raw;
 mod time;
@@ -219,6 +220,9 @@ pub struct Policy {
     pub(crate) version: String,
     /// All rule regexes in one set: when it does not match, no regex rule can.
     pub(crate) regex_prefilter: Option<RegexSet>,
+    /// Word literals one of which every regex match needs, searched in the raw statement text
+    /// (see `filter::word_literal_prefilter`); `None`: always build the normalized text.
+    pub(crate) regex_literals: Option<filter::WordLiterals>,
 }
 
 /// Facts about the session that are not in the identity.
@@ -377,11 +381,13 @@ impl Policy {
             Verdict::Allow
         };
         let kind_index = KindIndex::new(&self.rules, &rules);
+        let sql_filter = filter::SqlFilter::new(&self.rules, &rules);
         SessionPolicy {
             policy: Arc::clone(self),
             rules,
             default,
             kind_index,
+            sql_filter,
         }
     }
 }
@@ -398,6 +404,7 @@ pub struct SessionPolicy {
     rules: Vec<u32>,
     default: Verdict,
     kind_index: KindIndex,
+    sql_filter: filter::SqlFilter,
 }
 
 /// Which of the session's rules can match a non-opaque SQL statement of each kind: one bitset
@@ -450,20 +457,14 @@ impl KindIndex {
         }
     }
 
-    /// The candidate set for a non-opaque statement with these kind bits: borrowed when it is
-    /// one stored set, else the union written into `buf`.
-    pub(crate) fn candidates<'a>(&'a self, kinds: u64, buf: &'a mut Vec<u64>) -> &'a [u64] {
-        if kinds == 0 {
-            return &self.any_kind;
-        }
-        if kinds.count_ones() == 1 {
-            let k = kinds.trailing_zeros() as usize;
-            return self
-                .per_kind
-                .get(k * self.words..(k + 1) * self.words)
-                .unwrap_or(&[]);
-        }
+    /// Writes the candidate set for a non-opaque statement with these kind bits into `buf`:
+    /// the union of the kinds' sets, or the kind-less rules for a statement without a kind.
+    pub(crate) fn candidates_into(&self, kinds: u64, buf: &mut Vec<u64>) {
         buf.clear();
+        if kinds == 0 {
+            buf.extend_from_slice(&self.any_kind);
+            return;
+        }
         buf.resize(self.words, 0);
         let mut rest = kinds;
         while rest != 0 {
@@ -477,7 +478,6 @@ impl KindIndex {
                 *b |= *s;
             }
         }
-        buf
     }
 }
 

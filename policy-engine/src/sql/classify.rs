@@ -118,9 +118,11 @@ impl Cx<'_> {
     }
 
     /// The word at `i`, lower-cased into `buf` (empty if not a word or too long to be a keyword).
-    fn lower<'b>(&self, i: usize, buf: &'b mut [u8; 24]) -> &'b str {
+    /// Bytes, not `str`: callers match it against keywords, and a UTF-8 check per word was a
+    /// tenth of classification's cost.
+    fn lower<'b>(&self, i: usize, buf: &'b mut [u8; 24]) -> &'b [u8] {
         if self.kind(i) != Some(T::Word) {
-            return "";
+            return &[];
         }
         lower_into(self.bytes(i), buf)
     }
@@ -136,14 +138,14 @@ impl Cx<'_> {
     }
 }
 
-fn lower_into<'b>(src: &[u8], buf: &'b mut [u8; 24]) -> &'b str {
+fn lower_into<'b>(src: &[u8], buf: &'b mut [u8; 24]) -> &'b [u8] {
     if src.len() > buf.len() {
-        return "";
+        return &[];
     }
     for (d, s) in buf.iter_mut().zip(src) {
         *d = s.to_ascii_lowercase();
     }
-    std::str::from_utf8(buf.get(..src.len()).unwrap_or_default()).unwrap_or("")
+    buf.get(..src.len()).unwrap_or_default()
 }
 
 /// Words after which a DML keyword starts a (sub)statement.
@@ -152,99 +154,99 @@ const START_CONTEXT: &[&str] = &[
 ];
 
 /// Words that end a table reference list or cannot be a table or alias name.
-fn reserved(w: &str) -> bool {
+fn reserved(w: &[u8]) -> bool {
     matches!(
         w,
-        "where"
-            | "join"
-            | "inner"
-            | "left"
-            | "right"
-            | "full"
-            | "cross"
-            | "natural"
-            | "outer"
-            | "on"
-            | "using"
-            | "set"
-            | "group"
-            | "order"
-            | "limit"
-            | "offset"
-            | "having"
-            | "window"
-            | "union"
-            | "intersect"
-            | "except"
-            | "returning"
-            | "values"
-            | "select"
-            | "for"
-            | "fetch"
-            | "lock"
-            | "with"
-            | "default"
-            | "from"
-            | "into"
-            | "as"
-            | "when"
-            | "then"
-            | "and"
-            | "or"
-            | "not"
-            | "lateral"
-            | "only"
-            | "straight_join"
-            | "force"
-            | "ignore"
-            | "use"
-            | "partition"
-            | "tablesample"
-            | "stdin"
-            | "stdout"
-            | "program"
-            | "to"
-            | "cascade"
-            | "restrict"
-            | "continue"
-            | "restart"
-            | "identity"
-            | "read"
-            | "write"
-            | "low_priority"
-            | "quick"
-            | "do"
-            | "exists"
-            | "if"
-            | "table"
-            | "nowait"
-            | "skip"
-            | "overriding"
-            | "outfile"
-            | "dumpfile"
-            | "high_priority"
-            | "delayed"
-            | "temporary"
-            | "temp"
-            | "unlogged"
-            | "local"
-            | "global"
-            | "schema"
-            | "database"
-            | "function"
-            | "sequence"
-            | "all"
-            | "procedure"
-            | "routine"
-            | "tables"
-            | "in"
-            | "is"
-            | "null"
-            | "case"
-            | "end"
-            | "by"
-            | "matched"
-            | "dual"
+        b"where"
+            | b"join"
+            | b"inner"
+            | b"left"
+            | b"right"
+            | b"full"
+            | b"cross"
+            | b"natural"
+            | b"outer"
+            | b"on"
+            | b"using"
+            | b"set"
+            | b"group"
+            | b"order"
+            | b"limit"
+            | b"offset"
+            | b"having"
+            | b"window"
+            | b"union"
+            | b"intersect"
+            | b"except"
+            | b"returning"
+            | b"values"
+            | b"select"
+            | b"for"
+            | b"fetch"
+            | b"lock"
+            | b"with"
+            | b"default"
+            | b"from"
+            | b"into"
+            | b"as"
+            | b"when"
+            | b"then"
+            | b"and"
+            | b"or"
+            | b"not"
+            | b"lateral"
+            | b"only"
+            | b"straight_join"
+            | b"force"
+            | b"ignore"
+            | b"use"
+            | b"partition"
+            | b"tablesample"
+            | b"stdin"
+            | b"stdout"
+            | b"program"
+            | b"to"
+            | b"cascade"
+            | b"restrict"
+            | b"continue"
+            | b"restart"
+            | b"identity"
+            | b"read"
+            | b"write"
+            | b"low_priority"
+            | b"quick"
+            | b"do"
+            | b"exists"
+            | b"if"
+            | b"table"
+            | b"nowait"
+            | b"skip"
+            | b"overriding"
+            | b"outfile"
+            | b"dumpfile"
+            | b"high_priority"
+            | b"delayed"
+            | b"temporary"
+            | b"temp"
+            | b"unlogged"
+            | b"local"
+            | b"global"
+            | b"schema"
+            | b"database"
+            | b"function"
+            | b"sequence"
+            | b"all"
+            | b"procedure"
+            | b"routine"
+            | b"tables"
+            | b"in"
+            | b"is"
+            | b"null"
+            | b"case"
+            | b"end"
+            | b"by"
+            | b"matched"
+            | b"dual"
     )
 }
 
@@ -254,34 +256,34 @@ fn admin_function(name: &[u8]) -> bool {
     let name = lower_into(name, &mut buf);
     matches!(
         name,
-        "pg_terminate_backend"
-            | "pg_cancel_backend"
-            | "pg_reload_conf"
-            | "pg_rotate_logfile"
-            | "pg_promote"
-            | "pg_switch_wal"
-            | "pg_read_file"
-            | "pg_read_binary_file"
-            | "pg_ls_dir"
-            | "pg_stat_file"
-            | "pg_file_write"
-            | "pg_file_unlink"
-            | "pg_file_rename"
-            | "lo_import"
-            | "lo_export"
-            | "lo_from_bytea"
-            | "lo_put"
-            | "set_config"
-            | "dblink"
-            | "dblink_exec"
-            | "dblink_connect"
-            | "pg_create_restore_point"
-            | "pg_backup_start"
-            | "pg_start_backup"
-            | "pg_drop_replication_slot"
-            | "load_file"
-            | "sys_exec"
-            | "sys_eval"
+        b"pg_terminate_backend"
+            | b"pg_cancel_backend"
+            | b"pg_reload_conf"
+            | b"pg_rotate_logfile"
+            | b"pg_promote"
+            | b"pg_switch_wal"
+            | b"pg_read_file"
+            | b"pg_read_binary_file"
+            | b"pg_ls_dir"
+            | b"pg_stat_file"
+            | b"pg_file_write"
+            | b"pg_file_unlink"
+            | b"pg_file_rename"
+            | b"lo_import"
+            | b"lo_export"
+            | b"lo_from_bytea"
+            | b"lo_put"
+            | b"set_config"
+            | b"dblink"
+            | b"dblink_exec"
+            | b"dblink_connect"
+            | b"pg_create_restore_point"
+            | b"pg_backup_start"
+            | b"pg_start_backup"
+            | b"pg_drop_replication_slot"
+            | b"load_file"
+            | b"sys_exec"
+            | b"sys_eval"
     )
 }
 
@@ -385,7 +387,8 @@ impl Frames {
 /// Sets the kinds implied by the statement's leading keyword at `f`.
 fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Frames) {
     let mut buf = [0u8; 24];
-    let first = cx.lower(f, &mut buf);
+    // One keyword per statement: read as `str` so the dispatch below stays plain.
+    let first = std::str::from_utf8(cx.lower(f, &mut buf)).unwrap_or("");
     let mysql = cx.dialect == Dialect::Mysql;
     let k = &mut st.kinds;
     match first {
@@ -654,19 +657,24 @@ fn scan(
             }
             Some(T::Word) => {
                 let w = cx.lower(i, &mut buf);
-                let prev_starts = i == s
-                    || matches!(cx.kind(i - 1), Some(T::LParen | T::Semicolon))
-                    || (START_CONTEXT.iter().any(|c| cx.kw(i - 1, c))
-                        && (!cx.kw(i - 1, "key") || cx.kw(i.wrapping_sub(2), "duplicate")));
+                // Only asked for DML words (most words are not), hence a closure.
+                let prev_starts = || {
+                    i == s
+                        || matches!(cx.kind(i - 1), Some(T::LParen | T::Semicolon))
+                        || (START_CONTEXT.iter().any(|c| cx.kw(i - 1, c))
+                            && (!cx.kw(i - 1, "key") || cx.kw(i.wrapping_sub(2), "duplicate")))
+                };
                 let in_fn = depth > 0 && depth < 64 && fn_groups & (1u64 << depth) != 0;
                 match w {
-                    "select" | "insert" | "update" | "delete" | "merge" if prev_starts && i > s => {
+                    b"select" | b"insert" | b"update" | b"delete" | b"merge"
+                        if i > s && prev_starts() =>
+                    {
                         // A nested or body statement: `(DELETE ...`, `AS DELETE`, `DO INSTEAD`.
                         let nk = match w {
-                            "select" => K::Select,
-                            "insert" => K::Insert,
-                            "update" => K::Update,
-                            "delete" => K::Delete,
+                            b"select" => K::Select,
+                            b"insert" => K::Insert,
+                            b"update" => K::Update,
+                            b"delete" => K::Delete,
                             _ => K::Merge,
                         };
                         st.kinds.insert(nk);
@@ -682,7 +690,7 @@ fn scan(
                             continue;
                         }
                     }
-                    "update"
+                    b"update"
                         if !cx.kw(i + 1, "set")
                             && (i == s
                                 || !(cx.kind(i - 1) == Some(T::Comma)
@@ -697,56 +705,57 @@ fn scan(
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
                     }
-                    "where" => frames.mark_where(depth),
-                    "for" if cx.kw_any(i + 1, &["update", "share", "no", "key"]) => {
+                    b"where" => frames.mark_where(depth),
+                    b"for" if cx.kw_any(i + 1, &["update", "share", "no", "key"]) => {
                         st.kinds.insert(K::Lock)
                     }
-                    "lock" if cx.kw(i + 1, "in") => st.kinds.insert(K::Lock),
-                    "from" if !in_fn && !main.contains(K::Revoke) && !main.contains(K::Grant) => {
+                    b"lock" if cx.kw(i + 1, "in") => st.kinds.insert(K::Lock),
+                    b"from" if !in_fn && !main.contains(K::Revoke) && !main.contains(K::Grant) => {
                         let list = !main.contains(K::Copy);
                         i = table_list(cx, i + 1, e, list, tables)?;
                         continue;
                     }
-                    "join" | "straight_join" | "into" => {
+                    b"join" | b"straight_join" | b"into" => {
                         i = table_list(cx, i + 1, e, false, tables)?;
                         continue;
                     }
-                    "using" if main.contains(K::Delete) || main.contains(K::Merge) => {
+                    b"using" if main.contains(K::Delete) || main.contains(K::Merge) => {
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
                     }
-                    "table" | "tables" if !cx.kw(i.wrapping_sub(1), "returns") => {
+                    b"table" | b"tables" if !cx.kw(i.wrapping_sub(1), "returns") => {
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
                     }
-                    "truncate" | "lock" | "describe" | "desc" | "handler" if i == s => {
+                    b"truncate" | b"lock" | b"describe" | b"desc" | b"handler" if i == s => {
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
                     }
-                    "copy" if i == s => {
+                    b"copy" if i == s => {
                         i = table_list(cx, i + 1, e, false, tables)?;
                         continue;
                     }
-                    "on" if (main.contains(K::Grant) || main.contains(K::Revoke))
-                        && !cx.kw_any(
-                            i + 1,
-                            &[
-                                "schema",
-                                "database",
-                                "function",
-                                "sequence",
-                                "all",
-                                "procedure",
-                                "routine",
-                                "language",
-                                "type",
-                                "domain",
-                                "foreign",
-                                "large",
-                                "tablespace",
-                                "parameter",
-                            ],
-                        ) =>
+                    b"on"
+                        if (main.contains(K::Grant) || main.contains(K::Revoke))
+                            && !cx.kw_any(
+                                i + 1,
+                                &[
+                                    "schema",
+                                    "database",
+                                    "function",
+                                    "sequence",
+                                    "all",
+                                    "procedure",
+                                    "routine",
+                                    "language",
+                                    "type",
+                                    "domain",
+                                    "foreign",
+                                    "large",
+                                    "tablespace",
+                                    "parameter",
+                                ],
+                            ) =>
                     {
                         i = table_list(cx, i + 1, e, true, tables)?;
                         continue;
@@ -781,9 +790,9 @@ fn table_list(
         loop {
             let w = cx.lower(i, &mut buf);
             match w {
-                "only" | "lateral" | "table" | "low_priority" | "quick" | "ignore" | "delayed"
-                | "high_priority" | "temporary" | "temp" | "unlogged" => i += 1,
-                "if" => {
+                b"only" | b"lateral" | b"table" | b"low_priority" | b"quick" | b"ignore"
+                | b"delayed" | b"high_priority" | b"temporary" | b"temp" | b"unlogged" => i += 1,
+                b"if" => {
                     i += 1;
                     if cx.kw(i, "not") {
                         i += 1;

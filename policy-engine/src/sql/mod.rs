@@ -146,8 +146,12 @@ impl SqlScratch {
             let src = text.get(t.start as usize..t.end as usize).unwrap_or("");
             match t.kind {
                 TokenKind::Word => {
-                    for ch in src.chars() {
-                        out.push(ch.to_ascii_lowercase());
+                    // One copy, then ASCII case folding in place (non-ASCII bytes stay as
+                    // they are, as with per-char `to_ascii_lowercase`).
+                    let from = out.len();
+                    out.push_str(src);
+                    if let Some(w) = out.get_mut(from..) {
+                        w.make_ascii_lowercase();
                     }
                 }
                 TokenKind::QuotedIdent => {
@@ -160,6 +164,29 @@ impl SqlScratch {
             }
             prev = Some(t.kind);
         }
+    }
+
+    /// The source text of the statement's tokens that normalization copies with their word
+    /// bytes intact (words, quoted identifiers, parameters), in order. Every run of
+    /// `[A-Za-z0-9_]` in the normalized text lies inside one of these, ignoring ASCII case:
+    /// the rest of the normalized text is `?` for literals, operators, punctuation, quotes
+    /// and spaces.
+    pub fn word_bearing_tokens<'t>(
+        &'t self,
+        text: &'t str,
+        s: &Statement,
+    ) -> impl Iterator<Item = &'t str> + 't {
+        self.tokens
+            .get(s.tokens.0 as usize..s.tokens.1 as usize)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.kind,
+                    TokenKind::Word | TokenKind::QuotedIdent | TokenKind::Param
+                )
+            })
+            .map(|t| text.get(t.start as usize..t.end as usize).unwrap_or(""))
     }
 
     /// Convenience for tools and tests: the normalized text of every statement, joined by `; `.

@@ -1,0 +1,398 @@
+//! Per-session candidate filter for SQL rules: rules out, per statement and before any rule is
+//! walked, the rules whose table, schema, multi-statement or regex matcher cannot match.
+//!
+//! Without it every statement walked every rule that names no statement kind (table denials,
+//! regex rules) and glob-matched each of its tables against each rule's patterns, one rule at a
+//! time: most of a decision's cost with a hundred rules. Here the table patterns of all the
+//! session's rules are indexed once at session start (literal names in a hash table, other
+//! globs by their first byte), so a statement costs one lookup per table it names.
+//!
+//! The filter only removes rules; it never decides. A rule it keeps is still checked in full by
+//! `sql_miss`, so a filter that kept too much would cost time, never change a verdict, and one
+//! that removed a rule `sql_miss` would have matched is a bug that the tests comparing against
+//! the unfiltered walk catch. Opaque statements bypass it (they match refusing rules whatever
+//! their tables).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::{Rule, TableGlob};
+use crate::sql::TableRef;
+
+/// Longest table name looked up in the literal index; a longer name (only possible quoted:
+/// the servers cap identifiers at 63 and 64 bytes) keeps every table rule as a candidate.
+const MAX_INDEXED_NAME: usize = 128;
+
+/// One table pattern of one rule: the rule's position in the session list and the pattern's
+/// index in its `match.tables`.
+#[derive(Debug, Clone, Copy)]
+struct TableEntry {
+    pos: u32,
+    rule: u32,
+    glob: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SqlFilter {
+    /// Bitset length in `u64` words (same as the kind index).
+    words: usize,
+    /// Rules with a non-empty `match.tables`.
+    has_tables: Vec<u64>,
+    /// Rules with `match.schemas`.
+    has_schemas: Vec<u64>,
+    /// Rules with `match.regex`.
+    pub(crate) has_regex: Vec<u64>,
+    /// `match.multi_statement = true` / `false`.
+    multi_only: Vec<u64>,
+    single_only: Vec<u64>,
+    /// Literal name patterns (all table patterns fold ASCII case), keyed by the lower-cased name.
+    literal: HashMap<Box<[u8]>, Vec<TableEntry>, BuildHasherDefault<Fnv>>,
+    /// Other name patterns starting with a literal byte, by that byte lower-cased.
+    by_first: Vec<Vec<TableEntry>>,
+    /// Name patterns starting with `*` or `?`.
+    any_first: Vec<TableEntry>,
+}
+
+/// FNV-1a for the literal table-name index. The keys are the policy's own names and a lookup
+/// never inserts, so a peer cannot grow collision chains: SipHash's flooding protection buys
+/// nothing here, and it was a third of the filter's cost for names of a few bytes.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn set(bits: &mut [u64], pos: usize) {
+    if let Some(w) = bits.get_mut(pos / 64) {
+        *w |= 1u64 << (pos % 64);
+    }
+}
+
+impl SqlFilter {
+    pub(crate) fn new(all: &[Rule], session: &[u32]) -> SqlFilter {
+        let words = session.len().div_ceil(64);
+        let mut f = SqlFilter {
+            words,
+            has_tables: vec![0; words],
+            has_schemas: vec![0; words],
+            has_regex: vec![0; words],
+            multi_only: vec![0; words],
+            single_only: vec![0; words],
+            literal: HashMap::default(),
+            by_first: vec![Vec::new(); 256],
+            any_first: Vec::new(),
+        };
+        for (pos, &ri) in session.iter().enumerate() {
+            let Some(m) = all.get(ri as usize).and_then(|r| r.sql.as_ref()) else {
+                continue;
+            };
+            if !m.tables.is_empty() {
+                set(&mut f.has_tables, pos);
+            }
+            if m.schemas.is_some() {
+                set(&mut f.has_schemas, pos);
+            }
+            if m.regex.is_some() {
+                set(&mut f.has_regex, pos);
+            }
+            match m.multi_statement {
+                Some(true) => set(&mut f.multi_only, pos),
+                Some(false) => set(&mut f.single_only, pos),
+                None => {}
+            }
+            for (gi, g) in m.tables.iter().enumerate() {
+                let entry = TableEntry {
+                    pos: pos as u32,
+                    rule: ri,
+                    glob: gi as u32,
+                };
+                let p = g.name.as_str().as_bytes();
+                let wild = p.iter().any(|&c| c == b'*' || c == b'?');
+                match p.first() {
+                    Some(_) if !wild => f
+                        .literal
+                        .entry(p.to_ascii_lowercase().into_boxed_slice())
+                        .or_default()
+                        .push(entry),
+                    Some(&c) if c != b'*' && c != b'?' => {
+                        if let Some(v) = f.by_first.get_mut(usize::from(c.to_ascii_lowercase())) {
+                            v.push(entry);
+                        }
+                    }
+                    _ => f.any_first.push(entry),
+                }
+            }
+        }
+        f
+    }
+
+    /// Removes from `candidates` (a kind-index set for a non-opaque statement) the rules whose
+    /// table, schema or multi-statement matcher cannot match this statement. `hits` is working
+    /// memory.
+    pub(crate) fn retain(
+        &self,
+        all: &[Rule],
+        text: &str,
+        tables: &[TableRef],
+        n_statements: usize,
+        candidates: &mut [u64],
+        hits: &mut Vec<u64>,
+    ) {
+        hits.clear();
+        hits.resize(self.words, 0);
+        let indexed = self.table_hits(all, text, tables, hits);
+        let schema_qualified = tables.iter().any(|t| t.schema.is_some());
+        let multi = n_statements > 1;
+        for (w, c) in candidates.iter_mut().enumerate() {
+            let at = |v: &[u64]| v.get(w).copied().unwrap_or(0);
+            let mut out = 0u64;
+            if indexed {
+                out |= at(&self.has_tables) & !at(hits);
+            }
+            if !schema_qualified {
+                out |= at(&self.has_schemas);
+            }
+            out |= if multi {
+                at(&self.single_only)
+            } else {
+                at(&self.multi_only)
+            };
+            *c &= !out;
+        }
+    }
+
+    /// Sets in `hits` the positions of rules with a table pattern matching one of `tables`.
+    /// Returns false when a name was too long to index: the caller then keeps every table rule.
+    fn table_hits(&self, all: &[Rule], text: &str, tables: &[TableRef], hits: &mut [u64]) -> bool {
+        let mut buf = [0u8; MAX_INDEXED_NAME];
+        for t in tables {
+            let name = t.name.of(text);
+            let Some(lower) = buf.get_mut(..name.len()) else {
+                return false;
+            };
+            for (d, s) in lower.iter_mut().zip(name.as_bytes()) {
+                *d = s.to_ascii_lowercase();
+            }
+            let schema = t.schema.map(|s| s.of(text));
+            let lower: &[u8] = lower;
+            // Literal names: only the schema pattern is left to check.
+            for e in self.literal.get(lower).map(Vec::as_slice).unwrap_or(&[]) {
+                if let Some(g) = table_glob(all, e)
+                    && schema_matches(g, schema)
+                {
+                    set(hits, e.pos as usize);
+                }
+            }
+            let first = lower.first().map_or(&[][..], |&c| {
+                self.by_first
+                    .get(usize::from(c))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[])
+            });
+            for e in first.iter().chain(&self.any_first) {
+                if let Some(g) = table_glob(all, e)
+                    && g.name.matches(name)
+                    && schema_matches(g, schema)
+                {
+                    set(hits, e.pos as usize);
+                }
+            }
+        }
+        true
+    }
+}
+
+fn table_glob<'a>(all: &'a [Rule], e: &TableEntry) -> Option<&'a TableGlob> {
+    all.get(e.rule as usize)?
+        .sql
+        .as_ref()?
+        .tables
+        .get(e.glob as usize)
+}
+
+/// The schema half of a table pattern, exactly as `sql_miss` applies it.
+fn schema_matches(g: &TableGlob, schema: Option<&str>) -> bool {
+    match (&g.schema, schema) {
+        (None, _) => true,
+        (Some(gs), Some(s)) => gs.matches(s),
+        (Some(_), None) => false,
+    }
+}
+
+/// A literal prefilter for the policy's regexes that runs on a statement's raw text, so that
+/// the normalized text (which the regexes run on) is only built when one of them might match.
+///
+/// Every match of a regex starts with one of its prefix literals (when the set of prefixes is
+/// finite). A literal made only of ASCII word bytes (`[A-Za-z0-9_]`) that occurs in the
+/// normalized text occurs, ignoring ASCII case, in the raw statement text too: normalization
+/// only lower-cases words, replaces literals by `?`, drops comments and inserts or collapses
+/// spaces and quotes, none of which is a word byte, so a run of word bytes in normalized text
+/// always lies inside one token's own text. Hence "no literal in the raw text" proves "no regex
+/// matches the normalized text".
+///
+/// Returns `None` (no prefilter: always normalize) when some regex has no such literal set:
+/// an infinite prefix set, an empty literal, or a literal with other bytes.
+pub(crate) fn word_literal_prefilter(patterns: &[String]) -> Option<WordLiterals> {
+    let mut literals: Vec<Vec<u8>> = Vec::new();
+    for p in patterns {
+        let hir = regex_syntax::parse(p).ok()?;
+        let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+        // A finite empty set means the regex never matches: it needs no literal.
+        for lit in seq.literals()? {
+            let b = lit.as_bytes();
+            if b.is_empty() || !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+                return None;
+            }
+            literals.push(b.to_ascii_lowercase());
+        }
+    }
+    literals.sort_unstable();
+    literals.dedup();
+    WordLiterals::new(&literals)
+}
+
+/// Most literal bytes indexed; more (hundreds of regexes) and the prefilter is not built.
+const MAX_LITERAL_BYTES: usize = 16 * 1024;
+
+/// A case-folding Aho-Corasick automaton over a few short literals, as a dense transition
+/// table over byte classes: one class per byte that occurs in a literal (both cases), one for
+/// all others. Searching is two table loads per byte and stops at the first match.
+///
+/// Hand-rolled rather than `aho_corasick`: its searchers cost 16 instructions a byte here
+/// (the SIMD ones do not fold case; the DFA one checks for special states and match
+/// semantics at every step), which made this "skip the work" check as dear as the lexer.
+#[derive(Debug, Clone)]
+pub(crate) struct WordLiterals {
+    /// Byte to class; class 0 is "in no literal" and always leads back to the root.
+    class: [u8; 256],
+    /// `table[state_base + class]`: the next state's base (`state * classes`), failure links
+    /// folded in, or `FOUND`.
+    table: Vec<u32>,
+}
+
+impl WordLiterals {
+    /// `None` when a literal is empty (it would match everywhere) or the set is too large.
+    fn new(literals: &[Vec<u8>]) -> Option<WordLiterals> {
+        let total: usize = literals.iter().map(Vec::len).sum();
+        if total > MAX_LITERAL_BYTES || literals.iter().any(Vec::is_empty) {
+            return None;
+        }
+        let mut class = [0u8; 256];
+        let mut classes = 1usize;
+        for &b in literals.iter().flatten() {
+            let l = b.to_ascii_lowercase();
+            if class.get(usize::from(l)).copied()? == 0 {
+                let c = u8::try_from(classes).ok()?;
+                *class.get_mut(usize::from(l))? = c;
+                *class.get_mut(usize::from(l.to_ascii_uppercase()))? = c;
+                classes += 1;
+            }
+        }
+        // The trie; 0 is the root and "no child" (the root is never a child). `accepting`:
+        // the state ends with (a suffix equal to) some literal.
+        let mut delta = vec![0u16; classes];
+        let mut accepting = vec![false];
+        for lit in literals {
+            let mut s = 0usize;
+            for &b in lit {
+                let c = usize::from(*class.get(usize::from(b))?);
+                let next = *delta.get(s * classes + c)?;
+                s = if next != 0 {
+                    usize::from(next)
+                } else {
+                    let n = accepting.len();
+                    *delta.get_mut(s * classes + c)? = u16::try_from(n).ok()?;
+                    delta.resize(delta.len() + classes, 0);
+                    accepting.push(false);
+                    n
+                };
+            }
+            *accepting.get_mut(s)? = true;
+        }
+        // Breadth-first: fold failure links into the table (children of the root fail to the
+        // root; other missing transitions copy their failure state's, already complete).
+        let mut fail = vec![0usize; accepting.len()];
+        let mut queue = std::collections::VecDeque::new();
+        for c in 0..classes {
+            let child = usize::from(*delta.get(c)?);
+            if child != 0 {
+                queue.push_back(child);
+            }
+        }
+        while let Some(s) = queue.pop_front() {
+            let f = *fail.get(s)?;
+            if *accepting.get(f)? {
+                *accepting.get_mut(s)? = true;
+            }
+            for c in 0..classes {
+                let child = usize::from(*delta.get(s * classes + c)?);
+                let via_fail = *delta.get(f * classes + c)?;
+                if child != 0 {
+                    *fail.get_mut(child)? = usize::from(via_fail);
+                    queue.push_back(child);
+                } else {
+                    *delta.get_mut(s * classes + c)? = via_fail;
+                }
+            }
+        }
+        // Search form: targets premultiplied by `classes` (no multiply per byte), and a
+        // transition into an accepting state replaced by `FOUND` (no second lookup per byte).
+        let mut table = Vec::with_capacity(delta.len());
+        for &next in &delta {
+            let n = usize::from(next);
+            table.push(if *accepting.get(n)? {
+                FOUND
+            } else {
+                u32::try_from(n * classes).ok()?
+            });
+        }
+        Some(WordLiterals { class, table })
+    }
+
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "a u8 always indexes a 256-entry table"
+    )]
+    #[inline]
+    fn class_of(&self, b: u8) -> u8 {
+        self.class[usize::from(b)]
+    }
+
+    /// Whether one of the literals occurs in `text`, ignoring ASCII case.
+    pub(crate) fn found_in(&self, text: &str) -> bool {
+        let mut s = 0u32;
+        for &b in text.as_bytes() {
+            let c = u32::from(self.class_of(b));
+            // In range by construction; an out-of-range index would mean "found", which only
+            // costs the work the prefilter tries to skip.
+            s = match self.table.get((s + c) as usize) {
+                Some(&FOUND) | None => return true,
+                Some(&n) => n,
+            };
+        }
+        false
+    }
+}
+
+/// A transition into an accepting state, in `WordLiterals::table`.
+const FOUND: u32 = u32::MAX;
+
+#[cfg(test)]
+#[path = "filter_tests.rs"]
+mod tests;
