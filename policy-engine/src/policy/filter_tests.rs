@@ -100,19 +100,7 @@ fn assert_same(session: &SessionPolicy, dialect: Dialect, text: &str) {
 }
 
 fn corpus() -> Vec<(Dialect, String)> {
-    let classify = include_str!("../../tests/corpus/classify.txt");
-    let mut v: Vec<(Dialect, String)> = classify
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut p = l.splitn(4, " | ");
-            let d = match p.next()?.trim() {
-                "my" => Dialect::Mysql,
-                _ => Dialect::Postgres,
-            };
-            Some((d, p.nth(2)?.replace("\\n", "\n").replace("\\t", "\t")))
-        })
-        .collect();
+    let mut v = super::super::tests::classify_corpus();
     v.extend(
         workload::corpus()
             .into_iter()

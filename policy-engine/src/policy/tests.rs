@@ -72,24 +72,12 @@ fn kind_index_decides_like_full_walk() {
     let policy =
         Arc::new(compile_sources(&[(PathBuf::from("a.toml"), rules)]).expect("rules compile"));
     let session = policy.session_unchecked("db", &Identity::default());
-    let corpus = include_str!("../../tests/corpus/classify.txt");
     let mut extra: Vec<String> = (0..150)
         .map(|i| format!("SELECT * FROM t{i}; DELETE FROM t{i}; COPY t{i} TO STDOUT"))
         .collect();
     extra.push("WITH g AS (DELETE FROM secret RETURNING *) SELECT * FROM g".into());
     extra.push("EXECUTE p; SELECT 1".into());
-    let mut statements: Vec<(Dialect, String)> = corpus
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut p = l.splitn(4, " | ");
-            let d = match p.next()?.trim() {
-                "my" => Dialect::Mysql,
-                _ => Dialect::Postgres,
-            };
-            Some((d, p.nth(2)?.replace("\\n", "\n").replace("\\t", "\t")))
-        })
-        .collect();
+    let mut statements = classify_corpus();
     statements.extend(extra.into_iter().map(|s| (Dialect::Postgres, s)));
     assert!(statements.len() > 300);
     let (mut indexed, mut full) = (Scratch::new(), Scratch::new());
@@ -195,4 +183,21 @@ url = "ftp://nope"
     assert!(keys.contains(&"access[0].approvers"), "{keys:?}");
     assert!(keys.contains(&"access[0].max_grant"), "{keys:?}");
     assert!(keys.contains(&"webhook[0].url"), "{keys:?}");
+}
+
+/// The statements of `tests/corpus/classify.txt` (`dialect | kinds | attributes | sql` lines),
+/// with their dialects.
+pub(super) fn classify_corpus() -> Vec<(Dialect, String)> {
+    include_str!("../../tests/corpus/classify.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut p = l.splitn(4, " | ");
+            let d = match p.next()?.trim() {
+                "my" => Dialect::Mysql,
+                _ => Dialect::Postgres,
+            };
+            Some((d, p.nth(2)?.replace("\\n", "\n").replace("\\t", "\t")))
+        })
+        .collect()
 }
