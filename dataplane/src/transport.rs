@@ -86,6 +86,24 @@ impl Transport {
         }
     }
 
+    /// Writes all of `buf` and leaves it empty with its capacity, for the next batch: the
+    /// plain path lends the buffer itself to the kernel (no copy, no allocation per write).
+    /// If the future is dropped mid-write the buffer goes with it.
+    pub async fn write_buf(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        let result = match self {
+            Transport::Plain(tcp) => {
+                let (res, mut owned) = tcp.write_all(std::mem::take(buf)).await;
+                owned.clear();
+                *buf = owned;
+                res.map(|_| ())
+            }
+            Transport::TlsServer(tls) => tls.write_all(buf).await,
+            Transport::TlsClient(tls) => tls.write_all(buf).await,
+        };
+        buf.clear();
+        result
+    }
+
     /// Signals end of stream to the peer (TLS close_notify, then TCP FIN).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         match self {

@@ -9,9 +9,11 @@
 //! 3. **upstream**: connect with a timeout, TLS per `upstream_tls`, login with the held
 //!    credential ([`UpstreamAuth`]), then the client is greeted with the gateway's own cancel
 //!    key;
-//! 4. **relay**: both sockets read at once; each client message is decided by the
-//!    [`Inspector`] before it may be forwarded, each server message is masked by it, and
-//!    the gateway's own replies are ordered by the [`ResponseSequencer`].
+//! 4. **relay**: each client message is decided by the [`Inspector`] before it may be
+//!    forwarded, each server message is masked by it, and the gateway's own replies are
+//!    ordered by the [`ResponseSequencer`]. Between passes the driver reads the side that
+//!    can speak next: the server while it owes the answer to a whole batch, the client while
+//!    everything is answered, both sockets at once otherwise (see `Relay::wait_for`).
 //!
 //! Backpressure: a side is read only after everything read before has been written to the
 //! other side, so a slow peer slows its counterpart and buffers stay bounded by one read
@@ -65,7 +67,7 @@ use upstream::{
     connect_upstream, forward_cancel, register_cancel, upstream_closed, upstream_credential,
     upstream_io,
 };
-use wait::{cancelled, read_either};
+use wait::{WaitFor, cancelled, read_either, read_one};
 
 /// Bytes asked of a socket per read.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -111,9 +113,8 @@ impl Client<'_> {
         if out.is_empty() {
             return Ok(());
         }
-        let data = out.split().to_vec();
-        let n = data.len() as u64;
-        self.transport_mut()?.write_all(data).await?;
+        let n = out.len() as u64;
+        self.transport_mut()?.write_buf(out).await?;
         self.bytes_out = self.bytes_out.saturating_add(n);
         ConnCounters::add(&self.counters.bytes_upstream_to_client, n);
         Ok(())
@@ -339,6 +340,8 @@ pub async fn serve(
             frame_seq: 0,
             probe_readies: 0,
             clock: CommandClock::default(),
+            unanswered: false,
+            single_read_timed_out: false,
         };
         if let Some(until) = access_until {
             relay.inspector.end_access_at(until);
@@ -436,6 +439,13 @@ struct Relay<'a> {
     /// ReadyForQuery answers to refusal probes, which the inspector never sees.
     probe_readies: u64,
     clock: CommandClock,
+    /// Bytes were forwarded to the server since its last ReadyForQuery that left nothing
+    /// owed: it may still answer them (a Flush, a refusal probe), so both sockets are read.
+    unanswered: bool,
+    /// The last wait read one socket only and ended on the timer: the next reads both, so
+    /// whatever the unread side said meanwhile (a NOTIFY after a LISTEN issued from a
+    /// function, a server FATAL, a client gone mid-query) is seen within a tick or two.
+    single_read_timed_out: bool,
 }
 
 impl Relay<'_> {
@@ -458,7 +468,7 @@ impl Relay<'_> {
             }
             let forwarded = !to_up.is_empty();
             if !to_up.is_empty()
-                && let Err(e) = upstream.write_all(to_up.split().to_vec()).await
+                && let Err(e) = upstream.write_buf(&mut to_up).await
             {
                 let e = PgError::UpstreamConnect {
                     reason: e.to_string(),
@@ -489,6 +499,11 @@ impl Relay<'_> {
                 return (Outcome::Error, Some(format!("client write failed: {e}")));
             }
             let answered = self.readies() > ready_before;
+            if forwarded {
+                self.unanswered = true;
+            } else if answered && !self.inspector.awaiting_ready() {
+                self.unanswered = false;
+            }
             let stages = &mut self.inspector.stage_times;
             (self.clock).pass(pass_began, forwarded, answered, stages, client.counters);
             if let Step::Fatal(e) = up_step {
@@ -540,6 +555,7 @@ impl Relay<'_> {
             let Ok(client_transport) = client.transport_mut() else {
                 return (Outcome::Error, Some("client transport lost".into()));
             };
+            let wait_for = self.wait_for();
             let (wait, read_client, waiter) = match self.held.as_mut() {
                 Some(h) => (
                     h.time_left().min(TICK),
@@ -548,16 +564,23 @@ impl Relay<'_> {
                 ),
                 None => (idle_left.min(TICK), true, None),
             };
-            let (rc, ru) = read_either(
-                client_transport,
-                cin,
-                read_client,
-                upstream,
-                uin,
-                wait,
-                waiter,
-            )
-            .await;
+            let (rc, ru) = match wait_for {
+                WaitFor::Server => (None, read_one(upstream, uin, wait).await),
+                WaitFor::Client => (read_one(client_transport, cin, wait).await, None),
+                WaitFor::Both => {
+                    read_either(
+                        client_transport,
+                        cin,
+                        read_client,
+                        upstream,
+                        uin,
+                        wait,
+                        waiter,
+                    )
+                    .await
+                }
+            };
+            self.single_read_timed_out = rc.is_none() && ru.is_none();
             match rc {
                 Some(Ok(0)) => {
                     let why = if self.held.is_some() {
@@ -592,6 +615,29 @@ impl Relay<'_> {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Which socket(s) the next wait reads. Reading both means arming a read on each and
+    /// cancelling the loser, two extra io_uring operations and a cancel round trip on the
+    /// critical path of every request and every answer; in the common rhythm only one side
+    /// can speak next:
+    /// - the server owes a ReadyForQuery for a whole batch and needs nothing from the client
+    ///   to send it: read the server only (pipelined client bytes wait in the kernel, as they
+    ///   would in front of PostgreSQL itself);
+    /// - everything forwarded has been answered and nothing (COPY, LISTEN) lets the server
+    ///   speak on its own: read the client only.
+    ///
+    /// Anything else, a held statement, or a single read that just timed out, reads both.
+    fn wait_for(&self) -> WaitFor {
+        if self.held.is_some() || self.single_read_timed_out {
+            WaitFor::Both
+        } else if self.inspector.awaiting_ready() {
+            WaitFor::Server
+        } else if !self.unanswered && self.inspector.server_quiet() {
+            WaitFor::Client
+        } else {
+            WaitFor::Both
         }
     }
 

@@ -169,6 +169,9 @@ pub struct Inspector {
     copy_out_binary: Option<BinaryCopyRewriter>,
     /// The server is in COPY FROM STDIN.
     copy_in: bool,
+    /// The session ran LISTEN (or NOTIFY/UNLISTEN): the server may speak while the client is
+    /// quiet, so the driver keeps reading the server between round trips.
+    listening: bool,
     pending: VecDeque<Pending>,
     syncs_forwarded: u64,
     ready_seen: u64,
@@ -212,6 +215,7 @@ impl Inspector {
             copy_out: None,
             copy_out_binary: None,
             copy_in: false,
+            listening: false,
             pending: VecDeque::new(),
             syncs_forwarded: 0,
             ready_seen: 0,
@@ -418,6 +422,7 @@ impl Inspector {
         let statements = scratch.sql().statements();
         let results = scratch.statement_results();
         for (i, st) in statements.iter().enumerate() {
+            self.listening |= st.kinds.contains(StatementKind::Notify);
             let (verdict, rule) = results.get(i).map_or((overall, None), |r| {
                 (
                     r.verdict,
@@ -895,6 +900,23 @@ impl Inspector {
             _ => out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// The server owes a ReadyForQuery for a batch forwarded whole (a simple Query or a Sync),
+    /// and needs nothing more from the client to send it: not in COPY FROM STDIN, not in a
+    /// COPY in both directions.
+    pub fn awaiting_ready(&self) -> bool {
+        self.syncs_forwarded > self.ready_seen && !self.copy_in && !self.in_copy_out()
+    }
+
+    /// Nothing suggests the server will speak before the client does: no COPY under way and
+    /// no LISTEN in this session. (The driver also needs every forwarded byte answered.)
+    pub fn server_quiet(&self) -> bool {
+        !self.listening && !self.copy_in && !self.in_copy_out()
+    }
+
+    fn in_copy_out(&self) -> bool {
+        self.copy_out.is_some() || self.copy_out_binary.is_some()
     }
 
     /// ReadyForQuery messages handled so far: the driver's clock ends a round trip on each.

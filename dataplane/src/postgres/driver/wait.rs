@@ -3,6 +3,14 @@
 // A split of the driver: it shares the driver's imports and private items.
 use super::*;
 
+/// Which socket(s) a wait reads; see `Relay::wait_for`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WaitFor {
+    Client,
+    Server,
+    Both,
+}
+
 pub(super) fn cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
 }
@@ -64,4 +72,36 @@ pub(super) async fn read_either(
     })
     .await;
     (rc, ru)
+}
+
+/// Reads one socket for up to `wait`. `None` when the timer ended the wait with nothing read
+/// (the read was cancelled and awaited, so nothing the kernel delivered is lost: bytes that
+/// raced the cancel come back as `Some(Ok(n))`).
+pub(super) async fn read_one(
+    transport: &mut Transport,
+    buf: &mut BytesMut,
+    wait: Duration,
+) -> Option<io::Result<usize>> {
+    let mut canceller = Some(Canceller::new());
+    let handle = canceller.as_ref().map(Canceller::handle)?;
+    let mut read = pin!(transport.read_into_cancelable(buf, READ_CHUNK, handle));
+    let mut timer = pin!(monoio::time::sleep(wait));
+    let r = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = read.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if canceller.is_some()
+            && timer.as_mut().poll(cx).is_ready()
+            && let Some(cn) = canceller.take()
+        {
+            drop(cn.cancel());
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await;
+    match r {
+        Err(e) if cancelled(&e) => None,
+        r => Some(r),
+    }
 }
