@@ -392,10 +392,10 @@ fn worker_thread(
         tracing::warn!(worker = index, core = %core_label, "could not pin worker to its core");
     }
     if wanted == ActiveDriver::IoUring {
-        match RuntimeBuilder::<IoUringDriver>::new()
-            .enable_timer()
-            .build()
-        {
+        match uring_runtime(true).or_else(|e| {
+            tracing::info!(worker = index, error = %e, "io_uring without deferred task work");
+            uring_runtime(false)
+        }) {
             Ok(mut rt) => {
                 tracing::info!(worker = index, core = %core_label, driver = "io_uring", "worker started");
                 rt.block_on(worker_main(
@@ -697,4 +697,23 @@ async fn session(
             audit::tcp_session_ended(&services, info, &totals);
         }
     }
+}
+
+/// A worker's io_uring runtime. With `defer`, completions are posted only when the worker
+/// waits for them (`IORING_SETUP_DEFER_TASKRUN`, which needs `SINGLE_ISSUER`: each ring is
+/// created and driven by its one worker thread), instead of interrupting the worker with task
+/// work as sockets become ready: interleaved A/B under `pgbench -S`-style load cut gateway
+/// CPU per query by about 8 % (docs/benchmarks.md). Kernels before 6.1 refuse the flags;
+/// the caller then builds without them.
+fn uring_runtime(
+    defer: bool,
+) -> std::io::Result<monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>> {
+    let mut urb = io_uring::IoUring::builder();
+    if defer {
+        urb.setup_defer_taskrun().setup_single_issuer();
+    }
+    RuntimeBuilder::<IoUringDriver>::new()
+        .uring_builder(urb)
+        .enable_timer()
+        .build()
 }
