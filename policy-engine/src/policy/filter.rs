@@ -282,8 +282,10 @@ pub(crate) struct WordLiterals {
     /// Byte to class; class 0 is "in no literal" and always leads back to the root.
     class: [u8; 256],
     /// `table[state_base + class]`: the next state's base (`state * classes`), failure links
-    /// folded in, or `FOUND`.
+    /// folded in. The last state, at base `found`, is where every literal ends, and it never
+    /// leaves: a walk checks for it once at its end, not at every byte.
     table: Vec<u32>,
+    found: u32,
     /// Longest literal, in bytes: parallel scans of a text overlap by one less than this.
     max_len: usize,
 }
@@ -354,20 +356,24 @@ impl WordLiterals {
             }
         }
         // Search form: targets premultiplied by `classes` (no multiply per byte), and a
-        // transition into an accepting state replaced by `FOUND` (no second lookup per byte).
-        let mut table = Vec::with_capacity(delta.len());
+        // transition into an accepting state replaced by one into the absorbing `found` state
+        // (no second lookup and no exit test per byte).
+        let found = u32::try_from(delta.len()).ok()?;
+        let mut table = Vec::with_capacity(delta.len() + classes);
         for &next in &delta {
             let n = usize::from(next);
             table.push(if *accepting.get(n)? {
-                FOUND
+                found
             } else {
                 u32::try_from(n * classes).ok()?
             });
         }
+        table.resize(delta.len() + classes, found);
         let max_len = literals.iter().map(Vec::len).max().unwrap_or(0);
         Some(WordLiterals {
             class,
             table,
+            found,
             max_len,
         })
     }
@@ -397,7 +403,7 @@ impl WordLiterals {
         let b = text.as_bytes();
         let overlap = self.max_len.saturating_sub(1);
         if b.len() < PARALLEL_SCAN_FROM.max(overlap.saturating_mul(2 * STREAMS)) {
-            return self.walk(0, b).is_none();
+            return self.walk(0, b).is_none_or(|s| s == self.found);
         }
         // Windows of `w` bytes starting `step` apart: four windows cover
         // `3 * step + w >= len` bytes, and the last one may be cut short by the text's end.
@@ -417,25 +423,26 @@ impl WordLiterals {
                 };
             }
         }
-        let [s0, s1, s2, _] = s;
-        [(s0, w0), (s1, w1), (s2, w2)]
-            .into_iter()
-            .any(|(st, win)| self.walk(st, win.get(common..).unwrap_or(&[])).is_none())
+        let [s0, s1, s2, s3] = s;
+        s3 == self.found
+            || [(s0, w0), (s1, w1), (s2, w2)].into_iter().any(|(st, win)| {
+                self.walk(st, win.get(common..).unwrap_or(&[]))
+                    .is_none_or(|s| s == self.found)
+            })
     }
 
-    /// One byte from state `s`: the next state, or `None` when a literal ends here. In range
-    /// by construction; an out-of-range index also means "found", which only costs the work
-    /// the prefilter tries to skip.
+    /// One byte from state `s`. In range by construction; `None` (out of range) is taken as
+    /// "found", which only costs the work the prefilter tries to skip. A branch, not
+    /// `unwrap_or(found)`: the conditional move that compiles to sits on the walk's chain of
+    /// dependent loads and made it slower despite fewer instructions.
     #[inline]
     fn step(&self, s: u32, b: u8) -> Option<u32> {
         let c = u32::from(self.class_of(b));
-        match self.table.get((s + c) as usize) {
-            Some(&FOUND) | None => None,
-            Some(&n) => Some(n),
-        }
+        self.table.get((s + c) as usize).copied()
     }
 
-    /// Walks `text` from state `s`: the final state, or `None` when a literal was found.
+    /// Walks `text` from state `s` to its final state (`found` once a literal has ended;
+    /// `None` only if the table were out of range).
     fn walk(&self, mut s: u32, text: &[u8]) -> Option<u32> {
         for &b in text {
             s = self.step(s, b)?;
@@ -449,9 +456,6 @@ impl WordLiterals {
 const STREAMS: usize = 4;
 /// Shortest text walked in parallel windows; below it the setup costs more than it saves.
 const PARALLEL_SCAN_FROM: usize = 64;
-
-/// A transition into an accepting state, in `WordLiterals::table`.
-const FOUND: u32 = u32::MAX;
 
 #[cfg(test)]
 #[path = "filter_tests.rs"]
