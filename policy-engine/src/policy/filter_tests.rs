@@ -267,4 +267,28 @@ proptest! {
         let naive = lower.iter().any(|l| t.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
         prop_assert_eq!(w.found_in(&text), naive);
     }
+
+    /// The same on texts long enough for the parallel windowed walk: a literal planted at any
+    /// position (so across every window boundary), in either case, is found, and a text
+    /// without one is not.
+    #[test]
+    fn word_literals_windowed_walk_finds_like_substring_search(
+        lits in proptest::collection::vec("[ab_1]{1,9}", 1..4),
+        filler in "[abcdCD_ .]{60,400}",
+        planted in proptest::option::of((0usize..400, 0usize..4, any::<bool>())),
+    ) {
+        let lower: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+        let w = super::WordLiterals::new(&lower).expect("small set");
+        let mut text = filler;
+        if let Some((at, which, upper)) = planted {
+            let lit = lits.get(which % lits.len()).cloned().unwrap_or_default();
+            let lit = if upper { lit.to_ascii_uppercase() } else { lit };
+            text.insert_str(at.min(text.len()), &lit);
+        }
+        let folded = text.to_ascii_lowercase();
+        let naive = lower
+            .iter()
+            .any(|l| folded.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
+        prop_assert_eq!(w.found_in(&text), naive);
+    }
 }

@@ -36,6 +36,11 @@ pub(super) fn run(
         toks,
         dialect,
     };
+    // Without a `;` there is one statement, whatever the routine-body tracking below would
+    // find: one quick pass instead of two keyword tests per token.
+    if !toks.iter().any(|t| t.kind == T::Semicolon) {
+        return finish(&cx, 0, unterminated, statements, tables);
+    }
     let mut start = 0usize;
     let mut block = 0u32;
     let mut i = 0usize;
@@ -60,7 +65,19 @@ pub(super) fn run(
         }
         i += 1;
     }
-    emit(&cx, start, toks.len(), unterminated, statements, tables)?;
+    finish(&cx, start, unterminated, statements, tables)
+}
+
+/// Emits the last statement (tokens from `start` to the end) and, for input that ended inside
+/// a string, quoted identifier or comment, makes sure an opaque unknown statement is reported.
+fn finish(
+    cx: &Cx<'_>,
+    start: usize,
+    unterminated: bool,
+    statements: &mut Vec<Statement>,
+    tables: &mut Vec<TableRef>,
+) -> Result<(), ClassifyError> {
+    emit(cx, start, cx.toks.len(), unterminated, statements, tables)?;
     if unterminated
         && !statements
             .last()
@@ -251,40 +268,86 @@ fn reserved(w: &[u8]) -> bool {
 }
 
 /// Functions that act on the server rather than on data.
+const ADMIN_FUNCTIONS: &[&[u8]] = &[
+    b"pg_terminate_backend",
+    b"pg_cancel_backend",
+    b"pg_reload_conf",
+    b"pg_rotate_logfile",
+    b"pg_promote",
+    b"pg_switch_wal",
+    b"pg_read_file",
+    b"pg_read_binary_file",
+    b"pg_ls_dir",
+    b"pg_stat_file",
+    b"pg_file_write",
+    b"pg_file_unlink",
+    b"pg_file_rename",
+    b"lo_import",
+    b"lo_export",
+    b"lo_from_bytea",
+    b"lo_put",
+    b"set_config",
+    b"dblink",
+    b"dblink_exec",
+    b"dblink_connect",
+    b"pg_create_restore_point",
+    b"pg_backup_start",
+    b"pg_start_backup",
+    b"pg_drop_replication_slot",
+    b"load_file",
+    b"sys_exec",
+    b"sys_eval",
+];
+
+/// `ADMIN_FUNCTIONS` by first byte and length, so that almost every other name is rejected
+/// without being lower-cased and compared.
+static ADMIN_FUNCTION_SHAPES: WordShapes = WordShapes::of(ADMIN_FUNCTIONS);
+
 fn admin_function(name: &[u8]) -> bool {
+    if !ADMIN_FUNCTION_SHAPES.admits(name) {
+        return false;
+    }
     let mut buf = [0u8; 24];
     let name = lower_into(name, &mut buf);
-    matches!(
-        name,
-        b"pg_terminate_backend"
-            | b"pg_cancel_backend"
-            | b"pg_reload_conf"
-            | b"pg_rotate_logfile"
-            | b"pg_promote"
-            | b"pg_switch_wal"
-            | b"pg_read_file"
-            | b"pg_read_binary_file"
-            | b"pg_ls_dir"
-            | b"pg_stat_file"
-            | b"pg_file_write"
-            | b"pg_file_unlink"
-            | b"pg_file_rename"
-            | b"lo_import"
-            | b"lo_export"
-            | b"lo_from_bytea"
-            | b"lo_put"
-            | b"set_config"
-            | b"dblink"
-            | b"dblink_exec"
-            | b"dblink_connect"
-            | b"pg_create_restore_point"
-            | b"pg_backup_start"
-            | b"pg_start_backup"
-            | b"pg_drop_replication_slot"
-            | b"load_file"
-            | b"sys_exec"
-            | b"sys_eval"
-    )
+    ADMIN_FUNCTIONS.contains(&name)
+}
+
+/// Which (first byte, length) pairs occur in a set of lower-case ASCII words of fewer than 32
+/// bytes: a word whose pair is absent is not in the set, whatever its case, and the check is
+/// one load. Lower-casing a word into a buffer to compare it was the classifier's largest
+/// per-word cost, and most words (column names, aliases) are in no keyword set.
+pub(super) struct WordShapes([u32; 256]);
+
+impl WordShapes {
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "const fn at compile time: indices are below 256 by construction"
+    )]
+    pub(super) const fn of(words: &[&[u8]]) -> WordShapes {
+        let mut t = [0u32; 256];
+        let mut k = 0;
+        while k < words.len() {
+            let w = words[k];
+            // A longer or empty word would make `admits` wrong: refuse to compile.
+            assert!(!w.is_empty() && w.len() < 32);
+            let first = w[0];
+            assert!(first.is_ascii() && !first.is_ascii_uppercase());
+            t[first as usize] |= 1 << w.len();
+            t[first.to_ascii_uppercase() as usize] |= 1 << w.len();
+            k += 1;
+        }
+        WordShapes(t)
+    }
+
+    /// False only if `w` (in any ASCII case) is none of the words.
+    pub(super) fn admits(&self, w: &[u8]) -> bool {
+        match w.first() {
+            Some(&c) => {
+                w.len() < 32 && self.0.get(usize::from(c)).copied().unwrap_or(0) >> w.len() & 1 != 0
+            }
+            None => false,
+        }
+    }
 }
 
 /// Classifies tokens `[s, e)` and appends the statement (skipped when it has no tokens).
@@ -395,11 +458,15 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
         "select" => {
             k.insert(K::Select);
             let mut depth = 0u32;
-            for i in f..e {
-                match cx.kind(i) {
-                    Some(T::LParen) => depth += 1,
-                    Some(T::RParen) => depth = depth.saturating_sub(1),
-                    _ if depth == 0 && cx.kw(i, "into") => {
+            // Every token of a SELECT is visited: iterate the slice, and compare only
+            // four-byte words with `into`, rather than look each token up by index twice.
+            for (i, t) in (f..).zip(cx.toks.get(f..e).unwrap_or_default()) {
+                match t.kind {
+                    T::LParen => depth += 1,
+                    T::RParen => depth = depth.saturating_sub(1),
+                    T::Word
+                        if depth == 0 && t.end.wrapping_sub(t.start) == 4 && cx.kw(i, "into") =>
+                    {
                         if cx.kw_any(i + 1, &["outfile", "dumpfile"]) {
                             k.insert(K::CopyFile);
                         } else if !mysql {
@@ -614,6 +681,34 @@ fn dispatch(cx: &Cx<'_>, f: usize, e: usize, st: &mut Statement, frames: &mut Fr
     }
 }
 
+/// Every word the `match w` in `scan` tests; keep the two in step (a word missing here is never
+/// matched there).
+const SCAN_KEYWORDS: &[&[u8]] = &[
+    b"select",
+    b"insert",
+    b"update",
+    b"delete",
+    b"merge",
+    b"where",
+    b"for",
+    b"lock",
+    b"from",
+    b"join",
+    b"straight_join",
+    b"into",
+    b"using",
+    b"table",
+    b"tables",
+    b"truncate",
+    b"describe",
+    b"desc",
+    b"handler",
+    b"copy",
+    b"on",
+];
+
+static SCAN_KEYWORD_SHAPES: WordShapes = WordShapes::of(SCAN_KEYWORDS);
+
 /// One pass over all tokens: nested DML, admin functions, FOR UPDATE, tables, WHERE presence.
 fn scan(
     cx: &Cx<'_>,
@@ -656,7 +751,13 @@ fn scan(
                 st.without_where |= frames.close_above(depth);
             }
             Some(T::Word) => {
-                let w = cx.lower(i, &mut buf);
+                // A word of no keyword's shape goes to the `_` arm below without being
+                // lower-cased: `SCAN_KEYWORDS` lists every word the match tests.
+                let w = if SCAN_KEYWORD_SHAPES.admits(cx.bytes(i)) {
+                    cx.lower(i, &mut buf)
+                } else {
+                    &[]
+                };
                 // Only asked for DML words (most words are not), hence a closure.
                 let prev_starts = || {
                     i == s
@@ -858,5 +959,44 @@ fn name_part(cx: &Cx<'_>, i: usize) -> Option<Span> {
             if reserved(w) { None } else { Some(cx.span(i)) }
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ADMIN_FUNCTIONS, SCAN_KEYWORD_SHAPES, SCAN_KEYWORDS, WordShapes, admin_function};
+
+    /// A word of the set passes in any case; words of another first byte or length do not.
+    #[test]
+    fn word_shapes_admit_every_word_in_any_case() {
+        for set in [SCAN_KEYWORDS, ADMIN_FUNCTIONS] {
+            let shapes = WordShapes::of(set);
+            for w in set {
+                let upper = w.to_ascii_uppercase();
+                let mut mixed = w.to_vec();
+                if let Some(c) = mixed.first_mut() {
+                    c.make_ascii_uppercase();
+                }
+                for v in [w.to_vec(), upper, mixed] {
+                    assert!(shapes.admits(&v), "{}", String::from_utf8_lossy(&v));
+                }
+            }
+        }
+        for no in [&b""[..], b"x", b"selects", b"ol_w_id", b"\xc3\xa9t\xc3\xa9"] {
+            assert!(
+                !SCAN_KEYWORD_SHAPES.admits(no),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
+    }
+
+    #[test]
+    fn admin_functions_match_ignoring_case_only() {
+        assert!(admin_function(b"PG_Terminate_Backend"));
+        assert!(admin_function(b"sys_eval"));
+        assert!(!admin_function(b"pg_terminate_backends"));
+        assert!(!admin_function(b"pg_terminate_backen"));
+        assert!(!admin_function(b"count"));
     }
 }
