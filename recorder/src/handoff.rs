@@ -35,7 +35,7 @@ pub const WAKE_EVERY: u32 = 1024;
 /// 2048 slots (400 KiB) the slots came back to the producer still dirty in the writer's L2,
 /// and in about a third of the runs (depending, it seems, on where the two vCPUs sat) every
 /// push paid a cross-core transfer: `enqueue_ns` p99 150 ns and `finish_ns` p50 110-120 ns,
-/// against 60 and 50 with 8192 slots in the same runs.
+/// a mode 8192 slots did not show in the same batches of runs.
 pub const HOT_SLOTS: usize = 8192;
 
 /// One worker's queue: a small hot ring that takes every record in the common case, and a
@@ -45,8 +45,9 @@ pub const HOT_SLOTS: usize = 8192;
 /// capacity (65536 by default) spans 13 MiB, and the slot a push writes was last touched a lap
 /// earlier and has long left every cache. Measured, that put a cold write on the data path of
 /// about one push in a hundred (`finish_ns` p99 150-200 ns against 90-100 ns with a 4096-slot
-/// ring in a scratch harness; 140 against 70 ns in `bench recorder` with 8192 hot slots). A small ring alone would cut the burst a worker can queue while the writer fsyncs;
-/// the spill ring keeps that capacity without keeping it hot. Rejected: boxing each record to
+/// ring in a scratch harness; in `bench recorder`, see `docs/recording.md`). A small ring
+/// alone would cut the burst a worker can queue while the writer fsyncs; the spill ring keeps
+/// that capacity without keeping it hot. Rejected: boxing each record to
 /// shrink the slot to two words (the per-record allocation, freed on the writer's core, put
 /// p99 at 330 ns with mimalloc), and an arena indexed through the queue (needs `unsafe`).
 ///
