@@ -44,7 +44,8 @@ pub struct RecorderConfig {
     /// Oldest sealed segments are deleted while all sealed files exceed this. `0` means no limit.
     #[serde(deserialize_with = "de_size")]
     pub retention_bytes: u64,
-    /// Records each worker's queue holds.
+    /// Records each worker's queue holds before a push waits (and, per `on_full`, is refused).
+    /// Memory: up to this many plus the hot ring's `HOT_SLOTS`, see `handoff`.
     pub queue_capacity: usize,
     pub on_full: OnFull,
     /// How long a `fail_closed` producer waits for room before refusing.

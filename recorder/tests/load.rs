@@ -85,6 +85,78 @@ fn rotation_under_concurrent_load_loses_nothing() {
     assert_eq!(sessions, WORKERS as u64);
 }
 
+/// A worker that queues more than the hot ring holds (the writer paused, as during a slow
+/// fsync) spills into the rest of its capacity and comes back; announcements and outcomes stay
+/// in order through both rings, so every command is one row with no "outcome not recorded".
+#[test]
+fn spilling_past_the_hot_ring_keeps_order_and_loses_nothing() {
+    const WORKERS: usize = 2;
+    const HOT: u64 = recorder::handoff::HOT_SLOTS as u64;
+    // Commands queued while the writer is paused: two records each, three hot rings' worth.
+    const PAUSED: u64 = 3 * HOT / 2;
+    const PER_WORKER: u64 = 20 * HOT;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = RecorderConfig {
+        queue_capacity: 4 * HOT as usize,
+        on_full: OnFull::Block,
+        ..common::config(tmp.path())
+    };
+    let (rec, producers) = Recorder::start(cfg, WORKERS).unwrap();
+    let paused = std::sync::Barrier::new(WORKERS + 1);
+    let resumed = std::sync::Barrier::new(WORKERS + 1);
+    rec.debug_pause_writer(true);
+    std::thread::scope(|sc| {
+        for (w, p) in producers.into_iter().enumerate() {
+            let (paused, resumed) = (&paused, &resumed);
+            sc.spawn(move || {
+                let s = common::session(w as u128 + 1, &format!("user{w}"), "db");
+                p.session_started(&s).unwrap();
+                for seq in 0..PER_WORKER {
+                    if seq == PAUSED {
+                        paused.wait();
+                        resumed.wait();
+                    }
+                    let c = common::command(&s, seq, Decision::Allow, "SELECT 1");
+                    p.command_started(c.clone()).unwrap();
+                    p.command(c).unwrap();
+                }
+            });
+        }
+        paused.wait();
+        let queued = rec.stats().queued as u64;
+        assert_eq!(queued, WORKERS as u64 * (2 * PAUSED + 1));
+        assert!(
+            queued / WORKERS as u64 > HOT,
+            "each worker spilled past its hot ring"
+        );
+        rec.debug_pause_writer(false);
+        resumed.wait();
+    });
+    let stats = rec.stats();
+    rec.shutdown().unwrap();
+    // Blocked pushes after the resume (the writer catching up) are fine; refusals are not.
+    assert_eq!(stats.refused, 0);
+    let rows = common::all_commands(tmp.path());
+    assert_eq!(rows.len() as u64, WORKERS as u64 * PER_WORKER);
+    let mut by_session: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for r in &rows {
+        assert_eq!(
+            r.error, None,
+            "command {} of {} lost its outcome",
+            r.seq, r.session_id
+        );
+        by_session
+            .entry(r.session_id.clone())
+            .or_default()
+            .push(r.seq);
+    }
+    assert_eq!(by_session.len(), WORKERS);
+    for seqs in by_session.values_mut() {
+        seqs.sort_unstable();
+        assert_eq!(*seqs, (0..PER_WORKER).collect::<Vec<_>>());
+    }
+}
+
 #[test]
 fn full_queue_fails_closed_and_is_counted() {
     let tmp = tempfile::tempdir().unwrap();
