@@ -9,8 +9,14 @@
 //! Used for short values (result-set cells) when digit detectors are on, and for the digit
 //! family of every region. Longer regions find the rarer anchors (`@`, `:`, `=`, token
 //! prefixes) with `memchr` and the token automaton instead: those are vectorised at run time
-//! (AVX2), while this pass is one table lookup per byte (the crate forbids `unsafe`, and the
-//! compiler does not turn the mask loops into SSE2 movemasks by itself).
+//! (AVX2), while this pass is SSE2 only. The class bytes are computed with comparisons the
+//! compiler vectorises (16 bytes per instruction); turning them into bitmasks stays a
+//! multiply per eight bytes, because the crate forbids `unsafe` and the compiler does not
+//! emit `pmovmskb` for a bit-packing loop by itself.
+//!
+//! [`may_match`] is the fast reject in front of all of this for a value of one block: the
+//! same candidates, stopped at the first one, so a cell without any costs one classification
+//! and no scan state.
 //!
 //! Why one pass for short values: cells are ~15 bytes, where the fixed cost of entering five
 //! searches was most of the time. Why masks for digits everywhere: digits are dense in real
@@ -25,7 +31,7 @@
 
 use super::detect::{
     ASSIGNMENT_SET, Builtin, DIGIT_SET, Hit, TOKEN_SET, anchor_at, assignment_hit, email_hit,
-    ipv6_hit, token_hit,
+    ipv6_hit, keyword_may_end_before, token_hit,
 };
 use super::numeric::digit_run;
 
@@ -92,18 +98,45 @@ const CLASSES: [u8; 256] = {
     t
 };
 
-/// The class bytes of `b` (one table lookup per byte), eight to a word.
+/// The class byte of `c`: [`CLASSES`] computed with comparisons instead of a lookup, so the
+/// compiler turns a block of them into SSE2 compares (16 bytes per instruction) where the
+/// table costs two dependent loads per byte; a unit test pins the two together for every
+/// byte. (Rejected: `pshufb` nibble tables, which need SSSE3 and `unsafe` intrinsics here.)
+#[inline(always)]
+fn class_of(c: u8) -> u8 {
+    let digit = c.wrapping_sub(b'0') < 10;
+    let upper = c.wrapping_sub(b'A') < 26;
+    let sep = c == b' ' || c == b'.' || c == b'-';
+    let anchor = upper || c == b'+' || c == b'(';
+    let at = c == b'@';
+    let assign = c == b':' || c == b'=';
+    let token = c == b'A' || c == b'g' || c == b'x';
+    let j = c == b'J';
+    let dash = c == b'-';
+    (u8::from(digit) * C_DIGIT)
+        | (u8::from(sep) * C_SEP)
+        | (u8::from(anchor) * C_ANCHOR)
+        | (u8::from(at) * C_AT)
+        | (u8::from(assign) * C_ASSIGN)
+        | (u8::from(token) * C_TOKEN)
+        | (u8::from(j) * C_J)
+        | (u8::from(dash) * C_DASH)
+}
+
+/// The class bytes of `b`, eight to a word.
 #[inline(always)]
 fn class_words<const N: usize, const W: usize>(b: &[u8; N]) -> ([u64; W], u8) {
+    let mut classes = [0u8; N];
+    for (k, &c) in classes.iter_mut().zip(b.iter()) {
+        *k = class_of(c);
+    }
     let mut words = [0u64; W];
     let mut any = 0u64;
-    for (w, chunk) in words.iter_mut().zip(b.chunks_exact(8)) {
-        let mut x = 0u64;
-        for (i, &c) in chunk.iter().enumerate() {
-            x |= u64::from(CLASSES.get(usize::from(c)).copied().unwrap_or(0)) << (8 * i);
-        }
-        *w = x;
-        any |= x;
+    for (w, chunk) in words.iter_mut().zip(classes.chunks_exact(8)) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        *w = u64::from_le_bytes(bytes);
+        any |= *w;
     }
     // Which classes occur at all, so absent ones cost nothing more.
     let mut present = 0u8;
@@ -296,27 +329,63 @@ fn block_scan<const N: usize, const W: usize>(
         st.prev_anchor = has(C_ANCHOR) && class_mask(&words, C_ANCHOR) >> (N - 1) != 0;
         return;
     }
-    let top = 1u64 << (N - 1);
-    let digit = class_mask(&words, C_DIGIT);
+    let masks = digit_masks(&words, present);
+    let d = digit_candidates::<N>(masks, last, prev_digit, prev_run, prev_anchor);
+    st.prev_digit = d.top_digit;
+    st.prev_run = d.top_run;
+    st.prev_anchor = d.top_anchor;
+    let cand = d.cand;
+    each_bit(cand, pos, |p| {
+        if p >= st.digit_done {
+            st.digit_done = digit_run(hay, p, set, hits, &mut st.digit_skip);
+        }
+    });
+}
+
+/// The digit, anchor and separator masks of one block.
+#[inline(always)]
+fn digit_masks<const W: usize>(words: &[u64; W], present: u8) -> [u64; 3] {
+    let has = |class: u8| present & class != 0;
     let anchor = if has(C_ANCHOR) {
-        class_mask(&words, C_ANCHOR)
+        class_mask(words, C_ANCHOR)
     } else {
         0
     };
     let sep = if has(C_SEP) {
-        class_mask(&words, C_SEP)
+        class_mask(words, C_SEP)
     } else {
         0
     };
-    st.prev_digit = digit & top != 0;
-    st.prev_anchor = anchor & top != 0;
+    [class_mask(words, C_DIGIT), anchor, sep]
+}
+
+/// The digit family's candidates in one block, and the carries into the next one.
+struct DigitCandidates {
+    /// Token-run starts that `digit_run` has to examine.
+    cand: u64,
+    top_digit: bool,
+    top_run: bool,
+    top_anchor: bool,
+}
+
+/// Token-run starts of one block that can hold a digit match (see the module docs for the
+/// shape argument). Shared by [`block_scan`] and [`may_match`], so the fast reject can never
+/// drop a run the scan would examine.
+#[inline(always)]
+fn digit_candidates<const N: usize>(
+    [digit, anchor, sep]: [u64; 3],
+    last: bool,
+    prev_digit: bool,
+    prev_run: bool,
+    prev_anchor: bool,
+) -> DigitCandidates {
+    let top = 1u64 << (N - 1);
     // A separator joins when digits sit on both sides; past a non-last block the next byte is
     // unknown and taken as a digit.
     let before = (digit << 1) | u64::from(prev_digit);
     let after = (digit >> 1) | if last { 0 } else { top };
     let joins = sep & before & after;
     let run = digit | joins;
-    st.prev_run = run & top != 0;
     let starts = run & !((run << 1) | u64::from(prev_run));
     // Runs of at least MIN_DIGIT_RUN bytes: bit p survives when bits p..p+7 are all set. A
     // non-last block continues with ones (unknown bytes).
@@ -344,11 +413,120 @@ fn block_scan<const N: usize, const W: usize>(
             cand &= !(1u64 << p);
         }
     }
-    each_bit(cand, pos, |p| {
-        if p >= st.digit_done {
-            st.digit_done = digit_run(hay, p, set, hits, &mut st.digit_skip);
+    DigitCandidates {
+        cand,
+        top_digit: digit & top != 0,
+        top_run: run & top != 0,
+        top_anchor: anchor & top != 0,
+    }
+}
+
+/// Longest value [`may_match`] decides: one block.
+pub(crate) const REJECT_MAX: usize = BLOCK;
+
+/// Whether a built-in detector of `set` can match in `value` (at most [`REJECT_MAX`]
+/// bytes, scanned from its start): `false` only when [`scan_builtins`] would find nothing.
+///
+/// The fast reject for result-set cells: most cells hold no candidate at all, and for them
+/// this one classification is the whole cost of masking, with no scan state, hit vector or
+/// validator call. It takes the candidates of [`block_scan`] (the digit family by the same
+/// function) and drops two kinds the scan would hand to a validator that must fail: a `:`
+/// when the value has neither `::` nor seven colons (no IPv6 address), and a `:`/`=` with no
+/// possible keyword ending before it (times, URLs, `note:`).
+pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
+    let n = value.len();
+    if n <= 16 {
+        let mut b = [0u8; 16];
+        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
+        may_match_block::<16, 2>(value, &b, set)
+    } else if n <= 32 {
+        let mut b = [0u8; 32];
+        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
+        may_match_block::<32, 4>(value, &b, set)
+    } else if let Ok(b) = <&[u8; BLOCK]>::try_from(value) {
+        may_match_block::<BLOCK, 8>(value, b, set)
+    } else if n < BLOCK {
+        let mut b = [0u8; BLOCK];
+        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
+        may_match_block::<BLOCK, 8>(value, &b, set)
+    } else {
+        true
+    }
+}
+
+#[inline(always)]
+fn may_match_block<const N: usize, const W: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
+    let (words, present) = class_words::<N, W>(b);
+    let has = |class: u8| present & class != 0;
+    if set & EMAIL != 0 && has(C_AT) {
+        return true;
+    }
+    if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
+        let seps = class_mask(&words, C_ASSIGN);
+        if set & ASSIGNMENT_SET != 0 {
+            let mut m = seps;
+            while m != 0 {
+                let p = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if keyword_may_end_before(hay, 0, p) {
+                    return true;
+                }
+            }
         }
-    });
+        if set & IPV6 != 0 {
+            // Every IPv6 match has two colons in a row or seven colons (`ipv6_hit`), all
+            // inside the value.
+            let colons = seps & u64_mask::<N, W>(b, b':');
+            if colons & (colons >> 1) != 0 || colons.count_ones() >= 7 {
+                return true;
+            }
+        }
+    }
+    if hay.len() >= MIN_TOKEN_LEN && set & TOKEN_SET != 0 {
+        let first = if has(C_TOKEN) {
+            class_mask(&words, C_TOKEN)
+        } else {
+            0
+        };
+        let jwt = if has(C_J) {
+            class_mask(&words, C_J) >> 2
+        } else {
+            0
+        };
+        let dash = if has(C_DASH) {
+            class_mask(&words, C_DASH)
+        } else {
+            0
+        };
+        let mut cand = first | jwt | (dash & (dash >> 1));
+        while cand != 0 {
+            let p = cand.trailing_zeros() as usize;
+            cand &= cand - 1;
+            if anchor_at(hay, p).is_some() {
+                return true;
+            }
+        }
+    }
+    set & DIGIT_SET != 0
+        && has(C_DIGIT)
+        && digit_candidates::<N>(digit_masks(&words, present), true, false, false, false).cand != 0
+}
+
+/// Bit `i` set when `b[i] == needle` (only called on the few `:`/`=` blocks).
+#[inline]
+fn u64_mask<const N: usize, const W: usize>(b: &[u8; N], needle: u8) -> u64 {
+    let mut eq = [0u8; N];
+    for (e, &c) in eq.iter_mut().zip(b.iter()) {
+        *e = u8::from(c == needle);
+    }
+    let mut m = 0u64;
+    for (j, chunk) in eq.chunks_exact(8).enumerate().take(W) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(bytes);
+        m |= (w.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
+    }
+    m
 }
 
 #[cfg(test)]
@@ -388,6 +566,13 @@ mod tests {
                 let (fast, plain) = both(&cell, 0, set);
                 assert_eq!(fast, plain, "cell {:?}", String::from_utf8_lossy(&cell));
                 found += fast.len();
+                if cell.len() <= REJECT_MAX && !plain.is_empty() {
+                    assert!(
+                        may_match(&cell, set),
+                        "{:?}",
+                        String::from_utf8_lossy(&cell)
+                    );
+                }
             }
         }
         // Lines cross block boundaries and carry runs, skips and token prefixes over them.
@@ -397,6 +582,13 @@ mod tests {
             assert_eq!(fast, plain, "line {:?}", String::from_utf8_lossy(line));
         }
         assert!(found > 1000, "the corpus holds PII: {found}");
+    }
+
+    #[test]
+    fn computed_classes_match_the_table() {
+        for c in 0..=255u8 {
+            assert_eq!(class_of(c), CLASSES[usize::from(c)], "byte {c}");
+        }
     }
 
     #[test]
@@ -508,6 +700,19 @@ mod tests {
             let from = from.min(hay.len());
             let (fast, plain) = both(&hay, from, set);
             prop_assert_eq!(fast, plain, "{:?} from {}", String::from_utf8_lossy(&hay), from);
+        }
+
+        #[test]
+        fn fast_reject_drops_only_values_without_hits(
+            parts in prop::collection::vec(piece(), 0..8),
+            set in prop::sample::select(SETS.to_vec()),
+        ) {
+            let hay = parts.concat();
+            let hay = hay.get(..REJECT_MAX).unwrap_or(&hay);
+            let (_, plain) = both(hay, 0, set);
+            if !plain.is_empty() {
+                prop_assert!(may_match(hay, set), "{:?}", String::from_utf8_lossy(hay));
+            }
         }
     }
 }

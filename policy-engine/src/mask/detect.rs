@@ -482,12 +482,10 @@ pub(crate) fn assignment_hit(hay: &[u8], from: usize, sep: usize, set: u64) -> O
     })
 }
 
-/// The keyword whose assignment separator is at `sep`: it ends just before the separator,
-/// optional spaces and an optional closing quote, starts at or after `from` and not right
-/// after a letter or digit. When several keywords end there (`client_secret`, `secret`), the
-/// one starting first decides the kind, as `aws_secret_key` must win over a plain keyword.
+/// Where a keyword would end for the assignment separator at `sep` (before optional spaces
+/// and an optional closing quote), when the byte there can end one.
 #[inline]
-fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, Anchor)> {
+fn keyword_end(hay: &[u8], from: usize, sep: usize) -> Option<usize> {
     let mut e = sep;
     while e > from && hay.get(e - 1) == Some(&b' ') {
         e -= 1;
@@ -498,9 +496,23 @@ fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, 
     // Every keyword ends in one of these letters; most separators (times, URLs, JSON keys)
     // are rejected here with one comparison.
     let last = hay.get(e.checked_sub(1)?)? | 0x20;
-    if !matches!(last, b'd' | b't' | b'n' | b'y') {
-        return None;
-    }
+    matches!(last, b'd' | b't' | b'n' | b'y').then_some(e)
+}
+
+/// Whether a keyword can end before the separator at `sep`: `false` only when
+/// [`assignment_hit`] must fail there. The block prefilter's fast reject uses it.
+#[inline]
+pub(crate) fn keyword_may_end_before(hay: &[u8], from: usize, sep: usize) -> bool {
+    keyword_end(hay, from, sep).is_some()
+}
+
+/// The keyword whose assignment separator is at `sep`: it ends just before the separator,
+/// optional spaces and an optional closing quote, starts at or after `from` and not right
+/// after a letter or digit. When several keywords end there (`client_secret`, `secret`), the
+/// one starting first decides the kind, as `aws_secret_key` must win over a plain keyword.
+#[inline]
+fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, Anchor)> {
+    let e = keyword_end(hay, from, sep)?;
     let avail = e.checked_sub(from)?;
     let mut best: Option<(usize, Anchor)> = None;
     for &(kw, anchor) in KEYWORDS {

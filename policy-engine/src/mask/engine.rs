@@ -14,8 +14,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::MaskError;
+use super::blocks;
 use super::detect::{
-    self, BUILTINS, Builtin, Custom, DetectorId, Hit, MAX_DETECTORS, N_BUILTINS, Scanner, Validator,
+    self, BUILTIN_SET, BUILTINS, Builtin, Custom, DetectorId, Hit, MAX_DETECTORS, N_BUILTINS,
+    Scanner, Validator,
 };
 use super::glob::Glob;
 use super::spec::{DetectorSpec, MaskSpec, StrategyName};
@@ -474,6 +476,15 @@ impl SessionMasker {
             return MaskOutcome::Rewritten;
         }
         if column.plan.set == 0 {
+            return MaskOutcome::Unchanged;
+        }
+        // Fast reject before any scan set-up: a short cell with no candidate of any built-in
+        // detector (most cells) costs one block classification. Custom detectors are regexes
+        // the block prefilter knows nothing about, so their sessions take the full path.
+        if value.len() <= blocks::REJECT_MAX
+            && column.plan.set & !BUILTIN_SET == 0
+            && !blocks::may_match(value, column.plan.set)
+        {
             return MaskOutcome::Unchanged;
         }
         let mut hits = Vec::new();
