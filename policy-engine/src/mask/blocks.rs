@@ -12,7 +12,8 @@
 //! (AVX2), while this pass is SSE2 only. The class bytes are computed with comparisons the
 //! compiler vectorises (16 bytes per instruction); turning them into bitmasks stays a
 //! multiply per eight bytes, because the crate forbids `unsafe` and the compiler does not
-//! emit `pmovmskb` for a bit-packing loop by itself.
+//! emit `pmovmskb` for a bit-packing loop by itself. The digit pass over a long region
+//! classifies only the three classes it reads (digits, separators, anchors).
 //!
 //! [`may_match`] is the fast reject in front of all of this for a value of one block: the
 //! same candidates, stopped at the first one, so a cell without any costs one classification
@@ -123,12 +124,20 @@ fn class_of(c: u8) -> u8 {
         | (u8::from(dash) * C_DASH)
 }
 
-/// The class bytes of `b`, eight to a word.
+/// Every class: what a scan of all built-in families needs.
+const ALL_CLASSES: u8 = !0;
+
+/// The classes of the digit family alone (the `numeric` pass of a long region).
+const DIGIT_CLASSES: u8 = C_DIGIT | C_SEP | C_ANCHOR;
+
+/// The class bytes of `b` restricted to the classes in `NEED`, eight to a word. A constant
+/// `NEED` lets the compiler drop the comparisons of the other classes: the digit pass over a
+/// long region computes three classes instead of eight.
 #[inline(always)]
-fn class_words<const N: usize, const W: usize>(b: &[u8; N]) -> ([u64; W], u8) {
+fn class_words<const N: usize, const W: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; W], u8) {
     let mut classes = [0u8; N];
     for (k, &c) in classes.iter_mut().zip(b.iter()) {
-        *k = class_of(c);
+        *k = class_of(c) & NEED;
     }
     let mut words = [0u64; W];
     let mut any = 0u64;
@@ -198,6 +207,25 @@ pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hi
         ..State::default()
     };
     let tokens = region.len() >= MIN_TOKEN_LEN;
+    if set & !DIGIT_SET == 0 {
+        scan_blocks::<DIGIT_CLASSES>(hay, from, region, set, tokens, &mut st, hits);
+    } else {
+        scan_blocks::<ALL_CLASSES>(hay, from, region, set, tokens, &mut st, hits);
+    }
+}
+
+/// The block loop of [`scan_builtins`], classifying the classes in `NEED` (every class the
+/// families in `set` read).
+#[inline(always)]
+fn scan_blocks<const NEED: u8>(
+    hay: &[u8],
+    from: usize,
+    region: &[u8],
+    set: u64,
+    tokens: bool,
+    st: &mut State,
+    hits: &mut Vec<Hit>,
+) {
     let mut pos = from;
     let mut rest = region;
     while !rest.is_empty() {
@@ -206,19 +234,19 @@ pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hi
         // Full blocks are borrowed; the last partial one is copied into a zeroed array (zero
         // is in no byte class), sized to the value so a short cell classifies 16 bytes.
         if let Some(Ok(block)) = rest.get(..BLOCK).map(<&[u8; BLOCK]>::try_from) {
-            block_scan::<BLOCK, 8>(hay, pos, block, last, set, tokens, &mut st, hits);
+            block_scan::<BLOCK, 8, NEED>(hay, pos, block, last, set, tokens, st, hits);
         } else if n <= 16 {
             let mut b = [0u8; 16];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<16, 2>(hay, pos, &b, true, set, tokens, &mut st, hits);
+            block_scan::<16, 2, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         } else if n <= 32 {
             let mut b = [0u8; 32];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<32, 4>(hay, pos, &b, true, set, tokens, &mut st, hits);
+            block_scan::<32, 4, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         } else {
             let mut b = [0u8; BLOCK];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<BLOCK, 8>(hay, pos, &b, true, set, tokens, &mut st, hits);
+            block_scan::<BLOCK, 8, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         }
         pos += n;
         rest = rest.get(n..).unwrap_or_default();
@@ -251,7 +279,7 @@ fn each_bit(mut m: u64, pos: usize, mut f: impl FnMut(usize)) {
     reason = "the per-block state of one scan; a struct for it would only rename the fields"
 )]
 #[inline(always)]
-fn block_scan<const N: usize, const W: usize>(
+fn block_scan<const N: usize, const W: usize, const NEED: u8>(
     hay: &[u8],
     pos: usize,
     b: &[u8; N],
@@ -261,7 +289,7 @@ fn block_scan<const N: usize, const W: usize>(
     st: &mut State,
     hits: &mut Vec<Hit>,
 ) {
-    let (words, present) = class_words::<N, W>(b);
+    let (words, present) = class_words::<N, W, NEED>(b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         each_bit(class_mask(&words, C_AT), pos, |p| {
@@ -456,7 +484,7 @@ pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
 
 #[inline(always)]
 fn may_match_block<const N: usize, const W: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
-    let (words, present) = class_words::<N, W>(b);
+    let (words, present) = class_words::<N, W, ALL_CLASSES>(b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         return true;
