@@ -9,11 +9,10 @@
 //! Used for short values (result-set cells) when digit detectors are on, and for the digit
 //! family of every region. Longer regions find the rarer anchors (`@`, `:`, `=`, token
 //! prefixes) with `memchr` and the token automaton instead: those are vectorised at run time
-//! (AVX2), while this pass is SSE2 only. The class bytes are computed with comparisons the
-//! compiler vectorises (16 bytes per instruction); turning them into bitmasks stays a
-//! multiply per eight bytes, because the crate forbids `unsafe` and the compiler does not
-//! emit `pmovmskb` for a bit-packing loop by itself. The digit pass over a long region
-//! classifies only the three classes it reads (digits, separators, anchors).
+//! (AVX2), while this pass is SSE2 only (no run-time dispatch without `unsafe`). Each class
+//! is a compare and a `pmovmskb` per 16 bytes through `wide`, safe portable SIMD; the digit
+//! pass over a long region classifies only the three classes it reads (digits, separators,
+//! anchors).
 //!
 //! [`may_match`] is the fast reject in front of all of this for a value of one block: the
 //! same candidates, stopped at the first one, so a cell without any costs one classification
@@ -35,6 +34,7 @@ use super::detect::{
     ipv6_hit, keyword_may_end_before, token_hit,
 };
 use super::numeric::digit_run;
+use wide::u8x16;
 
 /// Widest block; shorter values use a 16- or 32-byte block so a short cell is not padded to 64.
 const BLOCK: usize = 64;
@@ -99,11 +99,9 @@ const CLASSES: [u8; 256] = {
     t
 };
 
-/// The class byte of `c`: [`CLASSES`] computed with comparisons instead of a lookup, so the
-/// compiler turns a block of them into SSE2 compares (16 bytes per instruction) where the
-/// table costs two dependent loads per byte; a unit test pins the two together for every
-/// byte. (Rejected: `pshufb` nibble tables, which need SSSE3 and `unsafe` intrinsics here.)
-#[inline(always)]
+/// The class byte of `c` by comparisons: the scalar reference the tests pin both the table
+/// and [`class_words`] to.
+#[cfg(test)]
 fn class_of(c: u8) -> u8 {
     let digit = c.wrapping_sub(b'0') < 10;
     let upper = c.wrapping_sub(b'A') < 26;
@@ -130,42 +128,78 @@ const ALL_CLASSES: u8 = !0;
 /// The classes of the digit family alone (the `numeric` pass of a long region).
 const DIGIT_CLASSES: u8 = C_DIGIT | C_SEP | C_ANCHOR;
 
-/// The class bytes of `b` restricted to the classes in `NEED`, eight to a word. A constant
-/// `NEED` lets the compiler drop the comparisons of the other classes: the digit pass over a
-/// long region computes three classes instead of eight.
+/// The bitmask of every class in `NEED` over the block `b` (bit `i` set when byte `i` is in
+/// the class), indexed by the class's bit number, and which classes occur at all.
+///
+/// Sixteen bytes at a time with `wide` (safe SSE2: `pcmpeqb`, `pminub`, `pmovmskb`): one
+/// compare and one movemask per class and chunk. Rejected: a class table (two dependent loads
+/// per byte, then a multiply per eight bytes and class to pack bits), and comparisons the
+/// compiler vectorises by itself (it does, but never emits `pmovmskb` for the packing, which
+/// stayed a multiply per word and class); both cost about three times as many instructions per
+/// short cell. `core::arch` would need `unsafe`, which this crate forbids. A constant `NEED`
+/// lets the compiler drop the other classes: the digit pass over a long region computes three.
 #[inline(always)]
-fn class_words<const N: usize, const W: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; W], u8) {
-    let mut classes = [0u8; N];
-    for (k, &c) in classes.iter_mut().zip(b.iter()) {
-        *k = class_of(c) & NEED;
-    }
-    let mut words = [0u64; W];
-    let mut any = 0u64;
-    for (w, chunk) in words.iter_mut().zip(classes.chunks_exact(8)) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        *w = u64::from_le_bytes(bytes);
-        any |= *w;
+fn class_words<const N: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; 8], u8) {
+    let splat = u8x16::splat;
+    let mut m = [0u64; 8];
+    for (k, chunk) in b.chunks_exact(16).enumerate() {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(chunk);
+        let v = u8x16::new(lanes);
+        let shift = 16 * k;
+        let mut put = |class: u8, hit: u8x16| {
+            if NEED & class != 0
+                && let Some(slot) = m.get_mut(class.trailing_zeros() as usize)
+            {
+                *slot |= u64::from(hit.to_bitmask()) << shift;
+            }
+        };
+        let d = v - splat(b'0');
+        put(C_DIGIT, d.min(splat(9)).simd_eq(d));
+        put(
+            C_SEP,
+            v.simd_eq(splat(b' ')) | v.simd_eq(splat(b'.')) | v.simd_eq(splat(b'-')),
+        );
+        let u = v - splat(b'A');
+        put(
+            C_ANCHOR,
+            u.min(splat(25)).simd_eq(u) | v.simd_eq(splat(b'+')) | v.simd_eq(splat(b'(')),
+        );
+        put(C_AT, v.simd_eq(splat(b'@')));
+        put(C_ASSIGN, v.simd_eq(splat(b':')) | v.simd_eq(splat(b'=')));
+        put(
+            C_TOKEN,
+            v.simd_eq(splat(b'A')) | v.simd_eq(splat(b'g')) | v.simd_eq(splat(b'x')),
+        );
+        put(C_J, v.simd_eq(splat(b'J')));
+        put(C_DASH, v.simd_eq(splat(b'-')));
     }
     // Which classes occur at all, so absent ones cost nothing more.
     let mut present = 0u8;
-    for k in 0..8 {
-        #[expect(clippy::cast_possible_truncation, reason = "one byte lane")]
-        let lane = (any >> (8 * k)) as u8;
-        present |= lane;
+    for (i, &x) in m.iter().enumerate() {
+        present |= u8::from(x != 0) << i;
     }
-    (words, present)
+    (m, present)
 }
 
-/// Bit `i` of the result is bit `class` of class byte `i` (a byte transpose by multiply:
-/// each of the eight 0/1 bytes lands on its own bit of the top byte).
+/// The bitmask of `class` from [`class_words`].
 #[inline(always)]
-fn class_mask<const W: usize>(words: &[u64; W], class: u8) -> u64 {
-    let shift = class.trailing_zeros();
+fn class_mask(masks: &[u64; 8], class: u8) -> u64 {
+    masks
+        .get(class.trailing_zeros() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Bit `i` set when `b[i] == needle` (only for the few values with a `:` or `=`).
+#[inline]
+fn eq_mask<const N: usize>(b: &[u8; N], needle: u8) -> u64 {
     let mut m = 0u64;
-    for (j, &w) in words.iter().enumerate() {
-        let bits = ((w >> shift) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        m |= bits << (8 * j);
+    for (k, chunk) in b.chunks_exact(16).enumerate() {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(chunk);
+        let hit = u8x16::new(lanes).simd_eq(u8x16::splat(needle));
+        m |= u64::from(hit.to_bitmask()) << (16 * k);
     }
     m
 }
@@ -234,19 +268,19 @@ fn scan_blocks<const NEED: u8>(
         // Full blocks are borrowed; the last partial one is copied into a zeroed array (zero
         // is in no byte class), sized to the value so a short cell classifies 16 bytes.
         if let Some(Ok(block)) = rest.get(..BLOCK).map(<&[u8; BLOCK]>::try_from) {
-            block_scan::<BLOCK, 8, NEED>(hay, pos, block, last, set, tokens, st, hits);
+            block_scan::<BLOCK, NEED>(hay, pos, block, last, set, tokens, st, hits);
         } else if n <= 16 {
             let mut b = [0u8; 16];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<16, 2, NEED>(hay, pos, &b, true, set, tokens, st, hits);
+            block_scan::<16, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         } else if n <= 32 {
             let mut b = [0u8; 32];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<32, 4, NEED>(hay, pos, &b, true, set, tokens, st, hits);
+            block_scan::<32, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         } else {
             let mut b = [0u8; BLOCK];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<BLOCK, 8, NEED>(hay, pos, &b, true, set, tokens, st, hits);
+            block_scan::<BLOCK, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         }
         pos += n;
         rest = rest.get(n..).unwrap_or_default();
@@ -279,7 +313,7 @@ fn each_bit(mut m: u64, pos: usize, mut f: impl FnMut(usize)) {
     reason = "the per-block state of one scan; a struct for it would only rename the fields"
 )]
 #[inline(always)]
-fn block_scan<const N: usize, const W: usize, const NEED: u8>(
+fn block_scan<const N: usize, const NEED: u8>(
     hay: &[u8],
     pos: usize,
     b: &[u8; N],
@@ -289,7 +323,7 @@ fn block_scan<const N: usize, const W: usize, const NEED: u8>(
     st: &mut State,
     hits: &mut Vec<Hit>,
 ) {
-    let (words, present) = class_words::<N, W, NEED>(b);
+    let (words, present) = class_words::<N, NEED>(b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         each_bit(class_mask(&words, C_AT), pos, |p| {
@@ -372,7 +406,7 @@ fn block_scan<const N: usize, const W: usize, const NEED: u8>(
 
 /// The digit, anchor and separator masks of one block.
 #[inline(always)]
-fn digit_masks<const W: usize>(words: &[u64; W], present: u8) -> [u64; 3] {
+fn digit_masks(words: &[u64; 8], present: u8) -> [u64; 3] {
     let has = |class: u8| present & class != 0;
     let anchor = if has(C_ANCHOR) {
         class_mask(words, C_ANCHOR)
@@ -466,25 +500,25 @@ pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
     if n <= 16 {
         let mut b = [0u8; 16];
         b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
-        may_match_block::<16, 2>(value, &b, set)
+        may_match_block::<16>(value, &b, set)
     } else if n <= 32 {
         let mut b = [0u8; 32];
         b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
-        may_match_block::<32, 4>(value, &b, set)
+        may_match_block::<32>(value, &b, set)
     } else if let Ok(b) = <&[u8; BLOCK]>::try_from(value) {
-        may_match_block::<BLOCK, 8>(value, b, set)
+        may_match_block::<BLOCK>(value, b, set)
     } else if n < BLOCK {
         let mut b = [0u8; BLOCK];
         b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
-        may_match_block::<BLOCK, 8>(value, &b, set)
+        may_match_block::<BLOCK>(value, &b, set)
     } else {
         true
     }
 }
 
 #[inline(always)]
-fn may_match_block<const N: usize, const W: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
-    let (words, present) = class_words::<N, W, ALL_CLASSES>(b);
+fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
+    let (words, present) = class_words::<N, ALL_CLASSES>(b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         return true;
@@ -504,7 +538,7 @@ fn may_match_block<const N: usize, const W: usize>(hay: &[u8], b: &[u8; N], set:
         if set & IPV6 != 0 {
             // Every IPv6 match has two colons in a row or seven colons (`ipv6_hit`), all
             // inside the value.
-            let colons = seps & u64_mask::<N, W>(b, b':');
+            let colons = seps & eq_mask::<N>(b, b':');
             if colons & (colons >> 1) != 0 || colons.count_ones() >= 7 {
                 return true;
             }
@@ -538,23 +572,6 @@ fn may_match_block<const N: usize, const W: usize>(hay: &[u8], b: &[u8; N], set:
     set & DIGIT_SET != 0
         && has(C_DIGIT)
         && digit_candidates::<N>(digit_masks(&words, present), true, false, false, false).cand != 0
-}
-
-/// Bit `i` set when `b[i] == needle` (only called on the few `:`/`=` blocks).
-#[inline]
-fn u64_mask<const N: usize, const W: usize>(b: &[u8; N], needle: u8) -> u64 {
-    let mut eq = [0u8; N];
-    for (e, &c) in eq.iter_mut().zip(b.iter()) {
-        *e = u8::from(c == needle);
-    }
-    let mut m = 0u64;
-    for (j, chunk) in eq.chunks_exact(8).enumerate().take(W) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let w = u64::from_le_bytes(bytes);
-        m |= (w.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
-    }
-    m
 }
 
 #[cfg(test)]
@@ -610,6 +627,29 @@ mod tests {
             assert_eq!(fast, plain, "line {:?}", String::from_utf8_lossy(line));
         }
         assert!(found > 1000, "the corpus holds PII: {found}");
+    }
+
+    #[test]
+    fn class_masks_match_the_scalar_classes() {
+        for c in 0..=255u8 {
+            for p in 0..BLOCK {
+                let mut b = [0u8; BLOCK];
+                b[p] = c;
+                let (m, present) = class_words::<BLOCK, ALL_CLASSES>(&b);
+                for bit in 0..8 {
+                    let class = 1u8 << bit;
+                    let want = class_of(c) & class != 0;
+                    assert_eq!(class_mask(&m, class) == 1u64 << p, want, "byte {c} at {p}");
+                    assert_eq!(class_mask(&m, class) == 0, !want, "byte {c} at {p}");
+                    assert_eq!(present & class != 0, want);
+                }
+                assert_eq!(eq_mask(&b, c), if c == 0 { !0 } else { 1u64 << p });
+            }
+        }
+        // Only the needed classes are computed.
+        let (m, _) = class_words::<16, DIGIT_CLASSES>(b"a@b:c=d1 -+(AgxJ");
+        assert_eq!(class_mask(&m, C_AT) | class_mask(&m, C_ASSIGN), 0);
+        assert_ne!(class_mask(&m, C_DIGIT), 0);
     }
 
     #[test]
