@@ -182,6 +182,46 @@ fn class_words<const N: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; 8], u8) {
     (m, present)
 }
 
+/// `v` (at most 16 bytes) zero-padded to 16, from overlapping word loads: a variable-length
+/// `copy_from_slice` into a zeroed array is a `memcpy` call, which cost a short cell as much
+/// as classifying it.
+#[inline(always)]
+fn pad16(v: &[u8]) -> [u8; 16] {
+    let n = v.len();
+    let word = |r: std::ops::Range<usize>| -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(src) = v.get(r.clone()) {
+            w.get_mut(..r.len())
+                .unwrap_or_default()
+                .copy_from_slice(src);
+        }
+        u64::from_le_bytes(w)
+    };
+    let (lo, hi) = if n >= 8 {
+        // Bytes 8..n are the top n - 8 bytes of the last eight.
+        let shift = u32::try_from(8 * (16 - n.min(16))).unwrap_or(64);
+        (word(0..8), word(n - 8..n).checked_shr(shift).unwrap_or(0))
+    } else if n >= 4 {
+        // Two overlapping four-byte loads; the overlap holds the same bytes.
+        let shift = 8 * (n - 4);
+        (word(0..4) | (word(n - 4..n) << shift), 0)
+    } else {
+        let mut w = 0u64;
+        for (i, &b) in v.iter().enumerate() {
+            w |= u64::from(b) << (8 * i);
+        }
+        (w, 0)
+    };
+    let mut out = [0u8; 16];
+    out.get_mut(..8)
+        .unwrap_or_default()
+        .copy_from_slice(&lo.to_le_bytes());
+    out.get_mut(8..)
+        .unwrap_or_default()
+        .copy_from_slice(&hi.to_le_bytes());
+    out
+}
+
 /// The bitmask of `class` from [`class_words`].
 #[inline(always)]
 fn class_mask(masks: &[u64; 8], class: u8) -> u64 {
@@ -270,9 +310,7 @@ fn scan_blocks<const NEED: u8>(
         if let Some(Ok(block)) = rest.get(..BLOCK).map(<&[u8; BLOCK]>::try_from) {
             block_scan::<BLOCK, NEED>(hay, pos, block, last, set, tokens, st, hits);
         } else if n <= 16 {
-            let mut b = [0u8; 16];
-            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<16, NEED>(hay, pos, &b, true, set, tokens, st, hits);
+            block_scan::<16, NEED>(hay, pos, &pad16(rest), true, set, tokens, st, hits);
         } else if n <= 32 {
             let mut b = [0u8; 32];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
@@ -498,9 +536,7 @@ pub(crate) const REJECT_MAX: usize = BLOCK;
 pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
     let n = value.len();
     if n <= 16 {
-        let mut b = [0u8; 16];
-        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
-        may_match_block::<16>(value, &b, set)
+        may_match_block::<16>(value, &pad16(value), set)
     } else if n <= 32 {
         let mut b = [0u8; 32];
         b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
@@ -650,6 +686,16 @@ mod tests {
         let (m, _) = class_words::<16, DIGIT_CLASSES>(b"a@b:c=d1 -+(AgxJ");
         assert_eq!(class_mask(&m, C_AT) | class_mask(&m, C_ASSIGN), 0);
         assert_ne!(class_mask(&m, C_DIGIT), 0);
+    }
+
+    #[test]
+    fn pad16_pads_with_zeros() {
+        let src: Vec<u8> = (1..=16).collect();
+        for n in 0..=16 {
+            let mut want = [0u8; 16];
+            want[..n].copy_from_slice(&src[..n]);
+            assert_eq!(pad16(&src[..n]), want, "{n}");
+        }
     }
 
     #[test]
