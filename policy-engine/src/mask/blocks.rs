@@ -25,7 +25,10 @@
 //! follows an anchor byte (`+` for E.164, `(` for `(ddd)`, a capital letter for an IBAN
 //! country code) or lies in a token run (digits joined by single ` `, `-`, `.`) with at least
 //! nine digits or three joins (an IPv4 address's dots), hence at least seven bytes long. Runs
-//! that are neither are skipped whole; `numeric::digit_run` examines the others run by run.
+//! that are neither are skipped whole, and so is a run known whole (it ends inside the block)
+//! whose digit and group counts, three-digit groups, `0`-led groups and dots fail the rule
+//! `numeric::Shape::may_match` applies (timestamps, ids, amounts); `numeric::digit_run`
+//! examines the others run by run.
 //!
 //! Not here: the validators (`detect`, `numeric`), custom regex detectors.
 
@@ -49,6 +52,12 @@ const MIN_DIGIT_RUN: u32 = 7;
 
 /// Fewest digits of a match found by token shape (an SSN), other than an IPv4 address.
 const MIN_TOKEN_DIGITS: u32 = 9;
+
+/// Fewest digits of a card number (`numeric`'s bound).
+const MIN_CARD_DIGITS: u32 = 13;
+
+/// Most digit groups `numeric::token_shape` reads in one piece (`numeric`'s `MAX_GROUPS`).
+const MAX_TOKEN_GROUPS: u32 = 12;
 
 const EMAIL: u64 = 1 << Builtin::Email as u8;
 const IPV6: u64 = 1 << Builtin::Ipv6 as u8;
@@ -430,7 +439,7 @@ fn block_scan<const N: usize, const NEED: u8>(
         return;
     }
     let masks = digit_masks(&words, present);
-    let d = digit_candidates::<N>(masks, last, prev_digit, prev_run, prev_anchor);
+    let d = digit_candidates::<N>(b, masks, last, prev_digit, prev_run, prev_anchor);
     st.prev_digit = d.top_digit;
     st.prev_run = d.top_run;
     st.prev_anchor = d.top_anchor;
@@ -473,6 +482,7 @@ struct DigitCandidates {
 /// drop a run the scan would examine.
 #[inline(always)]
 fn digit_candidates<const N: usize>(
+    b: &[u8; N],
     [digit, anchor, sep]: [u64; 3],
     last: bool,
     prev_digit: bool,
@@ -498,9 +508,12 @@ fn digit_candidates<const N: usize>(
     let long = r7 as u64;
     let anchored = (anchor << 1) | u64::from(prev_anchor);
     let mut cand = starts & (long | anchored);
-    // A run that ends inside the block is known whole: without an anchor, it needs nine
-    // digits or three joiners (an IPv4 address's dots) for any digit detector to match.
+    // A run that ends inside the block is known whole: without an anchor, only the token
+    // shapes `numeric::Shape::may_match` admits can match in it, and those are decided here
+    // from the masks (ids, dates, times, amounts never reach `digit_run`).
     let mut quiet = cand & !anchored;
+    // `0` and `.` masks, computed for the few blocks that need them.
+    let mut zero_dot: Option<(u64, u64)> = None;
     while quiet != 0 {
         let p = quiet.trailing_zeros();
         quiet &= quiet - 1;
@@ -509,7 +522,8 @@ fn digit_candidates<const N: usize>(
             continue; // runs on past the block: examined in full
         }
         let span = ((1u64 << len) - 1) << p;
-        if (digit & span).count_ones() < MIN_TOKEN_DIGITS && (joins & span).count_ones() < 3 {
+        let (zero, dot) = *zero_dot.get_or_insert_with(|| (eq_mask(b, b'0'), eq_mask(b, b'.')));
+        if !run_may_match(digit & span, joins & span, zero, dot) {
             cand &= !(1u64 << p);
         }
     }
@@ -519,6 +533,44 @@ fn digit_candidates<const N: usize>(
         top_run: run & top != 0,
         top_anchor: anchor & top != 0,
     }
+}
+
+/// Whether a digit detector can match in a token run (digits `d` joined by the separators
+/// `joins`, known whole, not after an anchor), by the rule of `numeric::Shape::may_match`:
+/// a card needs 13 digits, an IPv4 address four dot-joined groups, every other shape two
+/// groups, nine digits and a three-digit group or a `0`-led group of two to five digits
+/// followed by ten digits in all (a national number). `Shape` describes the token from its
+/// first examined group; every figure here is of the whole run, which is at least as large,
+/// so a run is dropped only when no examined suffix can pass. Runs of more than
+/// `MAX_TOKEN_GROUPS` groups are kept: `digit_token` cuts them into pieces.
+#[inline]
+fn run_may_match(d: u64, joins: u64, zero: u64, dot: u64) -> bool {
+    let digits = d.count_ones();
+    let starts = d & !(d << 1);
+    let groups = starts.count_ones();
+    if groups > MAX_TOKEN_GROUPS || digits >= MIN_CARD_DIGITS {
+        return true;
+    }
+    if groups >= 4 && joins & dot != 0 {
+        return true;
+    }
+    if groups < 2 || digits < MIN_TOKEN_DIGITS {
+        return false;
+    }
+    let three = starts & (d >> 1) & (d >> 2) & !(d >> 3);
+    if three != 0 {
+        return true;
+    }
+    let mut led = starts & zero;
+    while led != 0 {
+        let z = led.trailing_zeros();
+        led &= led - 1;
+        let len = (d >> z).trailing_ones();
+        if (2..=5).contains(&len) && (d >> z).count_ones() >= 10 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Longest value [`may_match`] decides: one block.
@@ -607,7 +659,8 @@ fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
     }
     set & DIGIT_SET != 0
         && has(C_DIGIT)
-        && digit_candidates::<N>(digit_masks(&words, present), true, false, false, false).cand != 0
+        && digit_candidates::<N>(b, digit_masks(&words, present), true, false, false, false).cand
+            != 0
 }
 
 #[cfg(test)]
