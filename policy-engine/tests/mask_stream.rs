@@ -154,3 +154,21 @@ proptest! {
         prop_assert_eq!(stream_in(&s, &input, &cuts), whole);
     }
 }
+
+/// Many private keys in one batch: the hits after each key, reused from the batch's scan
+/// instead of rescanned, are exactly those of masking the lines one at a time.
+#[test]
+fn batch_with_many_keys_matches_line_by_line() {
+    let s = session();
+    let input = text(21, 600);
+    let keys = input.windows(11).filter(|w| w == b"-----BEGIN ").count();
+    assert!(keys > 20, "the sample holds many private keys: {keys}");
+    let whole = stream_in(&s, &input, &[]);
+    let line_ends: Vec<usize> = input
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(stream_in(&s, &input, &line_ends), whole);
+}

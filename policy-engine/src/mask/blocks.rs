@@ -9,8 +9,14 @@
 //! Used for short values (result-set cells) when digit detectors are on, and for the digit
 //! family of every region. Longer regions find the rarer anchors (`@`, `:`, `=`, token
 //! prefixes) with `memchr` and the token automaton instead: those are vectorised at run time
-//! (AVX2), while this pass is one table lookup per byte (the crate forbids `unsafe`, and the
-//! compiler does not turn the mask loops into SSE2 movemasks by itself).
+//! (AVX2), while this pass is SSE2 only (no run-time dispatch without `unsafe`). Each class
+//! is a compare and a `pmovmskb` per 16 bytes through `wide`, safe portable SIMD; the digit
+//! pass over a long region classifies only the three classes it reads (digits, separators,
+//! anchors).
+//!
+//! [`may_match`] is the fast reject in front of all of this for a value of one block: the
+//! same candidates, stopped at the first one, so a cell without any costs one classification
+//! and no scan state.
 //!
 //! Why one pass for short values: cells are ~15 bytes, where the fixed cost of entering five
 //! searches was most of the time. Why masks for digits everywhere: digits are dense in real
@@ -19,15 +25,19 @@
 //! follows an anchor byte (`+` for E.164, `(` for `(ddd)`, a capital letter for an IBAN
 //! country code) or lies in a token run (digits joined by single ` `, `-`, `.`) with at least
 //! nine digits or three joins (an IPv4 address's dots), hence at least seven bytes long. Runs
-//! that are neither are skipped whole; `numeric::digit_run` examines the others run by run.
+//! that are neither are skipped whole, and so is a run known whole (it ends inside the block)
+//! whose digit and group counts, three-digit groups, `0`-led groups and dots fail the rule
+//! `numeric::Shape::may_match` applies (timestamps, ids, amounts); `numeric::digit_run`
+//! examines the others run by run.
 //!
 //! Not here: the validators (`detect`, `numeric`), custom regex detectors.
 
 use super::detect::{
     ASSIGNMENT_SET, Builtin, DIGIT_SET, Hit, TOKEN_SET, anchor_at, assignment_hit, email_hit,
-    ipv6_hit, token_hit,
+    ipv6_hit, keyword_may_end_before, token_hit,
 };
 use super::numeric::digit_run;
+use wide::u8x16;
 
 /// Widest block; shorter values use a 16- or 32-byte block so a short cell is not padded to 64.
 const BLOCK: usize = 64;
@@ -42,6 +52,12 @@ const MIN_DIGIT_RUN: u32 = 7;
 
 /// Fewest digits of a match found by token shape (an SSN), other than an IPv4 address.
 const MIN_TOKEN_DIGITS: u32 = 9;
+
+/// Fewest digits of a card number (`numeric`'s bound).
+const MIN_CARD_DIGITS: u32 = 13;
+
+/// Most digit groups `numeric::token_shape` reads in one piece (`numeric`'s `MAX_GROUPS`).
+const MAX_TOKEN_GROUPS: u32 = 12;
 
 const EMAIL: u64 = 1 << Builtin::Email as u8;
 const IPV6: u64 = 1 << Builtin::Ipv6 as u8;
@@ -92,38 +108,147 @@ const CLASSES: [u8; 256] = {
     t
 };
 
-/// The class bytes of `b` (one table lookup per byte), eight to a word.
+/// The class byte of `c` by comparisons: the scalar reference the tests pin both the table
+/// and [`class_words`] to.
+#[cfg(test)]
+fn class_of(c: u8) -> u8 {
+    let digit = c.wrapping_sub(b'0') < 10;
+    let upper = c.wrapping_sub(b'A') < 26;
+    let sep = c == b' ' || c == b'.' || c == b'-';
+    let anchor = upper || c == b'+' || c == b'(';
+    let at = c == b'@';
+    let assign = c == b':' || c == b'=';
+    let token = c == b'A' || c == b'g' || c == b'x';
+    let j = c == b'J';
+    let dash = c == b'-';
+    (u8::from(digit) * C_DIGIT)
+        | (u8::from(sep) * C_SEP)
+        | (u8::from(anchor) * C_ANCHOR)
+        | (u8::from(at) * C_AT)
+        | (u8::from(assign) * C_ASSIGN)
+        | (u8::from(token) * C_TOKEN)
+        | (u8::from(j) * C_J)
+        | (u8::from(dash) * C_DASH)
+}
+
+/// Every class: what a scan of all built-in families needs.
+const ALL_CLASSES: u8 = !0;
+
+/// The classes of the digit family alone (the `numeric` pass of a long region).
+const DIGIT_CLASSES: u8 = C_DIGIT | C_SEP | C_ANCHOR;
+
+/// The bitmask of every class in `NEED` over the block `b` (bit `i` set when byte `i` is in
+/// the class), indexed by the class's bit number, and which classes occur at all.
+///
+/// Sixteen bytes at a time with `wide` (safe SSE2: `pcmpeqb`, `pminub`, `pmovmskb`): one
+/// compare and one movemask per class and chunk. Rejected: a class table (two dependent loads
+/// per byte, then a multiply per eight bytes and class to pack bits), and comparisons the
+/// compiler vectorises by itself (it does, but never emits `pmovmskb` for the packing, which
+/// stayed a multiply per word and class); both cost about three times as many instructions per
+/// short cell. `core::arch` would need `unsafe`, which this crate forbids. A constant `NEED`
+/// lets the compiler drop the other classes: the digit pass over a long region computes three.
 #[inline(always)]
-fn class_words<const N: usize, const W: usize>(b: &[u8; N]) -> ([u64; W], u8) {
-    let mut words = [0u64; W];
-    let mut any = 0u64;
-    for (w, chunk) in words.iter_mut().zip(b.chunks_exact(8)) {
-        let mut x = 0u64;
-        for (i, &c) in chunk.iter().enumerate() {
-            x |= u64::from(CLASSES.get(usize::from(c)).copied().unwrap_or(0)) << (8 * i);
-        }
-        *w = x;
-        any |= x;
+fn class_words<const N: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; 8], u8) {
+    let splat = u8x16::splat;
+    let mut m = [0u64; 8];
+    for (k, chunk) in b.chunks_exact(16).enumerate() {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(chunk);
+        let v = u8x16::new(lanes);
+        let shift = 16 * k;
+        let mut put = |class: u8, hit: u8x16| {
+            if NEED & class != 0
+                && let Some(slot) = m.get_mut(class.trailing_zeros() as usize)
+            {
+                *slot |= u64::from(hit.to_bitmask()) << shift;
+            }
+        };
+        let d = v - splat(b'0');
+        put(C_DIGIT, d.min(splat(9)).simd_eq(d));
+        put(
+            C_SEP,
+            v.simd_eq(splat(b' ')) | v.simd_eq(splat(b'.')) | v.simd_eq(splat(b'-')),
+        );
+        let u = v - splat(b'A');
+        put(
+            C_ANCHOR,
+            u.min(splat(25)).simd_eq(u) | v.simd_eq(splat(b'+')) | v.simd_eq(splat(b'(')),
+        );
+        put(C_AT, v.simd_eq(splat(b'@')));
+        put(C_ASSIGN, v.simd_eq(splat(b':')) | v.simd_eq(splat(b'=')));
+        put(
+            C_TOKEN,
+            v.simd_eq(splat(b'A')) | v.simd_eq(splat(b'g')) | v.simd_eq(splat(b'x')),
+        );
+        put(C_J, v.simd_eq(splat(b'J')));
+        put(C_DASH, v.simd_eq(splat(b'-')));
     }
     // Which classes occur at all, so absent ones cost nothing more.
     let mut present = 0u8;
-    for k in 0..8 {
-        #[expect(clippy::cast_possible_truncation, reason = "one byte lane")]
-        let lane = (any >> (8 * k)) as u8;
-        present |= lane;
+    for (i, &x) in m.iter().enumerate() {
+        present |= u8::from(x != 0) << i;
     }
-    (words, present)
+    (m, present)
 }
 
-/// Bit `i` of the result is bit `class` of class byte `i` (a byte transpose by multiply:
-/// each of the eight 0/1 bytes lands on its own bit of the top byte).
+/// `v` (at most 16 bytes) zero-padded to 16, from overlapping word loads: a variable-length
+/// `copy_from_slice` into a zeroed array is a `memcpy` call, which cost a short cell as much
+/// as classifying it.
 #[inline(always)]
-fn class_mask<const W: usize>(words: &[u64; W], class: u8) -> u64 {
-    let shift = class.trailing_zeros();
+fn pad16(v: &[u8]) -> [u8; 16] {
+    let n = v.len();
+    let word = |r: std::ops::Range<usize>| -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(src) = v.get(r.clone()) {
+            w.get_mut(..r.len())
+                .unwrap_or_default()
+                .copy_from_slice(src);
+        }
+        u64::from_le_bytes(w)
+    };
+    let (lo, hi) = if n >= 8 {
+        // Bytes 8..n are the top n - 8 bytes of the last eight.
+        let shift = u32::try_from(8 * (16 - n.min(16))).unwrap_or(64);
+        (word(0..8), word(n - 8..n).checked_shr(shift).unwrap_or(0))
+    } else if n >= 4 {
+        // Two overlapping four-byte loads; the overlap holds the same bytes.
+        let shift = 8 * (n - 4);
+        (word(0..4) | (word(n - 4..n) << shift), 0)
+    } else {
+        let mut w = 0u64;
+        for (i, &b) in v.iter().enumerate() {
+            w |= u64::from(b) << (8 * i);
+        }
+        (w, 0)
+    };
+    let mut out = [0u8; 16];
+    out.get_mut(..8)
+        .unwrap_or_default()
+        .copy_from_slice(&lo.to_le_bytes());
+    out.get_mut(8..)
+        .unwrap_or_default()
+        .copy_from_slice(&hi.to_le_bytes());
+    out
+}
+
+/// The bitmask of `class` from [`class_words`].
+#[inline(always)]
+fn class_mask(masks: &[u64; 8], class: u8) -> u64 {
+    masks
+        .get(class.trailing_zeros() as usize)
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Bit `i` set when `b[i] == needle` (only for the few values with a `:` or `=`).
+#[inline]
+fn eq_mask<const N: usize>(b: &[u8; N], needle: u8) -> u64 {
     let mut m = 0u64;
-    for (j, &w) in words.iter().enumerate() {
-        let bits = ((w >> shift) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        m |= bits << (8 * j);
+    for (k, chunk) in b.chunks_exact(16).enumerate() {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(chunk);
+        let hit = u8x16::new(lanes).simd_eq(u8x16::splat(needle));
+        m |= u64::from(hit.to_bitmask()) << (16 * k);
     }
     m
 }
@@ -165,6 +290,25 @@ pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hi
         ..State::default()
     };
     let tokens = region.len() >= MIN_TOKEN_LEN;
+    if set & !DIGIT_SET == 0 {
+        scan_blocks::<DIGIT_CLASSES>(hay, from, region, set, tokens, &mut st, hits);
+    } else {
+        scan_blocks::<ALL_CLASSES>(hay, from, region, set, tokens, &mut st, hits);
+    }
+}
+
+/// The block loop of [`scan_builtins`], classifying the classes in `NEED` (every class the
+/// families in `set` read).
+#[inline(always)]
+fn scan_blocks<const NEED: u8>(
+    hay: &[u8],
+    from: usize,
+    region: &[u8],
+    set: u64,
+    tokens: bool,
+    st: &mut State,
+    hits: &mut Vec<Hit>,
+) {
     let mut pos = from;
     let mut rest = region;
     while !rest.is_empty() {
@@ -173,19 +317,17 @@ pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hi
         // Full blocks are borrowed; the last partial one is copied into a zeroed array (zero
         // is in no byte class), sized to the value so a short cell classifies 16 bytes.
         if let Some(Ok(block)) = rest.get(..BLOCK).map(<&[u8; BLOCK]>::try_from) {
-            block_scan::<BLOCK, 8>(hay, pos, block, last, set, tokens, &mut st, hits);
+            block_scan::<BLOCK, NEED>(hay, pos, block, last, set, tokens, st, hits);
         } else if n <= 16 {
-            let mut b = [0u8; 16];
-            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<16, 2>(hay, pos, &b, true, set, tokens, &mut st, hits);
+            block_scan::<16, NEED>(hay, pos, &pad16(rest), true, set, tokens, st, hits);
         } else if n <= 32 {
             let mut b = [0u8; 32];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<32, 4>(hay, pos, &b, true, set, tokens, &mut st, hits);
+            block_scan::<32, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         } else {
             let mut b = [0u8; BLOCK];
             b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<BLOCK, 8>(hay, pos, &b, true, set, tokens, &mut st, hits);
+            block_scan::<BLOCK, NEED>(hay, pos, &b, true, set, tokens, st, hits);
         }
         pos += n;
         rest = rest.get(n..).unwrap_or_default();
@@ -218,7 +360,7 @@ fn each_bit(mut m: u64, pos: usize, mut f: impl FnMut(usize)) {
     reason = "the per-block state of one scan; a struct for it would only rename the fields"
 )]
 #[inline(always)]
-fn block_scan<const N: usize, const W: usize>(
+fn block_scan<const N: usize, const NEED: u8>(
     hay: &[u8],
     pos: usize,
     b: &[u8; N],
@@ -228,7 +370,7 @@ fn block_scan<const N: usize, const W: usize>(
     st: &mut State,
     hits: &mut Vec<Hit>,
 ) {
-    let (words, present) = class_words::<N, W>(b);
+    let (words, present) = class_words::<N, NEED>(b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         each_bit(class_mask(&words, C_AT), pos, |p| {
@@ -296,27 +438,64 @@ fn block_scan<const N: usize, const W: usize>(
         st.prev_anchor = has(C_ANCHOR) && class_mask(&words, C_ANCHOR) >> (N - 1) != 0;
         return;
     }
-    let top = 1u64 << (N - 1);
-    let digit = class_mask(&words, C_DIGIT);
+    let masks = digit_masks(&words, present);
+    let d = digit_candidates::<N>(b, masks, last, prev_digit, prev_run, prev_anchor);
+    st.prev_digit = d.top_digit;
+    st.prev_run = d.top_run;
+    st.prev_anchor = d.top_anchor;
+    let cand = d.cand;
+    each_bit(cand, pos, |p| {
+        if p >= st.digit_done {
+            st.digit_done = digit_run(hay, p, set, hits, &mut st.digit_skip);
+        }
+    });
+}
+
+/// The digit, anchor and separator masks of one block.
+#[inline(always)]
+fn digit_masks(words: &[u64; 8], present: u8) -> [u64; 3] {
+    let has = |class: u8| present & class != 0;
     let anchor = if has(C_ANCHOR) {
-        class_mask(&words, C_ANCHOR)
+        class_mask(words, C_ANCHOR)
     } else {
         0
     };
     let sep = if has(C_SEP) {
-        class_mask(&words, C_SEP)
+        class_mask(words, C_SEP)
     } else {
         0
     };
-    st.prev_digit = digit & top != 0;
-    st.prev_anchor = anchor & top != 0;
+    [class_mask(words, C_DIGIT), anchor, sep]
+}
+
+/// The digit family's candidates in one block, and the carries into the next one.
+struct DigitCandidates {
+    /// Token-run starts that `digit_run` has to examine.
+    cand: u64,
+    top_digit: bool,
+    top_run: bool,
+    top_anchor: bool,
+}
+
+/// Token-run starts of one block that can hold a digit match (see the module docs for the
+/// shape argument). Shared by [`block_scan`] and [`may_match`], so the fast reject can never
+/// drop a run the scan would examine.
+#[inline(always)]
+fn digit_candidates<const N: usize>(
+    b: &[u8; N],
+    [digit, anchor, sep]: [u64; 3],
+    last: bool,
+    prev_digit: bool,
+    prev_run: bool,
+    prev_anchor: bool,
+) -> DigitCandidates {
+    let top = 1u64 << (N - 1);
     // A separator joins when digits sit on both sides; past a non-last block the next byte is
     // unknown and taken as a digit.
     let before = (digit << 1) | u64::from(prev_digit);
     let after = (digit >> 1) | if last { 0 } else { top };
     let joins = sep & before & after;
     let run = digit | joins;
-    st.prev_run = run & top != 0;
     let starts = run & !((run << 1) | u64::from(prev_run));
     // Runs of at least MIN_DIGIT_RUN bytes: bit p survives when bits p..p+7 are all set. A
     // non-last block continues with ones (unknown bytes).
@@ -329,9 +508,12 @@ fn block_scan<const N: usize, const W: usize>(
     let long = r7 as u64;
     let anchored = (anchor << 1) | u64::from(prev_anchor);
     let mut cand = starts & (long | anchored);
-    // A run that ends inside the block is known whole: without an anchor, it needs nine
-    // digits or three joiners (an IPv4 address's dots) for any digit detector to match.
+    // A run that ends inside the block is known whole: without an anchor, only the token
+    // shapes `numeric::Shape::may_match` admits can match in it, and those are decided here
+    // from the masks (ids, dates, times, amounts never reach `digit_run`).
     let mut quiet = cand & !anchored;
+    // `0` and `.` masks, computed for the few blocks that need them.
+    let mut zero_dot: Option<(u64, u64)> = None;
     while quiet != 0 {
         let p = quiet.trailing_zeros();
         quiet &= quiet - 1;
@@ -340,15 +522,145 @@ fn block_scan<const N: usize, const W: usize>(
             continue; // runs on past the block: examined in full
         }
         let span = ((1u64 << len) - 1) << p;
-        if (digit & span).count_ones() < MIN_TOKEN_DIGITS && (joins & span).count_ones() < 3 {
+        let (zero, dot) = *zero_dot.get_or_insert_with(|| (eq_mask(b, b'0'), eq_mask(b, b'.')));
+        if !run_may_match(digit & span, joins & span, zero, dot) {
             cand &= !(1u64 << p);
         }
     }
-    each_bit(cand, pos, |p| {
-        if p >= st.digit_done {
-            st.digit_done = digit_run(hay, p, set, hits, &mut st.digit_skip);
+    DigitCandidates {
+        cand,
+        top_digit: digit & top != 0,
+        top_run: run & top != 0,
+        top_anchor: anchor & top != 0,
+    }
+}
+
+/// Whether a digit detector can match in a token run (digits `d` joined by the separators
+/// `joins`, known whole, not after an anchor), by the rule of `numeric::Shape::may_match`:
+/// a card needs 13 digits, an IPv4 address four dot-joined groups, every other shape two
+/// groups, nine digits and a three-digit group or a `0`-led group of two to five digits
+/// followed by ten digits in all (a national number). `Shape` describes the token from its
+/// first examined group; every figure here is of the whole run, which is at least as large,
+/// so a run is dropped only when no examined suffix can pass. Runs of more than
+/// `MAX_TOKEN_GROUPS` groups are kept: `digit_token` cuts them into pieces.
+#[inline]
+fn run_may_match(d: u64, joins: u64, zero: u64, dot: u64) -> bool {
+    let digits = d.count_ones();
+    let starts = d & !(d << 1);
+    let groups = starts.count_ones();
+    if groups > MAX_TOKEN_GROUPS || digits >= MIN_CARD_DIGITS {
+        return true;
+    }
+    if groups >= 4 && joins & dot != 0 {
+        return true;
+    }
+    if groups < 2 || digits < MIN_TOKEN_DIGITS {
+        return false;
+    }
+    let three = starts & (d >> 1) & (d >> 2) & !(d >> 3);
+    if three != 0 {
+        return true;
+    }
+    let mut led = starts & zero;
+    while led != 0 {
+        let z = led.trailing_zeros();
+        led &= led - 1;
+        let len = (d >> z).trailing_ones();
+        if (2..=5).contains(&len) && (d >> z).count_ones() >= 10 {
+            return true;
         }
-    });
+    }
+    false
+}
+
+/// Longest value [`may_match`] decides: one block.
+pub(crate) const REJECT_MAX: usize = BLOCK;
+
+/// Whether a built-in detector of `set` can match in `value` (at most [`REJECT_MAX`]
+/// bytes, scanned from its start): `false` only when [`scan_builtins`] would find nothing.
+///
+/// The fast reject for result-set cells: most cells hold no candidate at all, and for them
+/// this one classification is the whole cost of masking, with no scan state, hit vector or
+/// validator call. It takes the candidates of [`block_scan`] (the digit family by the same
+/// function) and drops two kinds the scan would hand to a validator that must fail: a `:`
+/// when the value has neither `::` nor seven colons (no IPv6 address), and a `:`/`=` with no
+/// possible keyword ending before it (times, URLs, `note:`).
+pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
+    let n = value.len();
+    if n <= 16 {
+        may_match_block::<16>(value, &pad16(value), set)
+    } else if n <= 32 {
+        let mut b = [0u8; 32];
+        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
+        may_match_block::<32>(value, &b, set)
+    } else if let Ok(b) = <&[u8; BLOCK]>::try_from(value) {
+        may_match_block::<BLOCK>(value, b, set)
+    } else if n < BLOCK {
+        let mut b = [0u8; BLOCK];
+        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
+        may_match_block::<BLOCK>(value, &b, set)
+    } else {
+        true
+    }
+}
+
+#[inline(always)]
+fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
+    let (words, present) = class_words::<N, ALL_CLASSES>(b);
+    let has = |class: u8| present & class != 0;
+    if set & EMAIL != 0 && has(C_AT) {
+        return true;
+    }
+    if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
+        let seps = class_mask(&words, C_ASSIGN);
+        if set & ASSIGNMENT_SET != 0 {
+            let mut m = seps;
+            while m != 0 {
+                let p = m.trailing_zeros() as usize;
+                m &= m - 1;
+                if keyword_may_end_before(hay, 0, p) {
+                    return true;
+                }
+            }
+        }
+        if set & IPV6 != 0 {
+            // Every IPv6 match has two colons in a row or seven colons (`ipv6_hit`), all
+            // inside the value.
+            let colons = seps & eq_mask::<N>(b, b':');
+            if colons & (colons >> 1) != 0 || colons.count_ones() >= 7 {
+                return true;
+            }
+        }
+    }
+    if hay.len() >= MIN_TOKEN_LEN && set & TOKEN_SET != 0 {
+        let first = if has(C_TOKEN) {
+            class_mask(&words, C_TOKEN)
+        } else {
+            0
+        };
+        let jwt = if has(C_J) {
+            class_mask(&words, C_J) >> 2
+        } else {
+            0
+        };
+        let dash = if has(C_DASH) {
+            class_mask(&words, C_DASH)
+        } else {
+            0
+        };
+        let mut cand = first | jwt | (dash & (dash >> 1));
+        while cand != 0 {
+            let p = cand.trailing_zeros() as usize;
+            cand &= cand - 1;
+            if anchor_at(hay, p).is_some() {
+                return true;
+            }
+        }
+    }
+    set & DIGIT_SET != 0
+        && has(C_DIGIT)
+        && digit_candidates::<N>(b, digit_masks(&words, present), true, false, false, false).cand
+            != 0
 }
 
 #[cfg(test)]
@@ -388,6 +700,13 @@ mod tests {
                 let (fast, plain) = both(&cell, 0, set);
                 assert_eq!(fast, plain, "cell {:?}", String::from_utf8_lossy(&cell));
                 found += fast.len();
+                if cell.len() <= REJECT_MAX && !plain.is_empty() {
+                    assert!(
+                        may_match(&cell, set),
+                        "{:?}",
+                        String::from_utf8_lossy(&cell)
+                    );
+                }
             }
         }
         // Lines cross block boundaries and carry runs, skips and token prefixes over them.
@@ -397,6 +716,46 @@ mod tests {
             assert_eq!(fast, plain, "line {:?}", String::from_utf8_lossy(line));
         }
         assert!(found > 1000, "the corpus holds PII: {found}");
+    }
+
+    #[test]
+    fn class_masks_match_the_scalar_classes() {
+        for c in 0..=255u8 {
+            for p in 0..BLOCK {
+                let mut b = [0u8; BLOCK];
+                b[p] = c;
+                let (m, present) = class_words::<BLOCK, ALL_CLASSES>(&b);
+                for bit in 0..8 {
+                    let class = 1u8 << bit;
+                    let want = class_of(c) & class != 0;
+                    assert_eq!(class_mask(&m, class) == 1u64 << p, want, "byte {c} at {p}");
+                    assert_eq!(class_mask(&m, class) == 0, !want, "byte {c} at {p}");
+                    assert_eq!(present & class != 0, want);
+                }
+                assert_eq!(eq_mask(&b, c), if c == 0 { !0 } else { 1u64 << p });
+            }
+        }
+        // Only the needed classes are computed.
+        let (m, _) = class_words::<16, DIGIT_CLASSES>(b"a@b:c=d1 -+(AgxJ");
+        assert_eq!(class_mask(&m, C_AT) | class_mask(&m, C_ASSIGN), 0);
+        assert_ne!(class_mask(&m, C_DIGIT), 0);
+    }
+
+    #[test]
+    fn pad16_pads_with_zeros() {
+        let src: Vec<u8> = (1..=16).collect();
+        for n in 0..=16 {
+            let mut want = [0u8; 16];
+            want[..n].copy_from_slice(&src[..n]);
+            assert_eq!(pad16(&src[..n]), want, "{n}");
+        }
+    }
+
+    #[test]
+    fn computed_classes_match_the_table() {
+        for c in 0..=255u8 {
+            assert_eq!(class_of(c), CLASSES[usize::from(c)], "byte {c}");
+        }
     }
 
     #[test]
@@ -508,6 +867,19 @@ mod tests {
             let from = from.min(hay.len());
             let (fast, plain) = both(&hay, from, set);
             prop_assert_eq!(fast, plain, "{:?} from {}", String::from_utf8_lossy(&hay), from);
+        }
+
+        #[test]
+        fn fast_reject_drops_only_values_without_hits(
+            parts in prop::collection::vec(piece(), 0..8),
+            set in prop::sample::select(SETS.to_vec()),
+        ) {
+            let hay = parts.concat();
+            let hay = hay.get(..REJECT_MAX).unwrap_or(&hay);
+            let (_, plain) = both(hay, 0, set);
+            if !plain.is_empty() {
+                prop_assert!(may_match(hay, set), "{:?}", String::from_utf8_lossy(hay));
+            }
         }
     }
 }

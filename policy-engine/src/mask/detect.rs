@@ -114,7 +114,9 @@ pub(crate) const TOKEN_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
 pub(crate) const ASSIGNMENT_SET: u64 =
     (1 << Builtin::AwsSecretKey as u8) | (1 << Builtin::Credential as u8);
 
-/// Detectors found by literal anchors alone (no digit scan): the "secrets" set.
+/// Detectors found by literal anchors alone (no digit scan): the "secrets" set, one of the
+/// sets the prefilter tests run.
+#[cfg(test)]
 pub const LITERAL_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
     | (1 << Builtin::AwsSecretKey as u8)
     | (1 << Builtin::GcpApiKey as u8)
@@ -246,16 +248,15 @@ impl Scanner {
     /// `hits` (unordered, possibly overlapping). Bytes outside `[from, to)` are look-behind /
     /// look-ahead context only. Allocates only when something is found.
     ///
-    /// Short values (result-set cells) with digit detectors on go through the block
-    /// prefilter (`blocks`), which hands the validators the same candidates, in the same
-    /// order, as the per-family scans; longer regions use one SIMD search per family
-    /// (`memchr`, the token automaton), which beats a byte-class pass once the fixed cost of
-    /// entering them is spread over enough bytes.
+    /// Short values (result-set cells) go through the block prefilter (`blocks`), which hands
+    /// the validators the same candidates, in the same order, as the per-family scans; longer
+    /// regions use one SIMD search per family (`memchr`, the token automaton), which beats a
+    /// byte-class pass once the fixed cost of entering them is spread over enough bytes.
     pub fn scan(&self, hay: &[u8], from: usize, to: usize, set: u64, hits: &mut Vec<Hit>) {
         let Some(region) = hay.get(..to) else {
             return;
         };
-        if to.saturating_sub(from) <= GATE_MAX && set & DIGIT_SET != 0 {
+        if to.saturating_sub(from) <= GATE_MAX {
             super::blocks::scan_builtins(region, from, set & BUILTIN_SET, hits);
             self.scan_customs(region, from, set, hits);
         } else {
@@ -264,7 +265,6 @@ impl Scanner {
     }
 
     /// One scan per detector family over `hay[from..]`. The data path (`plain == false`)
-    /// first drops, for a short region, the families whose bytes it lacks ([`gate`]), and
     /// finds digit runs with the block prefilter; `plain` is the reference the tests compare
     /// the prefilters with: every candidate of every family goes to its validator.
     #[inline]
@@ -277,11 +277,6 @@ impl Scanner {
         hits: &mut Vec<Hit>,
     ) {
         let region = hay;
-        let set = if !plain && region.len().saturating_sub(from) <= GATE_MAX {
-            set & gate(region.get(from..).unwrap_or_default(), set)
-        } else {
-            set
-        };
         if set & TOKEN_SET != 0 {
             self.scan_tokens(region, from, set, hits);
         }
@@ -482,12 +477,10 @@ pub(crate) fn assignment_hit(hay: &[u8], from: usize, sep: usize, set: u64) -> O
     })
 }
 
-/// The keyword whose assignment separator is at `sep`: it ends just before the separator,
-/// optional spaces and an optional closing quote, starts at or after `from` and not right
-/// after a letter or digit. When several keywords end there (`client_secret`, `secret`), the
-/// one starting first decides the kind, as `aws_secret_key` must win over a plain keyword.
+/// Where a keyword would end for the assignment separator at `sep` (before optional spaces
+/// and an optional closing quote), when the byte there can end one.
 #[inline]
-fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, Anchor)> {
+fn keyword_end(hay: &[u8], from: usize, sep: usize) -> Option<usize> {
     let mut e = sep;
     while e > from && hay.get(e - 1) == Some(&b' ') {
         e -= 1;
@@ -498,9 +491,23 @@ fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, 
     // Every keyword ends in one of these letters; most separators (times, URLs, JSON keys)
     // are rejected here with one comparison.
     let last = hay.get(e.checked_sub(1)?)? | 0x20;
-    if !matches!(last, b'd' | b't' | b'n' | b'y') {
-        return None;
-    }
+    matches!(last, b'd' | b't' | b'n' | b'y').then_some(e)
+}
+
+/// Whether a keyword can end before the separator at `sep`: `false` only when
+/// [`assignment_hit`] must fail there. The block prefilter's fast reject uses it.
+#[inline]
+pub(crate) fn keyword_may_end_before(hay: &[u8], from: usize, sep: usize) -> bool {
+    keyword_end(hay, from, sep).is_some()
+}
+
+/// The keyword whose assignment separator is at `sep`: it ends just before the separator,
+/// optional spaces and an optional closing quote, starts at or after `from` and not right
+/// after a letter or digit. When several keywords end there (`client_secret`, `secret`), the
+/// one starting first decides the kind, as `aws_secret_key` must win over a plain keyword.
+#[inline]
+fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, Anchor)> {
+    let e = keyword_end(hay, from, sep)?;
     let avail = e.checked_sub(from)?;
     let mut best: Option<(usize, Anchor)> = None;
     for &(kw, anchor) in KEYWORDS {
@@ -525,141 +532,11 @@ fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, 
     best.map(|(s, a)| (s, e, a))
 }
 
-/// Values up to this length go through [`gate`] first: for a short result-set cell the fixed
-/// cost of entering four scanners dominates, and most cells lack the bytes they need.
+/// Values up to this length go through the block prefilter: for a short result-set cell the
+/// fixed cost of entering four SIMD searches dominates. (A byte gate in front of those
+/// searches, dropping the families whose bytes a value lacks, was the previous design; the
+/// block prefilter's candidates are strictly tighter.)
 const GATE_MAX: usize = 256;
-
-const C_DIGIT: u8 = 1;
-const C_AT: u8 = 2;
-const C_COLON: u8 = 4;
-/// A byte every token-prefix match needs one of: `A` (AWS, GCP), `_` (GitHub), `-`
-/// (GitLab, Slack, PEM), `J` (JWT `eyJ`).
-const C_TOKEN: u8 = 8;
-/// `=`: with `:`, the separators a key-value assignment needs.
-const C_EQUALS: u8 = 16;
-
-#[expect(
-    clippy::indexing_slicing,
-    reason = "evaluated at compile time: a bad index fails the build, never the gateway"
-)]
-const CLASSES: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut d = b'0';
-    while d <= b'9' {
-        t[d as usize] = C_DIGIT;
-        d += 1;
-    }
-    t[b'@' as usize] = C_AT;
-    t[b':' as usize] = C_COLON;
-    t[b'A' as usize] = C_TOKEN;
-    t[b'_' as usize] = C_TOKEN;
-    t[b'-' as usize] = C_TOKEN;
-    t[b'J' as usize] = C_TOKEN;
-    t[b'=' as usize] = C_EQUALS;
-    t
-};
-
-/// Which detectors could possibly match in `v`, from the byte classes present and the number
-/// of digits. Conservative: a detector is dropped only when every one of its matches needs a
-/// byte that is absent, or more digits than `v` has.
-fn gate(v: &[u8], set: u64) -> u64 {
-    let mut c = 0u8;
-    let mut digits = 0usize;
-    // Counting digits costs an add per byte; sessions without digit detectors (secrets
-    // only) skip it.
-    if set & DIGIT_SET != 0 {
-        for &b in v {
-            let k = CLASSES.get(usize::from(b)).copied().unwrap_or(0);
-            c |= k;
-            digits += usize::from(k & C_DIGIT);
-        }
-    } else {
-        for &b in v {
-            c |= CLASSES.get(usize::from(b)).copied().unwrap_or(0);
-        }
-    }
-    let mut set =
-        !(LITERAL_SET | DIGIT_SET | (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8));
-    if c & C_TOKEN != 0 && has_token_pair(v) {
-        set |= TOKEN_SET;
-    }
-    if c & (C_EQUALS | C_COLON) != 0 {
-        set |= ASSIGNMENT_SET;
-    }
-    if c & C_DIGIT != 0 {
-        set |= digit_detectors_for(digits);
-    }
-    if c & C_AT != 0 {
-        set |= 1 << Builtin::Email as u8;
-    }
-    if c & C_COLON != 0 {
-        set |= 1 << Builtin::Ipv6 as u8;
-    }
-    set
-}
-
-/// First two bytes of every [`TOKEN_ANCHORS`] prefix, as one bit per pair shared by its
-/// first byte (in `PAIR_FIRST`) and its second (in `PAIR_SECOND`): `AK AS AB AC AI`, `gh gl`,
-/// `xo`, `ey`, `--`. A date's `-` or a capital `A` alone no longer sends a cell through the
-/// automaton.
-const PAIR_FIRST: [u8; 256] = pair_table(&[(b'A', 1), (b'g', 2), (b'x', 4), (b'e', 8), (b'-', 16)]);
-const PAIR_SECOND: [u8; 256] = pair_table(&[
-    (b'K', 1),
-    (b'S', 1),
-    (b'B', 1),
-    (b'C', 1),
-    (b'I', 1),
-    (b'h', 2),
-    (b'l', 2),
-    (b'o', 4),
-    (b'y', 8),
-    (b'-', 16),
-]);
-
-#[expect(
-    clippy::indexing_slicing,
-    reason = "evaluated at compile time: a bad index fails the build, never the gateway"
-)]
-const fn pair_table(entries: &[(u8, u8)]) -> [u8; 256] {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < entries.len() {
-        let (b, bit) = entries[i];
-        t[b as usize] |= bit;
-        i += 1;
-    }
-    t
-}
-
-/// Whether `v` holds the first two bytes of some token prefix.
-fn has_token_pair(v: &[u8]) -> bool {
-    v.windows(2).any(|w| {
-        let (Some(&a), Some(&b)) = (w.first(), w.get(1)) else {
-            return false;
-        };
-        let f = PAIR_FIRST.get(usize::from(a)).copied().unwrap_or(0);
-        f != 0 && f & PAIR_SECOND.get(usize::from(b)).copied().unwrap_or(0) != 0
-    })
-}
-
-/// The digit-anchored detectors that can match somewhere in a value holding `digits` digits:
-/// an IBAN has at least its two check digits, an IPv4 address four digits, an E.164 phone
-/// number eight, an SSN nine, other phone formats ten and a card thirteen.
-fn digit_detectors_for(digits: usize) -> u64 {
-    let mut set = 0u64;
-    if digits >= 2 {
-        set |= 1 << Builtin::Iban as u8;
-    }
-    if digits >= 4 {
-        set |= 1 << Builtin::Ipv4 as u8;
-    }
-    if digits >= 8 {
-        set |= (1 << Builtin::Phone as u8)
-            | (1 << Builtin::Ssn as u8)
-            | (1 << Builtin::CreditCard as u8);
-    }
-    set
-}
 
 #[inline]
 pub(crate) fn is_word(b: u8) -> bool {

@@ -14,8 +14,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::MaskError;
+use super::blocks;
 use super::detect::{
-    self, BUILTINS, Builtin, Custom, DetectorId, Hit, MAX_DETECTORS, N_BUILTINS, Scanner, Validator,
+    self, BUILTIN_SET, BUILTINS, Builtin, Custom, DetectorId, Hit, MAX_DETECTORS, N_BUILTINS,
+    Scanner, Validator,
 };
 use super::glob::Glob;
 use super::spec::{DetectorSpec, MaskSpec, StrategyName};
@@ -476,6 +478,15 @@ impl SessionMasker {
         if column.plan.set == 0 {
             return MaskOutcome::Unchanged;
         }
+        // Fast reject before any scan set-up: a short cell with no candidate of any built-in
+        // detector (most cells) costs one block classification. Custom detectors are regexes
+        // the block prefilter knows nothing about, so their sessions take the full path.
+        if value.len() <= blocks::REJECT_MAX
+            && column.plan.set & !BUILTIN_SET == 0
+            && !blocks::may_match(value, column.plan.set)
+        {
+            return MaskOutcome::Unchanged;
+        }
         let mut hits = Vec::new();
         let mut pem = PemState::default();
         self.inner.resolve(&column.plan, &mut pem, value, &mut hits);
@@ -577,9 +588,17 @@ impl Inner {
                 }
             }
         }
+        // After a private-key block ends, the hits past it are found again from its end, but
+        // only its last line is rescanned: detectors are line-local, so the hits the last
+        // scan found on later lines are the ones a rescan would find (custom regexes are not
+        // bound to lines, so their sessions rescan everything). Rescanning the whole rest of
+        // the batch made a batch with k keys cost about k/2 scans.
+        let mut reuse: Option<(usize, Vec<Hit>)> = None;
         loop {
             let base = hits.len();
-            self.scanner.scan(hay, from, hay.len(), plan.set, hits);
+            let reused = reuse.take();
+            let to = reused.as_ref().map_or(hay.len(), |(line_end, _)| *line_end);
+            self.scanner.scan(hay, from, to, plan.set, hits);
             let Some(found) = hits.get_mut(base..) else {
                 return;
             };
@@ -592,9 +611,14 @@ impl Inner {
                     .then(b.end.cmp(&a.end))
                     .then(a.det.cmp(&b.det))
             });
+            // Sorted too, and all after the rescanned line.
+            if let Some((_, rest)) = reused {
+                hits.extend_from_slice(&rest);
+            }
             let mut w = base;
             let mut last_end = from;
             let mut pem_at = None;
+            let mut unexamined = hits.len();
             for r in base..hits.len() {
                 let Some(&h) = hits.get(r) else { break };
                 if h.start < last_end {
@@ -607,20 +631,41 @@ impl Inner {
                 last_end = h.end;
                 if h.det == Builtin::PrivateKey as u8 {
                     pem_at = Some(w - 1);
+                    unexamined = r + 1;
                     break;
                 }
             }
-            hits.truncate(w);
-            let Some(k) = pem_at else { return };
-            let Some(h) = hits.get_mut(k) else { return };
+            let Some(k) = pem_at else {
+                hits.truncate(w);
+                return;
+            };
+            let Some(&h) = hits.get(k) else { return };
             match self.pem_block_end(hay, h.end, PEM_WINDOW.saturating_sub(h.end - h.start)) {
                 Some(e) => {
-                    h.end = e;
+                    if plan.set & !BUILTIN_SET == 0 {
+                        let line_end = memchr::memchr(b'\n', hay.get(e..).unwrap_or_default())
+                            .map_or(hay.len(), |i| e + i + 1);
+                        let rest = hits
+                            .get(unexamined..)
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|x| x.start >= line_end)
+                            .copied()
+                            .collect();
+                        reuse = Some((line_end, rest));
+                    }
+                    hits.truncate(w);
+                    if let Some(h) = hits.get_mut(k) {
+                        h.end = e;
+                    }
                     from = e;
                 }
                 None => {
+                    hits.truncate(w);
                     pem.open = Some(hay.len() - h.start);
-                    h.end = hay.len();
+                    if let Some(h) = hits.get_mut(k) {
+                        h.end = hay.len();
+                    }
                     return;
                 }
             }
