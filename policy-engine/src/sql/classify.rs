@@ -37,8 +37,11 @@ pub(super) fn run(
         dialect,
     };
     // Without a `;` there is one statement, whatever the routine-body tracking below would
-    // find: one quick pass instead of two keyword tests per token.
-    if !toks.iter().any(|t| t.kind == T::Semicolon) {
+    // find: one quick pass instead of two keyword tests per token. A `;` token needs a `;`
+    // byte, and `memchr` rules that out in a tenth of the instructions of a token pass.
+    if memchr::memchr(b';', text.as_bytes()).is_none()
+        || !toks.iter().any(|t| t.kind == T::Semicolon)
+    {
         return finish(&cx, 0, unterminated, statements, tables);
     }
     let mut start = 0usize;
