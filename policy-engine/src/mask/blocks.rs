@@ -231,6 +231,20 @@ fn pad16(v: &[u8]) -> [u8; 16] {
     out
 }
 
+/// Where a prefix-anchored token can start: a token first byte, the `J` of `eyJ` (found from
+/// its `J`, two bytes on), or the second of two dashes (`-----BEGIN`).
+#[inline(always)]
+fn token_candidates(words: &[u64; 8], present: u8, dash: u64) -> u64 {
+    let of = |class: u8| {
+        if present & class != 0 {
+            class_mask(words, class)
+        } else {
+            0
+        }
+    };
+    of(C_TOKEN) | (of(C_J) >> 2) | (dash & (dash >> 1))
+}
+
 /// The bitmask of `class` from [`class_words`].
 #[inline(always)]
 fn class_mask(masks: &[u64; 8], class: u8) -> u64 {
@@ -401,18 +415,7 @@ fn block_scan<const N: usize, const NEED: u8>(
         0
     };
     if tokens && set & TOKEN_SET != 0 {
-        let first = if has(C_TOKEN) {
-            class_mask(&words, C_TOKEN)
-        } else {
-            0
-        };
-        // `eyJ` is found from its `J`, two bytes on.
-        let jwt = if has(C_J) {
-            class_mask(&words, C_J) >> 2
-        } else {
-            0
-        };
-        let mut cand = first | jwt | (dash & (dash >> 1));
+        let mut cand = token_candidates(&words, present, dash);
         if !last {
             // `eyJ` or `--` may continue into the next block.
             cand |= 3 << (N - 2);
@@ -633,22 +636,12 @@ fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
         }
     }
     if hay.len() >= MIN_TOKEN_LEN && set & TOKEN_SET != 0 {
-        let first = if has(C_TOKEN) {
-            class_mask(&words, C_TOKEN)
-        } else {
-            0
-        };
-        let jwt = if has(C_J) {
-            class_mask(&words, C_J) >> 2
-        } else {
-            0
-        };
         let dash = if has(C_DASH) {
             class_mask(&words, C_DASH)
         } else {
             0
         };
-        let mut cand = first | jwt | (dash & (dash >> 1));
+        let mut cand = token_candidates(&words, present, dash);
         while cand != 0 {
             let p = cand.trailing_zeros() as usize;
             cand &= cand - 1;
