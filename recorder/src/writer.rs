@@ -23,7 +23,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::ipc::writer::StreamWriter;
@@ -43,9 +43,6 @@ pub(crate) const BATCH_ROWS: usize = 32_768;
 /// Records taken from one queue before moving to the next, so one busy worker cannot starve
 /// the others.
 const BURST: usize = 4096;
-
-/// Longest idle sleep; producers also unpark the writer every `WAKE_EVERY` pushes.
-const IDLE_PARK: Duration = Duration::from_millis(2);
 
 /// Error of a command whose outcome never came back before its session ended (the outcome
 /// record was refused by a full queue).
@@ -201,7 +198,13 @@ impl Writer<'_> {
                 return self.finish();
             }
             if taken == 0 {
-                std::thread::park_timeout(IDLE_PARK.min(next_flush.saturating_duration_since(now)));
+                // Nothing queued: sleep until the flush is due. Records pushed meanwhile wait
+                // in the rings at most until then, which is the durability bound anyway;
+                // producers unpark the writer every `WAKE_EVERY` pushes (and at once when a
+                // ring is full), so a busy gateway is drained long before its rings fill. An
+                // idle gateway's writer wakes once per `flush_interval`, not every few
+                // milliseconds.
+                std::thread::park_timeout(next_flush.saturating_duration_since(now));
             }
         }
     }
