@@ -121,6 +121,9 @@ pub struct Config {
 pub struct GatewayConfig {
     /// Worker threads, one per core by default.
     pub workers: usize,
+    /// Pin worker `i` to core `i mod cores` (the default). Unpinned workers let the scheduler
+    /// move them, which can suit a host the gateway shares with busy processes.
+    pub pin_workers: bool,
     /// Management listener (health, readiness, metrics, later the admin API).
     pub admin: SocketAddr,
     pub recordings: PathBuf,
@@ -207,6 +210,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     workers: Option<Spanned<usize>>,
+    pin_workers: Option<bool>,
     admin: Option<Spanned<String>>,
     recordings: Option<PathBuf>,
     policies: Option<PathBuf>,
@@ -395,6 +399,7 @@ impl Validator<'_> {
         };
         let gateway = GatewayConfig {
             workers,
+            pin_workers: g.pin_workers.unwrap_or(true),
             admin,
             recordings: g.recordings.unwrap_or_else(|| DEFAULT_RECORDINGS.into()),
             policies: g.policies.unwrap_or_else(|| DEFAULT_POLICIES.into()),
@@ -666,12 +671,23 @@ idle_timeout = "5m"
     fn minimal_tcp_config_gets_defaults() {
         let c = parse(TCP).unwrap();
         assert_eq!(c.gateway.workers, 2);
+        assert!(c.gateway.pin_workers);
         assert_eq!(c.gateway.admin, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.gateway.drain_timeout, Duration::from_secs(30));
         let web = c.connection("web").unwrap();
         assert_eq!(web.idle_timeout, Duration::from_secs(300));
         assert_eq!(web.connect_timeout, Duration::from_secs(10));
         assert_eq!(c.recorder.on_full, OnFull::FailClosed);
+    }
+
+    #[test]
+    fn workers_can_be_left_unpinned() {
+        let c = parse(&TCP.replace("workers = 2", "workers = 2\npin_workers = false")).unwrap();
+        assert!(!c.gateway.pin_workers);
+        let e = parse(&TCP.replace("workers = 2", "workers = 2\npin_workers = \"no\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pin_workers"), "{e}");
     }
 
     #[test]

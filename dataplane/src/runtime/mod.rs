@@ -3,11 +3,11 @@
 //!
 //! [`Gateway::start`] binds every listener up front (one socket per worker per connection, all
 //! sharing the port through `SO_REUSEPORT`, so the kernel spreads connections over workers and
-//! a bind failure is reported before anything runs), then starts one pinned thread per worker,
-//! each with its own monoio runtime. A connection lives its whole life on the worker that
-//! accepted it. Workers share only read-mostly state and relaxed atomics: the shutdown flag,
-//! their own metrics lines, and the connection-limit counters (one atomic add per accepted
-//! connection, never per byte).
+//! a bind failure is reported before anything runs), then starts one thread per worker, pinned
+//! to a core unless `pin_workers = false`, each with its own monoio runtime. A connection lives
+//! its whole life on the worker that accepted it. Workers share only read-mostly state and
+//! relaxed atomics: the shutdown flag, their own metrics lines, and the connection-limit
+//! counters (one atomic add per accepted connection, never per byte).
 //!
 //! Shutdown: [`ShutdownHandle::shutdown`] sets a flag every worker checks each
 //! [`SHUTDOWN_POLL_MILLIS`]. A worker then cancels its accepts (and awaits the cancelled accepts,
@@ -263,6 +263,7 @@ impl Gateway {
         });
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let pin = config.gateway.pin_workers;
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ActiveDriver, String>>();
         let mut threads = Vec::with_capacity(workers);
         for (index, listeners) in per_worker.into_iter().enumerate() {
@@ -276,9 +277,15 @@ impl Gateway {
             let spawned = std::thread::Builder::new()
                 .name(format!("portcullis-w{index}"))
                 .spawn(move || {
-                    let pinned = core.is_some_and(core_affinity::set_for_current);
+                    let placement = if !pin {
+                        Placement::Unpinned
+                    } else if core.is_some_and(core_affinity::set_for_current) {
+                        Placement::Pinned
+                    } else {
+                        Placement::PinFailed
+                    };
                     worker_thread(
-                        index, wanted, driver, pinned, core, listeners, shared, ready,
+                        index, wanted, driver, placement, core, listeners, shared, ready,
                     );
                 });
             match spawned {
@@ -373,6 +380,17 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Where a worker thread runs (`gateway.pin_workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// On its own core, `i mod cores`.
+    Pinned,
+    /// Pinning was asked for but the host refused it (or reported no cores).
+    PinFailed,
+    /// Wherever the scheduler puts it.
+    Unpinned,
+}
+
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site: the thread entry point"
@@ -381,14 +399,17 @@ fn worker_thread(
     index: usize,
     wanted: ActiveDriver,
     choice: DriverChoice,
-    pinned: bool,
+    placement: Placement,
     core: Option<core_affinity::CoreId>,
     listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
     ready: mpsc::Sender<Result<ActiveDriver, String>>,
 ) {
-    let core_label = core.map_or_else(|| "none".to_owned(), |c| c.id.to_string());
-    if !pinned {
+    let core_label = match placement {
+        Placement::Unpinned => "any".to_owned(),
+        _ => core.map_or_else(|| "none".to_owned(), |c| c.id.to_string()),
+    };
+    if placement == Placement::PinFailed {
         tracing::warn!(worker = index, core = %core_label, "could not pin worker to its core");
     }
     if wanted == ActiveDriver::IoUring {
