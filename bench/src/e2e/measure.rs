@@ -1,6 +1,7 @@
 //! One measurement against one target: a `portcullis-loadgen` run (closed or open loop) with
-//! the proxy's CPU time read from `/proc/<pid>/stat` around it, and the idle-connection memory
-//! probe. The load generator's clients share no code with the gateway.
+//! the CPU time of the proxy (`/proc/<pid>/stat`), of the load generator (this process's
+//! waited-for children) and of the whole machine (`/proc/stat`) read around it, and the
+//! idle-connection memory probe. The load generator's clients share no code with the gateway.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -36,6 +37,13 @@ pub struct Run {
     pub max_us: f64,
     /// The proxy's CPU seconds per 1,000 queries (warm-up included on both sides).
     pub cpu_s_per_1k: Option<f64>,
+    /// The load generator's own CPU seconds per 1,000 queries.
+    pub loadgen_cpu_s_per_1k: Option<f64>,
+    /// CPU seconds per 1,000 queries of the whole machine (every process, the kernel's
+    /// interrupts included): the budget the load generator, the proxy and PostgreSQL share.
+    pub machine_cpu_s_per_1k: Option<f64>,
+    /// Cores busy on average during the run (of `available_parallelism`).
+    pub machine_busy_cores: Option<f64>,
     /// `[quantile, µs]` pairs for the latency curve.
     pub percentiles: Vec<(f64, f64)>,
 }
@@ -60,6 +68,34 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// CPU time, in clock ticks, of this process's waited-for children (`cutime + cstime` of
+/// `/proc/self/stat`): read around a load generator run, the difference is the load
+/// generator's own CPU time.
+fn children_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ")": cutime is field 16 of stat(5), cstime 17.
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(cutime + cstime)
+}
+
+/// Busy clock ticks of the whole machine, all CPUs together (`/proc/stat`: user, nice,
+/// system, irq, softirq, steal; idle and iowait left out).
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    Some(at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
 }
 
 /// Kernel clock ticks per second (`getconf CLK_TCK`, 100 on Linux if unavailable).
@@ -132,8 +168,12 @@ pub fn load(
         .arg(&mix)
         .env("E2E_SECRET", &ep.secret);
     let before = ep.pid.and_then(cpu_ticks);
+    let (lg_before, busy_before) = (children_ticks(), machine_busy_ticks());
+    let started = std::time::Instant::now();
     let out = cmd.output().context("running portcullis-loadgen")?;
+    let wall = started.elapsed().as_secs_f64();
     let after = ep.pid.and_then(cpu_ticks);
+    let (lg_after, busy_after) = (children_ticks(), machine_busy_ticks());
     if !out.status.success() {
         bail!(
             "portcullis-loadgen failed ({}): {}",
@@ -150,10 +190,17 @@ pub fn load(
         .as_array()
         .map(|t| t.iter().filter_map(|i| i["requests"].as_u64()).sum())
         .unwrap_or(0);
-    let cpu_s_per_1k = match (before, after) {
+    let per_1k = |b: Option<u64>, a: Option<u64>| match (b, a) {
         (Some(b), Some(a)) if sent > 0 => {
             Some(a.saturating_sub(b) as f64 / ticks_per_s / sent as f64 * 1000.0)
         }
+        _ => None,
+    };
+    let cpu_s_per_1k = per_1k(before, after);
+    let loadgen_cpu_s_per_1k = per_1k(lg_before, lg_after);
+    let machine_cpu_s_per_1k = per_1k(busy_before, busy_after);
+    let machine_busy_cores = match (busy_before, busy_after) {
+        (Some(b), Some(a)) if wall > 0.0 => Some(a.saturating_sub(b) as f64 / ticks_per_s / wall),
         _ => None,
     };
     let percentiles = r["percentiles_us"]
@@ -173,6 +220,9 @@ pub fn load(
         p999_us: f(&lat["p99_9"]),
         max_us: f(&lat["max"]),
         cpu_s_per_1k,
+        loadgen_cpu_s_per_1k,
+        machine_cpu_s_per_1k,
+        machine_busy_cores,
         percentiles,
     })
 }

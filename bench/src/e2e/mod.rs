@@ -119,12 +119,21 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     let db = pg.database();
     say("starting PgBouncer and the gateways...");
     let bouncer = peers::pgbouncer(&pg)?;
-    let (full, token) = peers::gateway(bin_dir, &pg, GatewayMode::Full, cores)?;
-    let (relay, _) = peers::gateway(bin_dir, &pg, GatewayMode::Relay, cores)?;
-    let one_core = if cores > 1 {
-        Some(peers::gateway(bin_dir, &pg, GatewayMode::Full, 1)?)
+    let (full, token) = peers::gateway(bin_dir, &pg, GatewayMode::Full, cores, true)?;
+    let (relay, _) = peers::gateway(bin_dir, &pg, GatewayMode::Relay, cores, true)?;
+    let (one_core, unpinned) = if cores > 1 {
+        (
+            Some(peers::gateway(bin_dir, &pg, GatewayMode::Full, 1, true)?),
+            Some(peers::gateway(
+                bin_dir,
+                &pg,
+                GatewayMode::Full,
+                cores,
+                false,
+            )?),
+        )
     } else {
-        None
+        (None, None)
     };
     let pw = peers::PG_PASSWORD.to_owned();
     let ep = |port, secret: &str, pid| Endpoint {
@@ -161,6 +170,13 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
         targets.push(Target::new(
             "gateway_full_1core",
             "gateway, full inspection, 1 worker".into(),
+            ep(g.port, t, Some(g.pid())),
+        ));
+    }
+    if let Some((g, t)) = &unpinned {
+        targets.push(Target::new(
+            "gateway_full_unpinned",
+            format!("gateway, full inspection, {cores} workers not pinned to cores"),
             ep(g.port, t, Some(g.pid())),
         ));
     }
@@ -320,6 +336,9 @@ fn run_stats(runs: &[Run]) -> Value {
     json!({
         "throughput_qps": col(|r| r.throughput),
         "cpu_s_per_1k_queries": col(|r| r.cpu_s_per_1k.unwrap_or(f64::NAN)),
+        "loadgen_cpu_s_per_1k_queries": col(|r| r.loadgen_cpu_s_per_1k.unwrap_or(f64::NAN)),
+        "machine_cpu_s_per_1k_queries": col(|r| r.machine_cpu_s_per_1k.unwrap_or(f64::NAN)),
+        "machine_busy_cores": col(|r| r.machine_busy_cores.unwrap_or(f64::NAN)),
         "p50_us": col(|r| r.p50_us),
         "p90_us": col(|r| r.p90_us),
         "p99_us": col(|r| r.p99_us),
@@ -422,18 +441,7 @@ fn report(
             "ratio",
         );
         summary.insert("full_over_direct".into(), stats(v));
-        let added: Vec<f64> = f
-            .single
-            .iter()
-            .zip(&d.single)
-            .map(|(a, b)| a.p50_us - b.p50_us)
-            .collect();
-        let added99: Vec<f64> = f
-            .single
-            .iter()
-            .zip(&d.single)
-            .map(|(a, b)| a.p99_us - b.p99_us)
-            .collect();
+        let (added, added99) = added_latency(f, d);
         goal(
             "added latency, 1 client, p50",
             median(added.clone()),
@@ -451,6 +459,32 @@ fn report(
         summary.insert("added_latency_1_client_p50_us".into(), stats(added));
         summary.insert("added_latency_1_client_p99_us".into(), stats(added99));
     }
+    if let (Some(u), Some(d)) = (find(targets, "gateway_full_unpinned"), direct) {
+        let (added, added99) = added_latency(u, d);
+        goal(
+            "added latency, 1 client, p50 (workers not pinned)",
+            median(added.clone()),
+            70.0,
+            false,
+            "µs",
+        );
+        goal(
+            "added latency, 1 client, p99 (workers not pinned)",
+            median(added99.clone()),
+            150.0,
+            false,
+            "µs",
+        );
+        summary.insert(
+            "added_latency_1_client_p50_us_unpinned".into(),
+            stats(added),
+        );
+        summary.insert(
+            "added_latency_1_client_p99_us_unpinned".into(),
+            stats(added99),
+        );
+    }
+    summary.insert("cpu_per_query_closed_loop".into(), cpu_budget(targets));
     if let (Some(f), Some(b)) = (full, bouncer) {
         let v = paired(f, b, tp);
         goal(
@@ -491,7 +525,7 @@ fn report(
         "suite": "e2e-postgres",
         "date": today(),
         "machine": machine(cores),
-        "note": "shared, noisy machine: other builds and tests ran at the same time; load generator, proxies and PostgreSQL share the same cores. Medians of interleaved repetitions; min/max and spread_pct show the noise.",
+        "note": "load generator, proxies and PostgreSQL share the same cores; anything else running on the machine shows in machine_busy_cores and the spread. Medians of interleaved repetitions; min/max and spread_pct show the noise.",
         "postgres": pg.version,
         "parameters": {
             "repetitions": reps,
@@ -508,6 +542,54 @@ fn report(
         "targets": per_target,
         "gateway_histograms_after_run": histograms,
     })
+}
+
+/// 1-client p50 and p99 of `t` minus those of `direct`, paired per repetition.
+fn added_latency(t: &Target, direct: &Target) -> (Vec<f64>, Vec<f64>) {
+    let diff = |f: fn(&Run) -> f64| -> Vec<f64> {
+        t.single
+            .iter()
+            .zip(&direct.single)
+            .map(|(a, b)| f(a) - f(b))
+            .collect()
+    };
+    (diff(|r| r.p50_us), diff(|r| r.p99_us))
+}
+
+/// Where the machine's CPU goes per query in the closed-loop runs, medians over repetitions,
+/// in µs: the whole machine, the proxy, the load generator, and the rest (PostgreSQL, the
+/// kernel's network work not billed to a process, anything else running). When every core is
+/// busy, throughput is the cores divided by the whole-machine figure, so a proxy's cost shows
+/// twice: its own time, and what it adds to the others' (more wake-ups, smaller batches).
+fn cpu_budget(targets: &[Target]) -> Value {
+    let mut out = serde_json::Map::new();
+    for t in targets {
+        let m = |f: fn(&Run) -> Option<f64>| {
+            median(t.closed.iter().map(|r| f(r).unwrap_or(f64::NAN)).collect())
+        };
+        let machine = m(|r| r.machine_cpu_s_per_1k) * 1000.0;
+        let proxy = m(|r| r.cpu_s_per_1k) * 1000.0;
+        let loadgen = m(|r| r.loadgen_cpu_s_per_1k) * 1000.0;
+        let proxy_known = if proxy.is_finite() { proxy } else { 0.0 };
+        let r = |x: f64| {
+            if x.is_finite() {
+                json!((x * 10.0).round() / 10.0)
+            } else {
+                Value::Null
+            }
+        };
+        out.insert(
+            t.name.into(),
+            json!({
+                "machine_us": r(machine),
+                "busy_cores": r(m(|r| r.machine_busy_cores)),
+                "proxy_us": r(proxy),
+                "loadgen_us": r(loadgen),
+                "rest_us": r(machine - proxy_known - loadgen),
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 fn throughput_svg(targets: &[Target]) -> String {

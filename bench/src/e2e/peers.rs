@@ -332,12 +332,14 @@ pub enum GatewayMode {
 /// Rules in the full-inspection policy: the example policies plus this many generated ones.
 pub const GENERATED_RULES: usize = 100;
 
-/// Starts `portcullis run` with `workers` workers; returns the process and a login token.
+/// Starts `portcullis run` with `workers` workers, pinned to cores or left to the scheduler;
+/// returns the process and a login token.
 pub fn gateway(
     bin_dir: &Path,
     pg: &Postgres,
     mode: GatewayMode,
     workers: usize,
+    pin_workers: bool,
 ) -> anyhow::Result<(Proc, String)> {
     let bin = bin_dir.join("portcullis");
     let dir = Scratch::new("portcullis-e2e-gw")?;
@@ -388,7 +390,8 @@ pub fn gateway(
     std::fs::write(
         d.join("portcullis.toml"),
         format!(
-            "[gateway]\nworkers = {workers}\nadmin = \"127.0.0.1:{admin}\"\n\
+            "[gateway]\nworkers = {workers}\npin_workers = {pin_workers}\n\
+             admin = \"127.0.0.1:{admin}\"\n\
              recordings = \"{rec}\"\npolicies = \"{pol}\"\n\n{connection}",
             rec = d.join("recordings").display(),
             pol = policies.display(),
