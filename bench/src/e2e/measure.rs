@@ -60,27 +60,29 @@ pub struct Shape {
 
 /// utime + stime of `pid`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces; fields after the closing parenthesis are fixed.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ")": state is field 3 of stat(5), utime 14, stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // Fields 14 and 15 of stat(5).
+    stat_sum(&format!("/proc/{pid}/stat"), 14)
 }
 
 /// CPU time, in clock ticks, of this process's waited-for children (`cutime + cstime` of
 /// `/proc/self/stat`): read around a load generator run, the difference is the load
 /// generator's own CPU time.
 fn children_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields 16 and 17 of stat(5).
+    stat_sum("/proc/self/stat", 16)
+}
+
+/// The sum of fields `field` and `field + 1` (numbered as in stat(5), from 1) of a
+/// `/proc/<pid>/stat` file.
+fn stat_sum(path: &str, field: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may contain spaces and parentheses; the fields after the
+    // last closing parenthesis are fixed, starting with field 3.
     let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ")": cutime is field 16 of stat(5), cstime 17.
-    let cutime: u64 = fields.get(13)?.parse().ok()?;
-    let cstime: u64 = fields.get(14)?.parse().ok()?;
-    Some(cutime + cstime)
+    let mut fields = rest.split_whitespace().skip(field.checked_sub(3)?);
+    let a: u64 = fields.next()?.parse().ok()?;
+    let b: u64 = fields.next()?.parse().ok()?;
+    Some(a + b)
 }
 
 /// Busy clock ticks of the whole machine, all CPUs together (`/proc/stat`: user, nice,
@@ -275,5 +277,26 @@ fn login(port: u16, token: &str) -> anyhow::Result<TcpStream> {
             b'Z' => return Ok(s),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_sum;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_last_parenthesis() {
+        // Field 3 is the state; field k holds k - 3 below, so utime + stime (14, 15) is 23
+        // and cutime + cstime (16, 17) is 27, whatever the command name holds.
+        let dir = std::env::temp_dir().join(format!("portcullis-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stat");
+        let tail: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+        std::fs::write(&path, format!("42 (a) (b c)) S {}\n", tail.join(" "))).unwrap();
+        let p = path.to_str().unwrap();
+        assert_eq!(stat_sum(p, 14), Some(23));
+        assert_eq!(stat_sum(p, 16), Some(27));
+        assert_eq!(stat_sum(p, 2), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
