@@ -164,6 +164,11 @@ impl Gateway {
         driver: DriverChoice,
         services: Arc<Services>,
     ) -> Result<Gateway, StartError> {
+        // aws-lc seeds its random generator on first use, from jitter entropy: tens of
+        // milliseconds of CPU, once per process. Pay it here rather than inside the first
+        // client's login (cancel keys, TLS handshakes). A failure here is not fatal: each later
+        // use checks its own result.
+        let _ = aws_lc_rs::rand::fill(&mut [0u8; 8]);
         let mut routes = Vec::with_capacity(config.connections.len());
         for c in &config.connections {
             match c.protocol {
