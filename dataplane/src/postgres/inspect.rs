@@ -850,7 +850,7 @@ impl Inspector {
             }
             BackendMessage::CommandComplete { tag } => {
                 self.shapes.on_execute_end();
-                let rows = CommandTag::parse(tag).rows;
+                let rows = CommandTag::rows_in(tag);
                 self.finish_current(rows, None, record);
                 self.columns = None;
                 out.extend_from_slice(&frame.raw);

@@ -178,6 +178,24 @@ impl CommandTag {
             rows,
         }
     }
+
+    /// The row count of a tag, as `parse(tag).rows` gives it, without building the command
+    /// words: the data path needs only the count, once per statement.
+    pub fn rows_in(tag: &[u8]) -> Option<u64> {
+        let first = tag.split(|&b| b == b' ').next()?;
+        if !matches!(
+            first,
+            b"SELECT" | b"INSERT" | b"UPDATE" | b"DELETE" | b"MERGE" | b"FETCH" | b"MOVE" | b"COPY"
+        ) {
+            return None;
+        }
+        let last = tag.rsplit(|&b| b == b' ').next()?;
+        if last.len() == tag.len() {
+            // One word: no count.
+            return None;
+        }
+        std::str::from_utf8(last).ok()?.parse().ok()
+    }
 }
 
 /// Most forwarded Describe/Execute/Sync/Query messages [`ResultShapes`] follows at once; past it
@@ -315,6 +333,7 @@ impl<C: Clone> ResultShapes<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
 
     #[test]
     fn command_tags_give_row_counts() {
@@ -328,6 +347,30 @@ mod tests {
         assert_eq!(t.rows, Some(10));
         let t = CommandTag::parse(b"SELECT x");
         assert_eq!(t.rows, None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rows_in_agrees_with_parse(
+            words in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"SELECT".to_vec()),
+                    proptest::strategy::Just(b"INSERT".to_vec()),
+                    proptest::strategy::Just(b"COPY".to_vec()),
+                    proptest::strategy::Just(b"CREATE".to_vec()),
+                    proptest::strategy::Just(b"0".to_vec()),
+                    proptest::strategy::Just(b"+7".to_vec()),
+                    proptest::strategy::Just(b"18446744073709551616".to_vec()),
+                    proptest::strategy::Just(b"".to_vec()),
+                    "[0-9]{1,20}".prop_map(String::into_bytes),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..6),
+                ],
+                0..5,
+            )
+        ) {
+            let tag = words.join(&b' ');
+            proptest::prop_assert_eq!(CommandTag::rows_in(&tag), CommandTag::parse(&tag).rows);
+        }
     }
 
     #[test]
