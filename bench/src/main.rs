@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+mod codecs;
 mod e2e;
 mod identity;
+mod instructions;
 mod masking;
 mod policy;
 mod recorder;
@@ -32,6 +34,14 @@ enum Suite {
     Recorder(SuiteArgs),
     /// Token verification cost, cold and cached.
     Identity(SuiteArgs),
+    /// PostgreSQL wire decoding and DataRow re-encoding, per frame and GB/s.
+    Codecs(SuiteArgs),
+    /// Instructions per operation of every micro suite under callgrind: deterministic, for a
+    /// regression gate (`--baseline FILE`).
+    Instructions(instructions::InstructionsArgs),
+    /// One case of `instructions`, run under callgrind by it.
+    #[command(hide = true)]
+    InstructionCase { case: String },
     /// End to end: direct vs gateway (full inspection, pure relay) vs PgBouncer.
     E2e(e2e::E2eArgs),
 }
@@ -54,6 +64,9 @@ fn main() -> anyhow::Result<()> {
         Suite::Masking(a) => masking::run(&a),
         Suite::Recorder(a) => recorder::run(&a),
         Suite::Identity(a) => identity::run(&a),
+        Suite::Codecs(a) => codecs::run(&a),
+        Suite::Instructions(a) => instructions::run(&a),
+        Suite::InstructionCase { case } => instructions::case(&case),
         Suite::E2e(a) => e2e::run(&a),
     }
 }

@@ -682,7 +682,7 @@ fn machine(cores: usize) -> Value {
 }
 
 /// Today's UTC date as `YYYY-MM-DD` (civil-from-days, no date crate needed).
-fn today() -> String {
+pub(crate) fn today() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

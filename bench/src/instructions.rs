@@ -1,0 +1,287 @@
+//! `bench instructions`: instructions per operation of the micro suites' hot paths, counted by
+//! callgrind. Wall clock on a shared 2-core machine moves by tens of percent from run to run;
+//! instruction counts of the same binary on the same input move by well under one percent,
+//! whatever else the machine is doing, so they can gate a change in CI.
+//!
+//! Each case runs in its own process under `valgrind --tool=callgrind`, with collection on only
+//! inside [`measured_region`], so building the corpus, compiling the policy and the process's
+//! start-up are not counted. The count is divided by the operations the case performed.
+//!
+//! `--baseline FILE` compares with a saved run and fails when a case costs more than
+//! `--max-regression` percent over it; `--json FILE` writes this run (a baseline is such a
+//! file). A baseline is only meaningful for the same compiler and target: rebuild it when the
+//! toolchain changes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::BytesMut;
+use policy_engine::mask::corpus;
+use policy_engine::mask::{MaskEngine, MaskStats, ValueKind};
+use policy_engine::policy::compile_sources;
+use policy_engine::{Action, Dialect, Identity, Scratch, workload};
+use serde_json::{Value, json};
+
+/// Cases, in report order.
+const CASES: &[&str] = &[
+    "policy_decide_under_1kb",
+    "policy_decide_10kb",
+    "mask_cell_no_pii",
+    "mask_cell_pii_5pct",
+    "mask_cell_secrets_only",
+    "mask_stream_no_pii",
+    "mask_stream_pii_5pct",
+    "codec_frontend_simple_query",
+    "codec_frontend_extended_batch",
+    "codec_backend_one_row_answer",
+    "codec_backend_ten_column_rows",
+    "codec_backend_rows_rewritten",
+];
+
+#[derive(Debug, clap::Args)]
+pub struct InstructionsArgs {
+    /// Write this run's counts here (the format `--baseline` reads).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Compare with this earlier run and fail on a regression.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Largest accepted increase over the baseline, in percent.
+    #[arg(long, default_value_t = 3.0)]
+    pub max_regression: f64,
+    /// Run only the cases whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+/// Collection runs only inside this function (`--toggle-collect`). Never inlined, so callgrind
+/// sees its entry and exit.
+#[inline(never)]
+fn measured_region(work: &mut dyn FnMut() -> u64) -> u64 {
+    work()
+}
+
+/// Runs one case (the child side, under callgrind) and prints the operations it performed.
+pub fn case(name: &str) -> anyhow::Result<()> {
+    let ops = match name {
+        "policy_decide_under_1kb" => policy(|len| len < 1024, 20)?,
+        "policy_decide_10kb" => policy(|len| len >= 1024, 20)?,
+        "mask_cell_no_pii" => mask_cells(0, 0)?,
+        "mask_cell_pii_5pct" => mask_cells(5, 0)?,
+        "mask_cell_secrets_only" => mask_cells(5, 1)?,
+        "mask_stream_no_pii" => mask_stream(0)?,
+        "mask_stream_pii_5pct" => mask_stream(5)?,
+        n if n.starts_with("codec_") => codec(n.trim_start_matches("codec_"))?,
+        _ => bail!("unknown case {name}"),
+    };
+    #[expect(clippy::print_stdout, reason = "the parent reads the count")]
+    {
+        println!("{{\"ops\":{ops}}}");
+    }
+    Ok(())
+}
+
+/// Decisions over the bench corpus's statements whose length `keep` accepts, `rounds` times.
+fn policy(keep: fn(usize) -> bool, rounds: u64) -> anyhow::Result<u64> {
+    let policy =
+        Arc::new(compile_sources(&workload::sources(100)).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let identity = Identity {
+        subject: "bench".into(),
+        groups: vec!["engineering".into(), "team-3".into()],
+        ..Identity::default()
+    };
+    let session = policy.session_unchecked("orders-db", &identity);
+    let statements: Vec<String> = workload::corpus()
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| keep(s.len()))
+        .collect();
+    let mut scratch = Scratch::new();
+    let mut decide_all = || {
+        for sql in &statements {
+            let action = Action::Sql {
+                dialect: Dialect::Postgres,
+                text: sql,
+            };
+            std::hint::black_box(session.decide(&action, &mut scratch));
+        }
+        statements.len() as u64
+    };
+    decide_all(); // warm-up: scratch growth
+    Ok(measured_region(&mut || {
+        (0..rounds).map(|_| decide_all()).sum()
+    }))
+}
+
+/// `mask_value` over every cell of 2,000 rows of 8 cells; detector rule 0 = all, 1 = secrets.
+fn mask_cells(pii_percent: u64, rule: usize) -> anyhow::Result<u64> {
+    let engine = MaskEngine::compile(
+        &[
+            corpus::detector_rule(&["all"]),
+            corpus::detector_rule(&["secrets"]),
+        ],
+        &[],
+        b"bench-key",
+    )?;
+    let session = engine.session(&[rule]);
+    let cells = corpus::cell_values(&corpus::rows(1, 2000, 8, pii_percent));
+    let col = session.column("note");
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut stats = MaskStats::default();
+    Ok(measured_region(&mut || {
+        for v in &cells {
+            out.clear();
+            let _ = std::hint::black_box(session.mask_value(
+                &col,
+                ValueKind::Text,
+                v,
+                &mut out,
+                &mut stats,
+            ));
+        }
+        cells.len() as u64
+    }))
+}
+
+/// The same rows as one tab-separated stream through `StreamMasker` in 16 KiB pieces; one
+/// operation is one byte.
+fn mask_stream(pii_percent: u64) -> anyhow::Result<u64> {
+    let engine = MaskEngine::compile(&[corpus::detector_rule(&["all"])], &[], b"bench-key")?;
+    let session = engine.session(&[0]);
+    let stream = corpus::tsv_stream(&corpus::rows(1, 2000, 8, pii_percent));
+    let mut out = Vec::with_capacity(stream.len() * 2);
+    let mut stats = MaskStats::default();
+    Ok(measured_region(&mut || {
+        let mut m = session.stream();
+        for piece in stream.chunks(16 * 1024) {
+            m.push(piece, &mut out, &mut stats);
+        }
+        m.finish(&mut out, &mut stats);
+        stream.len() as u64
+    }))
+}
+
+/// One `bench codecs` case over 2,000 shapes; one operation is one frame.
+fn codec(name: &str) -> anyhow::Result<u64> {
+    let cases = crate::codecs::cases(2000);
+    let c = cases
+        .iter()
+        .find(|c| c.name == name)
+        .with_context(|| format!("no codec case {name}"))?;
+    let limits = dataplane::postgres::Limits::default();
+    let mut out = BytesMut::with_capacity(c.stream.len() * 2);
+    Ok(measured_region(&mut || {
+        crate::codecs::pass(c, &limits, &mut out)
+    }))
+}
+
+/// The total `Ir` of a callgrind output file.
+fn callgrind_total(path: &Path) -> anyhow::Result<u64> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no instruction total in {}", path.display()))
+}
+
+pub fn run(args: &InstructionsArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("portcullis-instructions-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let baseline: Option<Value> = match &args.baseline {
+        Some(p) => Some(serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )?),
+        None => None,
+    };
+    let mut results = serde_json::Map::new();
+    let mut regressions = Vec::new();
+    for name in CASES {
+        if args.only.as_deref().is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let out_file = dir.join(format!("{name}.callgrind"));
+        let run = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg("--toggle-collect=*measured_region*")
+            .arg(&exe)
+            .args(["instruction-case", name])
+            .output()
+            .context("running valgrind (Debian: apt-get install valgrind)")?;
+        if !run.status.success() {
+            bail!(
+                "{name} under callgrind failed ({}): {}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+            );
+        }
+        let ops = String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok()?.get("ops")?.as_u64())
+            .with_context(|| format!("{name}: no operation count in its output"))?;
+        let total = callgrind_total(&out_file)?;
+        let per_op = total as f64 / ops.max(1) as f64;
+        let before = baseline.as_ref().and_then(|b| {
+            b.get("cases")?
+                .get(*name)?
+                .get("instructions_per_op")?
+                .as_f64()
+        });
+        let change = before.map(|b| 100.0 * (per_op - b) / b);
+        if let Some(c) = change
+            && c > args.max_regression
+        {
+            regressions.push(format!(
+                "{name}: {per_op:.1} instructions/op, {c:+.1} % over the baseline"
+            ));
+        }
+        say(&format!(
+            "{name:<32} {per_op:>12.1} instructions/op{}",
+            change.map_or(String::new(), |c| format!("  ({c:+.1} %)"))
+        ));
+        results.insert(
+            (*name).into(),
+            json!({
+                "instructions_per_op": (per_op * 10.0).round() / 10.0,
+                "ops": ops,
+                "instructions": total,
+                "baseline_per_op": before,
+                "change_pct": change.map(|c| (c * 100.0).round() / 100.0),
+            }),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = json!({
+        "suite": "instructions",
+        "date": crate::e2e::today(),
+        "tool": "valgrind --tool=callgrind, collection inside measured_region only",
+        "command": "cargo run --release -p bench -- instructions --json FILE [--baseline FILE]",
+        "max_regression_pct": args.max_regression,
+        "cases": results,
+    });
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)?;
+    }
+    if !regressions.is_empty() {
+        bail!(
+            "instruction counts regressed:\n  {}",
+            regressions.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+fn say(msg: &str) {
+    #[expect(clippy::print_stdout, reason = "progress of the run")]
+    {
+        println!("{msg}");
+    }
+}
