@@ -291,4 +291,52 @@ proptest! {
             .any(|l| folded.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
         prop_assert_eq!(w.found_in(&text), naive);
     }
+
+    /// The vector pass over literal starts finds a literal exactly when a plain case-folding
+    /// substring search does, at every planted position (both chunk boundaries and the last,
+    /// overlapping chunk), with literals sharing starts, overlapping one another and with
+    /// digits and `_` (compared without case folding); and so does the whole-text walk.
+    #[test]
+    fn word_literals_by_starts_find_like_substring_search(
+        lits in proptest::collection::vec("[abAB_1]{2,9}", 1..5),
+        filler in "[abAB_1@`\x7f ]{17,120}",
+        planted in proptest::option::of((0usize..120, 0usize..5, any::<bool>())),
+    ) {
+        let lower: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+        let w = super::WordLiterals::new(&lower).expect("small set");
+        prop_assert!(w.starts.is_some());
+        let mut text = filler;
+        if let Some((at, which, upper)) = planted {
+            let lit = lits.get(which % lits.len()).cloned().unwrap_or_default();
+            let lit = if upper { lit.to_ascii_uppercase() } else { lit };
+            text.insert_str(at.min(text.len()), &lit);
+        }
+        let folded = text.to_ascii_lowercase();
+        let naive = lower
+            .iter()
+            .any(|l| folded.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
+        prop_assert_eq!(w.found_in(&text), naive);
+        prop_assert_eq!(w.found_by_walk(&text), naive);
+    }
+}
+
+/// Literal sets the vector pass cannot take (a one-byte literal, more than `MAX_STARTS`
+/// distinct starts) fall back to the walk; the measured policy's set takes the vector pass.
+#[test]
+fn word_literal_starts_only_for_few_two_byte_starts() {
+    let lit = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+    let one = super::WordLiterals::new(&lit(&["a", "bc"])).expect("small set");
+    assert!(one.starts.is_none());
+    assert!(one.found_in("xxxxxxxxxxxxxxxxxxxxxxxxA"));
+    let many = super::WordLiterals::new(&lit(&[
+        "aa", "ab", "ac", "ad", "ae", "af", "ag", "ah", "ai",
+    ]))
+    .expect("small set");
+    assert!(many.starts.is_none());
+    assert!(many.found_in("xxxxxxxxxxxxxxxxxxxxxxxxAI"));
+    let shared =
+        super::WordLiterals::new(&lit(&["fn_1", "fn_2", "pg_sleep", "sleep"])).expect("small set");
+    assert!(shared.starts.as_ref().is_some_and(|s| s.first.len() == 3));
+    assert!(shared.found_in("SELECT \"x\" FROM t WHERE PG_SLEEP(1)"));
+    assert!(!shared.found_in("SELECT \"x\" FROM t WHERE pg_slee(1)"));
 }
