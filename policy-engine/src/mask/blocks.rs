@@ -6,10 +6,14 @@
 //! (`Scanner::scan_families` with `plain`), so the hits are exactly the same; a property test
 //! pins the two together.
 //!
-//! Used for short values (result-set cells) when digit detectors are on, and for the digit
-//! family of every region. Longer regions find the rarer anchors (`@`, `:`, `=`, token
-//! prefixes) with `memchr` and the token automaton instead: those are vectorised at run time
-//! (AVX2), while this pass is SSE2 only (no run-time dispatch without `unsafe`). Each class
+//! Used for short values (result-set cells), and in longer regions for every family but the
+//! token prefixes whenever digit, email or IPv6 detectors are on: there `@`, `:` and `=` come
+//! out of the same classification as the digits, and a colon whose IPv6 token (read off the
+//! masks) has neither `::` nor seven colons, a time of day or a MAC address, costs no
+//! `ipv6_hit` call. Token prefixes in long regions, and `=`/`:` when no other family needs
+//! the pass (literal secrets only), are found by the token automaton and `memchr2` instead:
+//! those are vectorised at run time (AVX2), while this pass is SSE2 only (no run-time
+//! dispatch without `unsafe`). Each class
 //! is a compare and a `pmovmskb` per 16 bytes through `wide`, safe portable SIMD; the digit
 //! pass over a long region classifies only the three classes it reads (digits, separators,
 //! anchors).
@@ -304,10 +308,19 @@ pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hi
         ..State::default()
     };
     let tokens = region.len() >= MIN_TOKEN_LEN;
+    // Only the classes the families in `set` read: a long region's token prefixes are found
+    // by the automaton, so its pass skips the token classes, and a pass without digit
+    // detectors skips the digit ones.
     if set & !DIGIT_SET == 0 {
         scan_blocks::<DIGIT_CLASSES>(hay, from, region, set, tokens, &mut st, hits);
-    } else {
+    } else if set & TOKEN_SET != 0 {
         scan_blocks::<ALL_CLASSES>(hay, from, region, set, tokens, &mut st, hits);
+    } else if set & DIGIT_SET != 0 {
+        scan_blocks::<{ DIGIT_CLASSES | C_AT | C_ASSIGN }>(
+            hay, from, region, set, tokens, &mut st, hits,
+        );
+    } else {
+        scan_blocks::<{ C_AT | C_ASSIGN }>(hay, from, region, set, tokens, &mut st, hits);
     }
 }
 
@@ -394,15 +407,26 @@ fn block_scan<const N: usize, const NEED: u8>(
         });
     }
     if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
+        // Colons and the IPv6 token bytes, for the blocks that have a separator at all.
+        let (colons, v6) = if set & IPV6 != 0 { v6_masks(b) } else { (0, 0) };
         each_bit(class_mask(&words, C_ASSIGN), pos, |p| {
-            if set & IPV6 != 0
-                && hay.get(p) == Some(&b':')
-                && let Some(h) = ipv6_hit(hay, p, &mut st.ipv6_skip)
+            let i = p - pos;
+            if colons >> i & 1 != 0
+                && p >= st.ipv6_skip
+                && let Some(h) = match v6_token_rejects(colons, v6, i, N) {
+                    Some(end) => {
+                        st.ipv6_skip = pos + end;
+                        None
+                    }
+                    None => ipv6_hit(hay, p, &mut st.ipv6_skip),
+                }
             {
                 hits.push(h);
             }
-            // No skip state here: any order gives the same hits.
+            // No skip state here: any order gives the same hits. The keyword test is the
+            // first thing `assignment_hit` does; inlined here it saves a call per time of day.
             if set & ASSIGNMENT_SET != 0
+                && keyword_may_end_before(hay, st.from, p)
                 && let Some(h) = assignment_hit(hay, st.from, p, set)
             {
                 hits.push(h);
@@ -452,6 +476,51 @@ fn block_scan<const N: usize, const NEED: u8>(
             st.digit_done = digit_run(hay, p, set, hits, &mut st.digit_skip);
         }
     });
+}
+
+/// Bits of `:` and of the bytes an IPv6 token is made of (hex digits, `:`, `.`, as
+/// `ipv6_hit` walks them) in the block `b`.
+#[inline]
+fn v6_masks<const N: usize>(b: &[u8; N]) -> (u64, u64) {
+    let splat = u8x16::splat;
+    let (mut colons, mut v6) = (0u64, 0u64);
+    for (k, chunk) in b.chunks_exact(16).enumerate() {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(chunk);
+        let v = u8x16::new(lanes);
+        let colon = v.simd_eq(splat(b':'));
+        let d = v - splat(b'0');
+        let l = (v | splat(0x20)) - splat(b'a');
+        let tok = d.min(splat(9)).simd_eq(d) | l.min(splat(5)).simd_eq(l) | colon;
+        colons |= u64::from(colon.to_bitmask()) << (16 * k);
+        v6 |= u64::from((tok | v.simd_eq(splat(b'.'))).to_bitmask()) << (16 * k);
+    }
+    (colons, v6)
+}
+
+/// For the colon at bit `i` of a block of `n` bytes (`ipv6_hit` walks at most 45 bytes back
+/// and 46 on): `Some(end)` when `ipv6_hit` must fail
+/// there, `end` being the bit where its token ends (where `ipv6_hit` would resume); `None`
+/// when the masks cannot tell (the token crosses the block, or is longer than `ipv6_hit`
+/// looks) and `ipv6_hit` has to decide. A match needs two colons in a row or seven colons in
+/// its token, which times of day (`13:45:12`) and MAC addresses never have.
+#[inline]
+fn v6_token_rejects(colons: u64, v6: u64, i: usize, n: usize) -> Option<usize> {
+    // The token is the run of set `v6` bits around `i`; both of its ends must be in the
+    // block (a zero-padded last block's padding ends it).
+    let below = !v6 & ((1u64 << i) - 1);
+    if below == 0 {
+        return None;
+    }
+    let start = 64 - below.leading_zeros() as usize;
+    let above = !v6 & !((1u64 << i) - 1);
+    let end = above.trailing_zeros() as usize;
+    if end >= n || i - start > 45 || end - i > 46 {
+        return None;
+    }
+    let span = ((1u64 << (end - start)) - 1) << start;
+    let c = colons & span;
+    (c.count_ones() < 2 || (c.count_ones() < 7 && c & (c >> 1) == 0)).then_some(end)
 }
 
 /// The digit, anchor and separator masks of one block.
@@ -677,12 +746,51 @@ mod tests {
         (fast, plain)
     }
 
-    const SETS: [u64; 4] = [
+    const SETS: [u64; 5] = [
         BUILTIN_SET,
         DIGIT_SET,
         LITERAL_SET,
         DIGIT_SET | (1 << Builtin::Email as u8) | IPV6,
+        // What the data path hands the block pass in a long region (tokens go to the
+        // automaton).
+        BUILTIN_SET & !TOKEN_SET,
     ];
+
+    /// Hits of the data path (`Scanner::scan`, which picks the block pass or the per-family
+    /// searches by region length) and of the plain per-family scans, sorted.
+    fn data_path(hay: &[u8], from: usize, set: u64) -> (Vec<Hit>, Vec<Hit>) {
+        let scanner = Scanner::new(vec![]).unwrap();
+        let mut fast = Vec::new();
+        scanner.scan(hay, from, hay.len(), set, &mut fast);
+        let mut plain = Vec::new();
+        scanner.scan_families(hay, from, set, true, &mut plain);
+        let key = |h: &Hit| (h.start, h.end, h.det);
+        fast.sort_by_key(key);
+        plain.sort_by_key(key);
+        (fast, plain)
+    }
+
+    #[test]
+    fn long_regions_match_the_plain_scans() {
+        // Whole batches of lines, as the stream masker hands them over, from every offset
+        // class: the block pass finds `@`, `:`/`=` and digits there, and its IPv6 token test
+        // sees tokens at every block position.
+        let stream = corpus::tsv_stream(&corpus::rows(9, 400, 8, 30));
+        let mut found = 0usize;
+        for start in [0usize, 1, 7, 63, 64, 1000] {
+            for len in [300usize, 4096, 20_000] {
+                let Some(hay) = stream.get(start..start + len) else {
+                    continue;
+                };
+                for set in SETS {
+                    let (fast, plain) = data_path(hay, 0, set);
+                    assert_eq!(fast, plain, "start {start} len {len} set {set:#x}");
+                    found += fast.len();
+                }
+            }
+        }
+        assert!(found > 1000, "the corpus holds PII: {found}");
+    }
 
     #[test]
     fn corpus_cells_and_lines_match_the_plain_scans() {
@@ -794,6 +902,12 @@ mod tests {
                 "2001:db8::1",
                 "fe80::1:2",
                 "1:2:3:4:5:6:7:8",
+                "a:b:c:d:e:f:1",
+                "::ffff:192.0.2.1",
+                "fe80::",
+                "aa:bb:cc:dd:ee:ff",
+                "13:45:12",
+                "0123456789abcdef0123456789abcdef",
                 "jane.doe@example.com",
                 "@x.io",
                 "a@b",
@@ -859,6 +973,19 @@ mod tests {
             let hay = parts.concat();
             let from = from.min(hay.len());
             let (fast, plain) = both(&hay, from, set);
+            prop_assert_eq!(fast, plain, "{:?} from {}", String::from_utf8_lossy(&hay), from);
+        }
+
+        #[test]
+        fn data_path_finds_exactly_what_the_plain_scans_find(
+            parts in prop::collection::vec(piece(), 20..120),
+            from in 0usize..80,
+            set in prop::sample::select(SETS.to_vec()),
+        ) {
+            // Mostly longer than a cell, so the data path takes the long-region branch.
+            let hay = parts.concat();
+            let from = from.min(hay.len());
+            let (fast, plain) = data_path(&hay, from, set);
             prop_assert_eq!(fast, plain, "{:?} from {}", String::from_utf8_lossy(&hay), from);
         }
 
