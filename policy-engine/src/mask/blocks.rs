@@ -153,46 +153,56 @@ const DIGIT_CLASSES: u8 = C_DIGIT | C_SEP | C_ANCHOR;
 /// lets the compiler drop the other classes: the digit pass over a long region computes three.
 #[inline(always)]
 fn class_words<const N: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; 8], u8) {
-    let splat = u8x16::splat;
     let mut m = [0u64; 8];
     for (k, chunk) in b.chunks_exact(16).enumerate() {
         let mut lanes = [0u8; 16];
         lanes.copy_from_slice(chunk);
-        let v = u8x16::new(lanes);
-        let shift = 16 * k;
-        let mut put = |class: u8, hit: u8x16| {
-            if NEED & class != 0
-                && let Some(slot) = m.get_mut(class.trailing_zeros() as usize)
-            {
-                *slot |= u64::from(hit.to_bitmask()) << shift;
-            }
-        };
-        let d = v - splat(b'0');
-        put(C_DIGIT, d.min(splat(9)).simd_eq(d));
-        put(
-            C_SEP,
-            v.simd_eq(splat(b' ')) | v.simd_eq(splat(b'.')) | v.simd_eq(splat(b'-')),
-        );
-        let u = v - splat(b'A');
-        put(
-            C_ANCHOR,
-            u.min(splat(25)).simd_eq(u) | v.simd_eq(splat(b'+')) | v.simd_eq(splat(b'(')),
-        );
-        put(C_AT, v.simd_eq(splat(b'@')));
-        put(C_ASSIGN, v.simd_eq(splat(b':')) | v.simd_eq(splat(b'=')));
-        put(
-            C_TOKEN,
-            v.simd_eq(splat(b'A')) | v.simd_eq(splat(b'g')) | v.simd_eq(splat(b'x')),
-        );
-        put(C_J, v.simd_eq(splat(b'J')));
-        put(C_DASH, v.simd_eq(splat(b'-')));
+        classify_chunk::<NEED>(u8x16::new(lanes), 16 * k, &mut m);
     }
-    // Which classes occur at all, so absent ones cost nothing more.
+    (m, present_classes(&m))
+}
+
+/// Which classes occur at all, so absent ones cost nothing more.
+#[inline(always)]
+fn present_classes(m: &[u64; 8]) -> u8 {
     let mut present = 0u8;
     for (i, &x) in m.iter().enumerate() {
         present |= u8::from(x != 0) << i;
     }
-    (m, present)
+    present
+}
+
+/// ORs the class bits of the 16 bytes `v` into `m`, shifted to bit `shift`.
+#[inline(always)]
+fn classify_chunk<const NEED: u8>(v: u8x16, shift: usize, m: &mut [u64; 8]) {
+    let splat = u8x16::splat;
+    let mut put = |class: u8, hit: u8x16| {
+        if NEED & class != 0
+            && let Some(slot) = m.get_mut(class.trailing_zeros() as usize)
+        {
+            *slot |= u64::from(hit.to_bitmask()) << shift;
+        }
+    };
+    let d = v - splat(b'0');
+    put(C_DIGIT, d.min(splat(9)).simd_eq(d));
+    let dash = v.simd_eq(splat(b'-'));
+    put(
+        C_SEP,
+        v.simd_eq(splat(b' ')) | v.simd_eq(splat(b'.')) | dash,
+    );
+    let u = v - splat(b'A');
+    put(
+        C_ANCHOR,
+        u.min(splat(25)).simd_eq(u) | v.simd_eq(splat(b'+')) | v.simd_eq(splat(b'(')),
+    );
+    put(C_AT, v.simd_eq(splat(b'@')));
+    put(C_ASSIGN, v.simd_eq(splat(b':')) | v.simd_eq(splat(b'=')));
+    put(
+        C_TOKEN,
+        v.simd_eq(splat(b'A')) | v.simd_eq(splat(b'g')) | v.simd_eq(splat(b'x')),
+    );
+    put(C_J, v.simd_eq(splat(b'J')));
+    put(C_DASH, dash);
 }
 
 /// `v` (at most 16 bytes) zero-padded to 16, from overlapping word loads: a variable-length
@@ -466,7 +476,8 @@ fn block_scan<const N: usize, const NEED: u8>(
         return;
     }
     let masks = digit_masks(&words, present);
-    let d = digit_candidates::<N>(b, masks, last, prev_digit, prev_run, prev_anchor);
+    let zero_dot = || (eq_mask(b, b'0'), eq_mask(b, b'.'));
+    let d = digit_candidates::<N>(zero_dot, masks, last, prev_digit, prev_run, prev_anchor);
     st.prev_digit = d.top_digit;
     st.prev_run = d.top_run;
     st.prev_anchor = d.top_anchor;
@@ -554,7 +565,7 @@ struct DigitCandidates {
 /// drop a run the scan would examine.
 #[inline(always)]
 fn digit_candidates<const N: usize>(
-    b: &[u8; N],
+    zero_dot_masks: impl Fn() -> (u64, u64),
     [digit, anchor, sep]: [u64; 3],
     last: bool,
     prev_digit: bool,
@@ -594,7 +605,7 @@ fn digit_candidates<const N: usize>(
             continue; // runs on past the block: examined in full
         }
         let span = ((1u64 << len) - 1) << p;
-        let (zero, dot) = *zero_dot.get_or_insert_with(|| (eq_mask(b, b'0'), eq_mask(b, b'.')));
+        let (zero, dot) = *zero_dot.get_or_insert_with(&zero_dot_masks);
         if !run_may_match(digit & span, joins & span, zero, dot) {
             cand &= !(1u64 << p);
         }
@@ -659,26 +670,64 @@ pub(crate) const REJECT_MAX: usize = BLOCK;
 /// possible keyword ending before it (times, URLs, `note:`).
 pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
     let n = value.len();
+    let at = |i: usize| -> u8x16 {
+        u8x16::new(
+            value
+                .get(i..i + 16)
+                .and_then(|c| <[u8; 16]>::try_from(c).ok())
+                .unwrap_or([0; 16]),
+        )
+    };
+    // Overlapping 16-byte loads, the last one ending at the value's end: bytes seen twice set
+    // the same bits twice, and nothing past the value is read. Copying a value into a zeroed
+    // block instead was a `memset` and a `memcpy` call, and the compiler spilled the 32-byte
+    // block byte by byte: a 20-byte cell cost twice a 16-byte one.
     if n <= 16 {
-        may_match_block::<16>(value, &pad16(value), set)
+        may_match_block::<16, 1>(value, ValueChunks([u8x16::new(pad16(value))], [0]), set)
     } else if n <= 32 {
-        let mut b = [0u8; 32];
-        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
-        may_match_block::<32>(value, &b, set)
-    } else if let Ok(b) = <&[u8; BLOCK]>::try_from(value) {
-        may_match_block::<BLOCK>(value, b, set)
-    } else if n < BLOCK {
-        let mut b = [0u8; BLOCK];
-        b.get_mut(..n).unwrap_or_default().copy_from_slice(value);
-        may_match_block::<BLOCK>(value, &b, set)
+        may_match_block::<32, 2>(value, ValueChunks([at(0), at(n - 16)], [0, n - 16]), set)
+    } else if n <= 48 {
+        let c = ValueChunks([at(0), at(16), at(n - 16)], [0, 16, n - 16]);
+        may_match_block::<48, 3>(value, c, set)
+    } else if n <= BLOCK {
+        let c = ValueChunks([at(0), at(16), at(32), at(n - 16)], [0, 16, 32, n - 16]);
+        may_match_block::<BLOCK, 4>(value, c, set)
     } else {
         true
     }
 }
 
+/// A value of at most 64 bytes as `K` 16-byte chunks and the bit of each chunk's first byte.
+struct ValueChunks<const K: usize>([u8x16; K], [usize; K]);
+
+impl<const K: usize> ValueChunks<K> {
+    #[inline(always)]
+    fn words(&self) -> ([u64; 8], u8) {
+        let mut m = [0u64; 8];
+        for (&v, &at) in self.0.iter().zip(&self.1) {
+            classify_chunk::<ALL_CLASSES>(v, at, &mut m);
+        }
+        (m, present_classes(&m))
+    }
+
+    /// Bit `i` set when byte `i` is `needle` (a non-zero byte: padding is zero).
+    #[inline(always)]
+    fn eq(&self, needle: u8) -> u64 {
+        let mut m = 0u64;
+        for (&v, &at) in self.0.iter().zip(&self.1) {
+            m |= u64::from(v.simd_eq(u8x16::splat(needle)).to_bitmask()) << at;
+        }
+        m
+    }
+}
+
 #[inline(always)]
-fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
-    let (words, present) = class_words::<N, ALL_CLASSES>(b);
+fn may_match_block<const N: usize, const K: usize>(
+    hay: &[u8],
+    b: ValueChunks<K>,
+    set: u64,
+) -> bool {
+    let (words, present) = b.words();
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         return true;
@@ -698,7 +747,7 @@ fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
         if set & IPV6 != 0 {
             // Every IPv6 match has two colons in a row or seven colons (`ipv6_hit`), all
             // inside the value.
-            let colons = seps & eq_mask::<N>(b, b':');
+            let colons = seps & b.eq(b':');
             if colons & (colons >> 1) != 0 || colons.count_ones() >= 7 {
                 return true;
             }
@@ -721,7 +770,15 @@ fn may_match_block<const N: usize>(hay: &[u8], b: &[u8; N], set: u64) -> bool {
     }
     set & DIGIT_SET != 0
         && has(C_DIGIT)
-        && digit_candidates::<N>(b, digit_masks(&words, present), true, false, false, false).cand
+        && digit_candidates::<N>(
+            || (b.eq(b'0'), b.eq(b'.')),
+            digit_masks(&words, present),
+            true,
+            false,
+            false,
+            false,
+        )
+        .cand
             != 0
 }
 
