@@ -152,14 +152,95 @@ const DIGIT_CLASSES: u8 = C_DIGIT | C_SEP | C_ANCHOR;
 /// short cell. `core::arch` would need `unsafe`, which this crate forbids. A constant `NEED`
 /// lets the compiler drop the other classes: the digit pass over a long region computes three.
 #[inline(always)]
-fn class_words<const N: usize, const NEED: u8>(b: &[u8; N]) -> ([u64; 8], u8) {
+fn class_words<const K: usize, const NEED: u8>(b: &Chunks<K>) -> ([u64; 8], u8) {
     let mut m = [0u64; 8];
-    for (k, chunk) in b.chunks_exact(16).enumerate() {
-        let mut lanes = [0u8; 16];
-        lanes.copy_from_slice(chunk);
-        classify_chunk::<NEED>(u8x16::new(lanes), 16 * k, &mut m);
+    for (&v, &at) in b.0.iter().zip(&b.1) {
+        classify_chunk::<NEED>(v, at, &mut m);
     }
     (m, present_classes(&m))
+}
+
+/// A block of up to 64 bytes as `K` 16-byte vectors and the bit of each one's first byte.
+/// A block shorter than its chunks is loaded as overlapping chunks, the last one ending at
+/// the block's end (bytes seen twice set the same bits twice, and nothing past the block is
+/// read), or, under 16 bytes, as one zero-padded chunk (zero is in no class). Copying a short
+/// block into a zeroed array instead was a `memset` and a `memcpy` call, and the compiler
+/// spilled a 32-byte copy to the stack byte by byte: a 20-byte cell cost twice a 16-byte one.
+#[derive(Clone, Copy)]
+struct Chunks<const K: usize>([u8x16; K], [usize; K]);
+
+/// 16 bytes of `s` from `i` (zero when out of range, which the callers rule out).
+#[inline(always)]
+fn load16(s: &[u8], i: usize) -> u8x16 {
+    u8x16::new(
+        s.get(i..i + 16)
+            .and_then(|c| <[u8; 16]>::try_from(c).ok())
+            .unwrap_or([0; 16]),
+    )
+}
+
+impl Chunks<4> {
+    /// A whole 64-byte block.
+    #[inline(always)]
+    fn full(b: &[u8; BLOCK]) -> Self {
+        Chunks(
+            [load16(b, 0), load16(b, 16), load16(b, 32), load16(b, 48)],
+            [0, 16, 32, 48],
+        )
+    }
+}
+
+impl<const K: usize> Chunks<K> {
+    /// Bit `i` set when byte `i` is `needle`; `needle` is not zero (padding is).
+    #[inline(always)]
+    fn eq(&self, needle: u8) -> u64 {
+        let mut m = 0u64;
+        for (&v, &at) in self.0.iter().zip(&self.1) {
+            m |= u64::from(v.simd_eq(u8x16::splat(needle)).to_bitmask()) << at;
+        }
+        m
+    }
+}
+
+/// Calls the const-generic `$f::<N, K, ...>` with the chunks of `$bytes` (at most 64 bytes):
+/// `N` is the block width the masks are read with, `K` the number of chunks.
+macro_rules! with_chunks {
+    ($bytes:expr, |$c:ident, $n:ident, $k:ident| $body:expr) => {{
+        let bytes: &[u8] = $bytes;
+        let len = bytes.len();
+        if len <= 16 {
+            const $n: usize = 16;
+            const $k: usize = 1;
+            let $c = Chunks([u8x16::new(pad16(bytes))], [0]);
+            $body
+        } else if len <= 32 {
+            const $n: usize = 32;
+            const $k: usize = 2;
+            let $c = Chunks([load16(bytes, 0), load16(bytes, len - 16)], [0, len - 16]);
+            $body
+        } else if len <= 48 {
+            const $n: usize = 48;
+            const $k: usize = 3;
+            let $c = Chunks(
+                [load16(bytes, 0), load16(bytes, 16), load16(bytes, len - 16)],
+                [0, 16, len - 16],
+            );
+            $body
+        } else {
+            const $n: usize = BLOCK;
+            const $k: usize = 4;
+            let $c = Chunks(
+                [
+                    load16(bytes, 0),
+                    load16(bytes, 16),
+                    load16(bytes, 32),
+                    load16(bytes, len - 16),
+                ],
+                [0, 16, 32, len - 16],
+            );
+            $body
+        }
+    }};
 }
 
 /// Which classes occur at all, so absent ones cost nothing more.
@@ -268,19 +349,6 @@ fn class_mask(masks: &[u64; 8], class: u8) -> u64 {
         .unwrap_or(0)
 }
 
-/// Bit `i` set when `b[i] == needle` (only for the few values with a `:` or `=`).
-#[inline]
-fn eq_mask<const N: usize>(b: &[u8; N], needle: u8) -> u64 {
-    let mut m = 0u64;
-    for (k, chunk) in b.chunks_exact(16).enumerate() {
-        let mut lanes = [0u8; 16];
-        lanes.copy_from_slice(chunk);
-        let hit = u8x16::new(lanes).simd_eq(u8x16::splat(needle));
-        m |= u64::from(hit.to_bitmask()) << (16 * k);
-    }
-    m
-}
-
 /// What a family carries from one block to the next.
 #[derive(Debug, Default)]
 struct State {
@@ -351,20 +419,15 @@ fn scan_blocks<const NEED: u8>(
     while !rest.is_empty() {
         let n = rest.len().min(BLOCK);
         let last = n == rest.len();
-        // Full blocks are borrowed; the last partial one is copied into a zeroed array (zero
-        // is in no byte class), sized to the value so a short cell classifies 16 bytes.
+        // Full blocks are loaded in place; the last partial one as overlapping chunks, sized
+        // to what is left so a short cell classifies 16 bytes.
         if let Some(Ok(block)) = rest.get(..BLOCK).map(<&[u8; BLOCK]>::try_from) {
-            block_scan::<BLOCK, NEED>(hay, pos, block, last, set, tokens, st, hits);
-        } else if n <= 16 {
-            block_scan::<16, NEED>(hay, pos, &pad16(rest), true, set, tokens, st, hits);
-        } else if n <= 32 {
-            let mut b = [0u8; 32];
-            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<32, NEED>(hay, pos, &b, true, set, tokens, st, hits);
+            let c = Chunks::full(block);
+            block_scan::<BLOCK, 4, NEED>(hay, pos, &c, last, set, tokens, st, hits);
         } else {
-            let mut b = [0u8; BLOCK];
-            b.get_mut(..n).unwrap_or_default().copy_from_slice(rest);
-            block_scan::<BLOCK, NEED>(hay, pos, &b, true, set, tokens, st, hits);
+            with_chunks!(rest, |c, W, K| block_scan::<W, K, NEED>(
+                hay, pos, &c, true, set, tokens, st, hits
+            ));
         }
         pos += n;
         rest = rest.get(n..).unwrap_or_default();
@@ -397,17 +460,17 @@ fn each_bit(mut m: u64, pos: usize, mut f: impl FnMut(usize)) {
     reason = "the per-block state of one scan; a struct for it would only rename the fields"
 )]
 #[inline(always)]
-fn block_scan<const N: usize, const NEED: u8>(
+fn block_scan<const N: usize, const K: usize, const NEED: u8>(
     hay: &[u8],
     pos: usize,
-    b: &[u8; N],
+    b: &Chunks<K>,
     last: bool,
     set: u64,
     tokens: bool,
     st: &mut State,
     hits: &mut Vec<Hit>,
 ) {
-    let (words, present) = class_words::<N, NEED>(b);
+    let (words, present) = class_words::<K, NEED>(b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         each_bit(class_mask(&words, C_AT), pos, |p| {
@@ -476,7 +539,7 @@ fn block_scan<const N: usize, const NEED: u8>(
         return;
     }
     let masks = digit_masks(&words, present);
-    let zero_dot = || (eq_mask(b, b'0'), eq_mask(b, b'.'));
+    let zero_dot = || (b.eq(b'0'), b.eq(b'.'));
     let d = digit_candidates::<N>(zero_dot, masks, last, prev_digit, prev_run, prev_anchor);
     st.prev_digit = d.top_digit;
     st.prev_run = d.top_run;
@@ -492,19 +555,16 @@ fn block_scan<const N: usize, const NEED: u8>(
 /// Bits of `:` and of the bytes an IPv6 token is made of (hex digits, `:`, `.`, as
 /// `ipv6_hit` walks them) in the block `b`.
 #[inline]
-fn v6_masks<const N: usize>(b: &[u8; N]) -> (u64, u64) {
+fn v6_masks<const K: usize>(b: &Chunks<K>) -> (u64, u64) {
     let splat = u8x16::splat;
     let (mut colons, mut v6) = (0u64, 0u64);
-    for (k, chunk) in b.chunks_exact(16).enumerate() {
-        let mut lanes = [0u8; 16];
-        lanes.copy_from_slice(chunk);
-        let v = u8x16::new(lanes);
+    for (&v, &at) in b.0.iter().zip(&b.1) {
         let colon = v.simd_eq(splat(b':'));
         let d = v - splat(b'0');
         let l = (v | splat(0x20)) - splat(b'a');
         let tok = d.min(splat(9)).simd_eq(d) | l.min(splat(5)).simd_eq(l) | colon;
-        colons |= u64::from(colon.to_bitmask()) << (16 * k);
-        v6 |= u64::from((tok | v.simd_eq(splat(b'.'))).to_bitmask()) << (16 * k);
+        colons |= u64::from(colon.to_bitmask()) << at;
+        v6 |= u64::from((tok | v.simd_eq(splat(b'.'))).to_bitmask()) << at;
     }
     (colons, v6)
 }
@@ -669,65 +729,15 @@ pub(crate) const REJECT_MAX: usize = BLOCK;
 /// when the value has neither `::` nor seven colons (no IPv6 address), and a `:`/`=` with no
 /// possible keyword ending before it (times, URLs, `note:`).
 pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
-    let n = value.len();
-    let at = |i: usize| -> u8x16 {
-        u8x16::new(
-            value
-                .get(i..i + 16)
-                .and_then(|c| <[u8; 16]>::try_from(c).ok())
-                .unwrap_or([0; 16]),
-        )
-    };
-    // Overlapping 16-byte loads, the last one ending at the value's end: bytes seen twice set
-    // the same bits twice, and nothing past the value is read. Copying a value into a zeroed
-    // block instead was a `memset` and a `memcpy` call, and the compiler spilled the 32-byte
-    // block byte by byte: a 20-byte cell cost twice a 16-byte one.
-    if n <= 16 {
-        may_match_block::<16, 1>(value, ValueChunks([u8x16::new(pad16(value))], [0]), set)
-    } else if n <= 32 {
-        may_match_block::<32, 2>(value, ValueChunks([at(0), at(n - 16)], [0, n - 16]), set)
-    } else if n <= 48 {
-        let c = ValueChunks([at(0), at(16), at(n - 16)], [0, 16, n - 16]);
-        may_match_block::<48, 3>(value, c, set)
-    } else if n <= BLOCK {
-        let c = ValueChunks([at(0), at(16), at(32), at(n - 16)], [0, 16, 32, n - 16]);
-        may_match_block::<BLOCK, 4>(value, c, set)
-    } else {
-        true
+    if value.len() > REJECT_MAX {
+        return true;
     }
-}
-
-/// A value of at most 64 bytes as `K` 16-byte chunks and the bit of each chunk's first byte.
-struct ValueChunks<const K: usize>([u8x16; K], [usize; K]);
-
-impl<const K: usize> ValueChunks<K> {
-    #[inline(always)]
-    fn words(&self) -> ([u64; 8], u8) {
-        let mut m = [0u64; 8];
-        for (&v, &at) in self.0.iter().zip(&self.1) {
-            classify_chunk::<ALL_CLASSES>(v, at, &mut m);
-        }
-        (m, present_classes(&m))
-    }
-
-    /// Bit `i` set when byte `i` is `needle` (a non-zero byte: padding is zero).
-    #[inline(always)]
-    fn eq(&self, needle: u8) -> u64 {
-        let mut m = 0u64;
-        for (&v, &at) in self.0.iter().zip(&self.1) {
-            m |= u64::from(v.simd_eq(u8x16::splat(needle)).to_bitmask()) << at;
-        }
-        m
-    }
+    with_chunks!(value, |c, W, K| may_match_block::<W, K>(value, c, set))
 }
 
 #[inline(always)]
-fn may_match_block<const N: usize, const K: usize>(
-    hay: &[u8],
-    b: ValueChunks<K>,
-    set: u64,
-) -> bool {
-    let (words, present) = b.words();
+fn may_match_block<const N: usize, const K: usize>(hay: &[u8], b: Chunks<K>, set: u64) -> bool {
+    let (words, present) = class_words::<K, ALL_CLASSES>(&b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         return true;
@@ -882,7 +892,7 @@ mod tests {
             for p in 0..BLOCK {
                 let mut b = [0u8; BLOCK];
                 b[p] = c;
-                let (m, present) = class_words::<BLOCK, ALL_CLASSES>(&b);
+                let (m, present) = class_words::<4, ALL_CLASSES>(&Chunks::full(&b));
                 for bit in 0..8 {
                     let class = 1u8 << bit;
                     let want = class_of(c) & class != 0;
@@ -890,13 +900,49 @@ mod tests {
                     assert_eq!(class_mask(&m, class) == 0, !want, "byte {c} at {p}");
                     assert_eq!(present & class != 0, want);
                 }
-                assert_eq!(eq_mask(&b, c), if c == 0 { !0 } else { 1u64 << p });
+                assert_eq!(Chunks::full(&b).eq(c), if c == 0 { !0 } else { 1u64 << p });
             }
         }
         // Only the needed classes are computed.
-        let (m, _) = class_words::<16, DIGIT_CLASSES>(b"a@b:c=d1 -+(AgxJ");
+        let (m, _) = class_words::<4, DIGIT_CLASSES>(&Chunks::full(&[b'a'; BLOCK]));
+        assert_eq!(class_mask(&m, C_DIGIT), 0);
+        let c = Chunks([u8x16::new(*b"a@b:c=d1 -+(AgxJ")], [0]);
+        let (m, _) = class_words::<1, DIGIT_CLASSES>(&c);
         assert_eq!(class_mask(&m, C_AT) | class_mask(&m, C_ASSIGN), 0);
         assert_ne!(class_mask(&m, C_DIGIT), 0);
+    }
+
+    #[test]
+    fn overlapping_chunks_give_the_masks_of_the_padded_block() {
+        // Every length a block or cell can have, bytes from every class at every position.
+        let alphabet = b"0123456789 .-+(A@:=gxJz\xc3";
+        for n in 1..=BLOCK {
+            for shift in 0..alphabet.len() {
+                let bytes: Vec<u8> = (0..n)
+                    .map(|i| alphabet[(i * 7 + shift) % alphabet.len()])
+                    .collect();
+                let (m, present) = with_chunks!(&bytes, |c, W, K| {
+                    assert!(n <= W);
+                    class_words::<K, ALL_CLASSES>(&c)
+                });
+                let colons = with_chunks!(&bytes, |c, _W, _K| c.eq(b':'));
+                let mut want = [0u64; 8];
+                for (i, &x) in bytes.iter().enumerate() {
+                    for (bit, w) in want.iter_mut().enumerate() {
+                        if class_of(x) & (1 << bit) != 0 {
+                            *w |= 1u64 << i;
+                        }
+                    }
+                }
+                assert_eq!(m, want, "{n} {shift}");
+                assert_eq!(present, present_classes(&want));
+                let want_colons = bytes
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |m, (i, &x)| m | (u64::from(x == b':') << i));
+                assert_eq!(colons, want_colons);
+            }
+        }
     }
 
     #[test]
