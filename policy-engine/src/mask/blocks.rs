@@ -138,6 +138,9 @@ fn class_of(c: u8) -> u8 {
 /// Every class: what a scan of all built-in families needs.
 const ALL_CLASSES: u8 = !0;
 
+/// The classes the key-value and token-prefix families read.
+const LITERAL_CLASSES: u8 = C_ASSIGN | C_TOKEN | C_J | C_DASH;
+
 /// The classes of the digit family alone (the `numeric` pass of a long region).
 const DIGIT_CLASSES: u8 = C_DIGIT | C_SEP | C_ANCHOR;
 
@@ -732,12 +735,26 @@ pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
     if value.len() > REJECT_MAX {
         return true;
     }
-    with_chunks!(value, |c, W, K| may_match_block::<W, K>(value, c, set))
+    // Only the classes the session's families read: a literal-secrets session (the common
+    // `secrets` rule) classifies four of the eight.
+    if set & (DIGIT_SET | EMAIL | IPV6) == 0 {
+        with_chunks!(value, |c, W, K| may_match_block::<W, K, LITERAL_CLASSES>(
+            value, c, set
+        ))
+    } else {
+        with_chunks!(value, |c, W, K| may_match_block::<W, K, ALL_CLASSES>(
+            value, c, set
+        ))
+    }
 }
 
 #[inline(always)]
-fn may_match_block<const N: usize, const K: usize>(hay: &[u8], b: Chunks<K>, set: u64) -> bool {
-    let (words, present) = class_words::<K, ALL_CLASSES>(&b);
+fn may_match_block<const N: usize, const K: usize, const NEED: u8>(
+    hay: &[u8],
+    b: Chunks<K>,
+    set: u64,
+) -> bool {
+    let (words, present) = class_words::<K, NEED>(&b);
     let has = |class: u8| present & class != 0;
     if set & EMAIL != 0 && has(C_AT) {
         return true;
