@@ -343,6 +343,20 @@ fn token_candidates(words: &[u64; 8], present: u8, dash: u64) -> u64 {
     of(C_TOKEN) | (of(C_J) >> 2) | (dash & (dash >> 1))
 }
 
+/// The `:`/`=` of a block that can end a key name: not those right after a digit (times of
+/// day, ports, ratios), because every keyword ends in a letter and `keyword_may_end_before`
+/// looks at the byte before the separator first (spaces and a quote in between are not
+/// digits). The first byte's predecessor lies in the previous block and is not filtered.
+#[inline(always)]
+fn assignment_candidates(words: &[u64; 8], present: u8) -> u64 {
+    let digits = if present & C_DIGIT != 0 {
+        class_mask(words, C_DIGIT)
+    } else {
+        0
+    };
+    class_mask(words, C_ASSIGN) & !(digits << 1)
+}
+
 /// The bitmask of `class` from [`class_words`].
 #[inline(always)]
 fn class_mask(masks: &[u64; 8], class: u8) -> u64 {
@@ -485,11 +499,9 @@ fn block_scan<const N: usize, const K: usize, const NEED: u8>(
     if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
         // Colons and the IPv6 token bytes, for the blocks that have a separator at all.
         let (colons, v6) = if set & IPV6 != 0 { v6_masks(b) } else { (0, 0) };
-        each_bit(class_mask(&words, C_ASSIGN), pos, |p| {
-            let i = p - pos;
-            if colons >> i & 1 != 0
-                && p >= st.ipv6_skip
-                && let Some(h) = match v6_token_rejects(colons, v6, i, N) {
+        each_bit(colons, pos, |p| {
+            if p >= st.ipv6_skip
+                && let Some(h) = match v6_token_rejects(colons, v6, p - pos, N) {
                     Some(end) => {
                         st.ipv6_skip = pos + end;
                         None
@@ -499,15 +511,18 @@ fn block_scan<const N: usize, const K: usize, const NEED: u8>(
             {
                 hits.push(h);
             }
+        });
+        if set & ASSIGNMENT_SET != 0 {
             // No skip state here: any order gives the same hits. The keyword test is the
             // first thing `assignment_hit` does; inlined here it saves a call per time of day.
-            if set & ASSIGNMENT_SET != 0
-                && keyword_may_end_before(hay, st.from, p)
-                && let Some(h) = assignment_hit(hay, st.from, p, set)
-            {
-                hits.push(h);
-            }
-        });
+            each_bit(assignment_candidates(&words, present), pos, |p| {
+                if keyword_may_end_before(hay, st.from, p)
+                    && let Some(h) = assignment_hit(hay, st.from, p, set)
+                {
+                    hits.push(h);
+                }
+            });
+        }
     }
     let dash = if has(C_DASH) {
         class_mask(&words, C_DASH)
@@ -762,7 +777,7 @@ fn may_match_block<const N: usize, const K: usize, const NEED: u8>(
     if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
         let seps = class_mask(&words, C_ASSIGN);
         if set & ASSIGNMENT_SET != 0 {
-            let mut m = seps;
+            let mut m = assignment_candidates(&words, present);
             while m != 0 {
                 let p = m.trailing_zeros() as usize;
                 m &= m - 1;
