@@ -10,10 +10,10 @@
 //! token prefixes whenever digit, email or IPv6 detectors are on: there `@`, `:` and `=` come
 //! out of the same classification as the digits, and a colon whose IPv6 token (read off the
 //! masks) has neither `::` nor seven colons, a time of day or a MAC address, costs no
-//! `ipv6_hit` call. Token prefixes in long regions, and `=`/`:` when no other family needs
-//! the pass (literal secrets only), are found by the token automaton and `memchr2` instead:
-//! those are vectorised at run time (AVX2), while this pass is SSE2 only (no run-time
-//! dispatch without `unsafe`). Each class
+//! `ipv6_hit` call; a `:`/`=` right after a digit (a time of day) cannot follow a key name
+//! and costs nothing either. Token prefixes in long regions are found by the token
+//! automaton instead: its prefilter is vectorised at run time (AVX2), while this pass is
+//! SSE2 only (no run-time dispatch without `unsafe`). Each class
 //! is a compare and a `pmovmskb` per 16 bytes through `wide`, safe portable SIMD; the digit
 //! pass over a long region classifies only the three classes it reads (digits, separators,
 //! anchors).
@@ -415,7 +415,7 @@ pub(crate) fn scan_builtins(hay: &[u8], from: usize, set: u64, hits: &mut Vec<Hi
             hay, from, region, set, tokens, &mut st, hits,
         );
     } else {
-        scan_blocks::<{ C_AT | C_ASSIGN }>(hay, from, region, set, tokens, &mut st, hits);
+        scan_blocks::<{ C_AT | C_ASSIGN | C_DIGIT }>(hay, from, region, set, tokens, &mut st, hits);
     }
 }
 

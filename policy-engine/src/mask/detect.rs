@@ -127,10 +127,6 @@ pub const LITERAL_SET: u64 = (1 << Builtin::AwsAccessKey as u8)
     | (1 << Builtin::PrivateKey as u8)
     | (1 << Builtin::Credential as u8);
 
-/// Built-ins other than the digit family that the data path finds with the block pass in
-/// every region: emails and IPv6 addresses (their anchors `@` and `:` are classified there).
-const PASS_SET: u64 = (1 << Builtin::Email as u8) | (1 << Builtin::Ipv6 as u8);
-
 pub(crate) const DIGIT_SET: u64 = (1 << Builtin::CreditCard as u8)
     | (1 << Builtin::Ssn as u8)
     | (1 << Builtin::Phone as u8)
@@ -270,7 +266,7 @@ impl Scanner {
 
     /// The scan of a long region over `hay[from..]`. The data path (`plain == false`) finds
     /// token prefixes with the automaton and every other built-in family with the block
-    /// prefilter (or, for literal secrets alone, `=`/`:` with `memchr2`); `plain` is the
+    /// prefilter; `plain` is the
     /// reference the tests compare the prefilters with: one search per family, and every
     /// candidate goes to its validator.
     #[inline]
@@ -286,12 +282,12 @@ impl Scanner {
         if set & TOKEN_SET != 0 {
             self.scan_tokens(region, from, set, hits);
         }
-        if !plain && set & (DIGIT_SET | PASS_SET) != 0 {
+        if !plain && set & BUILTIN_SET & !TOKEN_SET != 0 {
             // One block pass for every other built-in family: `@`, `:`/`=` and digits come
             // out of the same 64-byte classification, with the fast reject's filters, instead
-            // of three `memchr` iterations that stop at every colon of every timestamp. Without
-            // those families (literal secrets only), `memchr2` for `=`/`:` is cheaper than a
-            // pass of our own: it is AVX2, and the pass would classify for one family.
+            // of `memchr` iterations that stop at every colon of every timestamp (a
+            // separator right after a digit is dropped from the masks, see
+            // `blocks::assignment_candidates`).
             super::blocks::scan_builtins(region, from, set & BUILTIN_SET & !TOKEN_SET, hits);
             self.scan_customs(region, from, set, hits);
             return;
