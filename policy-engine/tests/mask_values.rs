@@ -448,7 +448,6 @@ fn assignments_tokens_and_ties_short_and_long() {
 /// through the general batch path. Both must give the same bytes and the same counts, for
 /// every corpus cell and for every detector set the shortcut can see.
 #[test]
-#[expect(clippy::unwrap_used, reason = "a panic is a failing test")]
 fn short_cell_path_matches_the_batch_path() {
     let cells = policy_engine::mask::corpus::cell_values(&policy_engine::mask::corpus::rows(
         5, 1500, 8, 30,
