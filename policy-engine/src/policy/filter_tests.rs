@@ -164,6 +164,37 @@ fn literal_prefilter_needs_word_literals() {
     assert!(word_literal_prefilter(&pats(&[r"x\s"])).is_some());
 }
 
+/// Plants one of `lits` (upper-cased or not) into `filler` at `planted`, and answers whether
+/// a plain case-folding substring search finds any literal: the literals folded, the text, and
+/// that answer.
+fn plant(
+    lits: &[String],
+    filler: String,
+    planted: Option<(usize, usize, bool)>,
+) -> (Vec<Vec<u8>>, String, bool) {
+    let lower: Vec<Vec<u8>> = lits
+        .iter()
+        .map(|l| l.as_bytes().to_ascii_lowercase())
+        .collect();
+    let mut text = filler;
+    if let Some((at, which, upper)) = planted {
+        let lit = lits
+            .get(which % lits.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        let lit = if upper { lit.to_ascii_uppercase() } else { lit };
+        text.insert_str(at.min(text.len()), &lit);
+    }
+    let folded = text.to_ascii_lowercase();
+    let naive = lower.iter().any(|l| {
+        folded
+            .as_bytes()
+            .windows(l.len())
+            .any(|x| x == l.as_slice())
+    });
+    (lower, text, naive)
+}
+
 fn fragment() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec![
         "SELECT",
@@ -277,18 +308,8 @@ proptest! {
         filler in "[abcdCD_ .]{60,400}",
         planted in proptest::option::of((0usize..400, 0usize..4, any::<bool>())),
     ) {
-        let lower: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+        let (lower, text, naive) = plant(&lits, filler, planted);
         let w = super::WordLiterals::new(&lower).expect("small set");
-        let mut text = filler;
-        if let Some((at, which, upper)) = planted {
-            let lit = lits.get(which % lits.len()).cloned().unwrap_or_default();
-            let lit = if upper { lit.to_ascii_uppercase() } else { lit };
-            text.insert_str(at.min(text.len()), &lit);
-        }
-        let folded = text.to_ascii_lowercase();
-        let naive = lower
-            .iter()
-            .any(|l| folded.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
         prop_assert_eq!(w.found_in(&text), naive);
     }
 
@@ -302,19 +323,9 @@ proptest! {
         filler in "[abAB_1@`\x7f ]{17,120}",
         planted in proptest::option::of((0usize..120, 0usize..5, any::<bool>())),
     ) {
-        let lower: Vec<Vec<u8>> = lits.iter().map(|l| l.as_bytes().to_ascii_lowercase()).collect();
+        let (lower, text, naive) = plant(&lits, filler, planted);
         let w = super::WordLiterals::new(&lower).expect("small set");
         prop_assert!(w.starts.is_some());
-        let mut text = filler;
-        if let Some((at, which, upper)) = planted {
-            let lit = lits.get(which % lits.len()).cloned().unwrap_or_default();
-            let lit = if upper { lit.to_ascii_uppercase() } else { lit };
-            text.insert_str(at.min(text.len()), &lit);
-        }
-        let folded = text.to_ascii_lowercase();
-        let naive = lower
-            .iter()
-            .any(|l| folded.as_bytes().windows(l.len()).any(|x| x == l.as_slice()));
         prop_assert_eq!(w.found_in(&text), naive);
         prop_assert_eq!(w.found_by_walk(&text), naive);
     }
