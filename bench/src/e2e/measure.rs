@@ -229,19 +229,31 @@ pub fn load(
     })
 }
 
-/// Opens `n` sessions through the full-inspection gateway, logs each in with `token`
-/// (cleartext password, as the gateway asks on a plaintext listener) and leaves them idle;
-/// returns the gateway's RSS growth per connection in bytes.
-pub fn idle_memory(port: u16, gateway_pid: u32, token: &str, n: usize) -> anyhow::Result<f64> {
+/// Opens `warm` sessions through the full-inspection gateway, then `n` more, logs each in
+/// with `token` (cleartext password, as the gateway asks on a plaintext listener) and leaves
+/// them idle; returns the gateway's RSS growth over the `n`, per connection, in bytes. The
+/// `warm` sessions take the one-time growth (per-worker tables, the allocator's first pages)
+/// out of the figure.
+pub fn idle_memory(
+    port: u16,
+    gateway_pid: u32,
+    token: &str,
+    warm: usize,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let mut open = Vec::with_capacity(warm + n);
+    for _ in 0..warm {
+        open.push(login(port, token)?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib(gateway_pid).context("reading the gateway's RSS")?;
-    let mut open = Vec::with_capacity(n);
     for _ in 0..n {
         open.push(login(port, token)?);
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(gateway_pid).context("reading the gateway's RSS")?;
     drop(open);
-    Ok(after.saturating_sub(before) as f64 * 1024.0 / n as f64)
+    Ok(after.saturating_sub(before) as f64 * 1024.0 / n.max(1) as f64)
 }
 
 /// A minimal PostgreSQL login: StartupMessage, cleartext password, wait for ReadyForQuery.
