@@ -18,6 +18,7 @@ use dataplane::postgres::{Limits, frontend};
 use serde_json::json;
 
 use crate::SuiteArgs;
+use crate::masking::median;
 
 /// The `pgbench -S` statement.
 const SELECT: &[u8] = b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
@@ -199,12 +200,6 @@ pub fn pass(case: &Case, limits: &Limits, out: &mut BytesMut) -> u64 {
     }
     black_box(&out);
     frames
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
 pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {

@@ -75,7 +75,8 @@ fn stream_pass(c: &Case, out: &mut Vec<u8>, stats: &mut MaskStats) {
     black_box(&out);
 }
 
-fn median(v: &[f64]) -> f64 {
+/// The median of `v` (the upper one of an even count); 0 when empty.
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(0.0)
