@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use bytes::BytesMut;
 use policy_engine::mask::corpus;
-use policy_engine::mask::{MaskEngine, MaskStats, ValueKind};
+use policy_engine::mask::{MaskStats, ValueKind};
 use policy_engine::policy::compile_sources;
 use policy_engine::{Action, Dialect, Identity, Scratch, workload};
 use serde_json::{Value, json};
@@ -117,14 +117,7 @@ fn policy(keep: fn(usize) -> bool, rounds: u64) -> anyhow::Result<u64> {
 
 /// `mask_value` over every cell of 2,000 rows of 8 cells; detector rule 0 = all, 1 = secrets.
 fn mask_cells(pii_percent: u64, rule: usize) -> anyhow::Result<u64> {
-    let engine = MaskEngine::compile(
-        &[
-            corpus::detector_rule(&["all"]),
-            corpus::detector_rule(&["secrets"]),
-        ],
-        &[],
-        b"bench-key",
-    )?;
+    let engine = corpus::throughput_engine()?;
     let session = engine.session(&[rule]);
     let cells = corpus::cell_values(&corpus::rows(1, 2000, 8, pii_percent));
     let col = session.column("note");
@@ -148,7 +141,7 @@ fn mask_cells(pii_percent: u64, rule: usize) -> anyhow::Result<u64> {
 /// The same rows as one tab-separated stream through `StreamMasker` in 16 KiB pieces; one
 /// operation is one byte.
 fn mask_stream(pii_percent: u64) -> anyhow::Result<u64> {
-    let engine = MaskEngine::compile(&[corpus::detector_rule(&["all"])], &[], b"bench-key")?;
+    let engine = corpus::throughput_engine()?;
     let session = engine.session(&[0]);
     let stream = corpus::tsv_stream(&corpus::rows(1, 2000, 8, pii_percent));
     let mut out = Vec::with_capacity(stream.len() * 2);

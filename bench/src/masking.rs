@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use policy_engine::mask::corpus::{self, Cell};
-use policy_engine::mask::{MaskEngine, MaskStats, SessionMasker, ValueKind};
+use policy_engine::mask::{MaskStats, SessionMasker, ValueKind};
 use serde_json::json;
 
 use crate::SuiteArgs;
@@ -88,14 +88,7 @@ pub fn run(args: &SuiteArgs) -> anyhow::Result<()> {
     } else {
         (20_000, 7, Duration::from_millis(700))
     };
-    let all = MaskEngine::compile(
-        &[
-            corpus::detector_rule(&["all"]),
-            corpus::detector_rule(&["secrets"]),
-        ],
-        &[],
-        b"bench-key",
-    )?;
+    let all = corpus::throughput_engine()?;
     let with_pii = corpus::rows(1, rows_n, 8, 5);
     let clean = corpus::rows(2, rows_n, 8, 0);
     let mut cases = [

@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use policy_engine::mask::corpus::{self, Cell};
-use policy_engine::mask::{MaskEngine, MaskStats, SessionMasker, ValueKind};
+use policy_engine::mask::{MaskStats, SessionMasker, ValueKind};
 
 struct Case {
     name: &'static str,
@@ -85,14 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let budget = Duration::from_millis(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(500));
     let rows_n = if passes.is_some() { 2_000 } else { 20_000 };
 
-    let all = MaskEngine::compile(
-        &[
-            corpus::detector_rule(&["all"]),
-            corpus::detector_rule(&["secrets"]),
-        ],
-        &[],
-        b"bench-key",
-    )?;
+    let all = corpus::throughput_engine()?;
     let with_pii = corpus::rows(1, rows_n, 8, 5);
     let clean = corpus::rows(2, rows_n, 8, 0);
     let mut cases = [
