@@ -52,11 +52,15 @@ pub struct E2eArgs {
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// Idle connections opened for the memory probe.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 600)]
     pub idle: usize,
     /// Directory for the JSON and SVG files (default: `bench/results` of this checkout).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only the memory-per-idle-session probe: `--reps` fresh gateways, nothing written.
+    /// For checking a memory change without the hour of load runs.
+    #[arg(long)]
+    pub memory_only: bool,
 }
 
 /// Open-loop rates, as fractions of the slowest target's closed-loop maximum.
@@ -117,6 +121,9 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
     say("starting PostgreSQL (initdb, pgbench -i)...");
     let pg = peers::Postgres::start()?;
     let db = pg.database();
+    if args.memory_only {
+        return memory_only(bin_dir, &pg, cores, idle_n, reps);
+    }
     say("starting PgBouncer and the gateways...");
     let bouncer = peers::pgbouncer(&pg)?;
     let (full, token) = peers::gateway(bin_dir, &pg, GatewayMode::Full, cores, true)?;
@@ -293,6 +300,36 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
         report.get("summary").unwrap_or(&Value::Null),
     )?);
     say(&format!("wrote {} and the SVG plots", json_path.display()));
+    Ok(())
+}
+
+/// `--memory-only`: the fresh-gateway idle probe of a full run, `reps` times, each on a
+/// gateway started for it, printed and not written.
+fn memory_only(
+    bin_dir: &Path,
+    pg: &peers::Postgres,
+    cores: usize,
+    idle_n: usize,
+    reps: usize,
+) -> anyhow::Result<()> {
+    let warm = idle_n / 4;
+    let mut kib = Vec::with_capacity(reps);
+    for rep in 0..reps {
+        let (fresh, token) = peers::gateway(bin_dir, pg, GatewayMode::Full, cores, true)?;
+        let bytes = measure::idle_memory(fresh.port, fresh.pid(), &token, warm, idle_n - warm)?;
+        drop(fresh);
+        say(&format!(
+            "  repetition {}/{reps}: {:.1} KiB per idle session",
+            rep + 1,
+            bytes / 1024.0
+        ));
+        kib.push(bytes / 1024.0);
+    }
+    say(&format!(
+        "memory per idle session, fresh gateway, {} sessions past {warm}: {}",
+        idle_n - warm,
+        serde_json::to_string(&stats(kib))?
+    ));
     Ok(())
 }
 

@@ -19,7 +19,7 @@ pub const PG_PASSWORD: &str = "bench-password";
 /// `pgbench -i` scale: 100,000 accounts, the range the select mix draws from.
 pub const PGBENCH_SCALE: u32 = 1;
 /// Server connection slots: the idle-connection probe opens this many minus a margin.
-pub const PG_MAX_CONNECTIONS: u32 = 260;
+pub const PG_MAX_CONNECTIONS: u32 = 620;
 
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
