@@ -58,9 +58,12 @@ use crate::sessions::LiveGuard;
 use crate::tcp::{SessionStop, StopReason};
 use crate::transport::{self, TlsStream, Transport};
 
+mod buffers;
 mod startup;
 mod upstream;
 mod wait;
+
+use buffers::{ReadSize, SMALL_READ, trim};
 
 use startup::{startup, verify};
 use upstream::{
@@ -69,7 +72,7 @@ use upstream::{
 };
 use wait::{WaitFor, cancelled, read_either, read_one};
 
-/// Bytes asked of a socket per read.
+/// Bytes asked of a socket per read while its peer has much to say (see [`buffers`]).
 pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Bytes gathered for one side before they are written out, so one read of many small
@@ -106,6 +109,7 @@ struct Client<'a> {
     bytes_in: u64,
     bytes_out: u64,
     counters: &'a ConnCounters,
+    read_size: ReadSize,
 }
 
 impl Client<'_> {
@@ -121,7 +125,9 @@ impl Client<'_> {
     }
 
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        let n = self.transport_mut()?.read_into(buf, READ_CHUNK).await?;
+        let want = self.read_size.get();
+        let n = self.transport_mut()?.read_into(buf, want).await?;
+        self.read_size.after(n);
         self.count_in(n);
         Ok(n)
     }
@@ -169,6 +175,7 @@ pub async fn serve(
         bytes_in: 0,
         bytes_out: 0,
         counters,
+        read_size: ReadSize::SMALL,
     };
     let mut session = ClientSession::new(ClientConfig {
         tls_available: route.server_tls.is_some(),
@@ -342,6 +349,7 @@ pub async fn serve(
             clock: CommandClock::default(),
             unanswered: false,
             single_read_timed_out: false,
+            upstream_read: ReadSize::SMALL,
         };
         if let Some(until) = access_until {
             relay.inspector.end_access_at(until);
@@ -446,6 +454,8 @@ struct Relay<'a> {
     /// whatever the unread side said meanwhile (a NOTIFY after a LISTEN issued from a
     /// function, a server FATAL, a client gone mid-query) is seen within a tick or two.
     single_read_timed_out: bool,
+    /// Size of the next upstream read (the client's is in [`Client`]).
+    upstream_read: ReadSize,
 }
 
 impl Relay<'_> {
@@ -552,10 +562,19 @@ impl Relay<'_> {
                 client.fatal(&mut self.session, &e).await;
                 return (Outcome::Ok, Some("idle timeout".into()));
             }
+            let wait_for = self.wait_for();
+            if wait_for == WaitFor::Client {
+                // Everything is answered: the session may now sit idle for hours, so it keeps
+                // no buffer a burst grew.
+                for buf in [&mut *cin, &mut *uin, &mut to_up, &mut to_client] {
+                    trim(buf);
+                }
+            }
+            let client_read = client.read_size.get();
+            let upstream_read = self.upstream_read.get();
             let Ok(client_transport) = client.transport_mut() else {
                 return (Outcome::Error, Some("client transport lost".into()));
             };
-            let wait_for = self.wait_for();
             let (wait, read_client, waiter) = match self.held.as_mut() {
                 Some(h) => (
                     h.time_left().min(TICK),
@@ -565,21 +584,24 @@ impl Relay<'_> {
                 None => (idle_left.min(TICK), true, None),
             };
             let (rc, ru) = match wait_for {
-                WaitFor::Server => (None, read_one(upstream, uin, wait).await),
-                WaitFor::Client => (read_one(client_transport, cin, wait).await, None),
+                WaitFor::Server => (None, read_one(upstream, uin, upstream_read, wait).await),
+                WaitFor::Client => (
+                    read_one(client_transport, cin, client_read, wait).await,
+                    None,
+                ),
                 WaitFor::Both => {
                     read_either(
-                        client_transport,
-                        cin,
+                        (client_transport, cin, client_read),
                         read_client,
-                        upstream,
-                        uin,
+                        (upstream, uin, upstream_read),
                         wait,
                         waiter,
                     )
                     .await
                 }
             };
+            client.read_size.after_result(rc.as_ref());
+            self.upstream_read.after_result(ru.as_ref());
             self.single_read_timed_out = rc.is_none() && ru.is_none();
             match rc {
                 Some(Ok(0)) => {

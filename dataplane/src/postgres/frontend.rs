@@ -9,7 +9,7 @@
 //! bytes so the driver forwards an allowed message unchanged. This module does not know session
 //! state (which decoder applies when, what a `p` message means): see `client_session`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{self, Reader};
 use super::error::{PgError, quote};
@@ -122,7 +122,10 @@ pub fn decode_startup(
         buf.reserve(len.saturating_sub(buf.len()));
         return Ok(None);
     }
-    let packet = buf.split_to(len).freeze();
+    // Copied out rather than split off: the startup parameters live as long as the session,
+    // and a slice would keep the whole first read buffer alive with them.
+    let packet = Bytes::copy_from_slice(buf.get(..len).unwrap_or_default());
+    buf.advance(len);
     let mut r = Reader::new(packet.slice(4..));
     let code = r
         .u32()

@@ -75,6 +75,14 @@ impl<T: Clone> StatementTracker<T> {
                 self.max_statements
             )));
         }
+        // Named statements live until closed: copy them out of the read buffer they were
+        // decoded from, which a slice would keep alive with them. The unnamed one is replaced
+        // by the next Parse, so it keeps its slice and costs no copy per statement.
+        let (name, sql) = if name.is_empty() {
+            (name, sql)
+        } else {
+            (Bytes::copy_from_slice(&name), Bytes::copy_from_slice(&sql))
+        };
         self.statements.insert(name, Statement { sql, meta });
         Ok(())
     }
@@ -91,7 +99,12 @@ impl<T: Clone> StatementTracker<T> {
         portal: Bytes,
         statement: &Bytes,
     ) -> Result<Option<&Statement<T>>, PgError> {
-        let Some(source) = self.statements.get(statement).cloned() else {
+        // The statement's name is the map's own key, copied out of its read buffer in `parse`.
+        let Some((statement, source)) = self
+            .statements
+            .get_key_value(statement)
+            .map(|(k, v)| (k.clone(), v.clone()))
+        else {
             return Ok(None);
         };
         if !self.portals.contains_key(&portal) && self.portals.len() >= self.max_portals {
@@ -100,14 +113,15 @@ impl<T: Clone> StatementTracker<T> {
                 self.max_portals
             )));
         }
-        self.portals.insert(
-            portal,
-            Portal {
-                statement: statement.clone(),
-                source,
-            },
-        );
-        Ok(self.statements.get(statement))
+        // Copied for the reason given in `parse`.
+        let portal = if portal.is_empty() {
+            portal
+        } else {
+            Bytes::copy_from_slice(&portal)
+        };
+        let found = self.statements.get(&statement);
+        self.portals.insert(portal, Portal { statement, source });
+        Ok(found)
     }
 
     /// The portal an Execute names.

@@ -87,7 +87,7 @@ pub(super) async fn connect_upstream(
             }
             if uout.is_empty()
                 && upstream
-                    .read_into(&mut uin, READ_CHUNK)
+                    .read_into(&mut uin, SMALL_READ)
                     .await
                     .map_err(upstream_io)?
                     == 0

@@ -15,18 +15,16 @@ pub(super) fn cancelled(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ECANCELED)
 }
 
-/// Reads both sockets at once; when one delivers (or `wait` passes) the other read is
+/// Reads both sockets at once, up to the given number of bytes from each; when one delivers (or `wait` passes) the other read is
 /// cancelled and awaited, so no byte the kernel delivered is lost. A side whose read was
 /// cancelled before any data came reports `Err(ECANCELED)`.
 ///
 /// `read_client = false` leaves the client unread (a held session whose buffer is full), and
 /// `wake`, when given, ends the wait early like the timer does (a review decided).
 pub(super) async fn read_either(
-    client: &mut Transport,
-    cin: &mut BytesMut,
+    (client, cin, client_max): (&mut Transport, &mut BytesMut, usize),
     read_client: bool,
-    upstream: &mut Transport,
-    uin: &mut BytesMut,
+    (upstream, uin, upstream_max): (&mut Transport, &mut BytesMut, usize),
     wait: Duration,
     mut wake: Option<&mut crate::reviews::Waiter>,
 ) -> (Option<io::Result<usize>>, Option<io::Result<usize>>) {
@@ -34,8 +32,8 @@ pub(super) async fn read_either(
     let Some(handle) = canceller.as_ref().map(Canceller::handle) else {
         return (None, None);
     };
-    let mut c = pin!(client.read_into_cancelable(cin, READ_CHUNK, handle.clone()));
-    let mut u = pin!(upstream.read_into_cancelable(uin, READ_CHUNK, handle));
+    let mut c = pin!(client.read_into_cancelable(cin, client_max, handle.clone()));
+    let mut u = pin!(upstream.read_into_cancelable(uin, upstream_max, handle));
     let mut timer = pin!(monoio::time::sleep(wait));
     let mut rc = None;
     let mut ru = None;
@@ -80,11 +78,12 @@ pub(super) async fn read_either(
 pub(super) async fn read_one(
     transport: &mut Transport,
     buf: &mut BytesMut,
+    max: usize,
     wait: Duration,
 ) -> Option<io::Result<usize>> {
     let mut canceller = Some(Canceller::new());
     let handle = canceller.as_ref().map(Canceller::handle)?;
-    let mut read = pin!(transport.read_into_cancelable(buf, READ_CHUNK, handle));
+    let mut read = pin!(transport.read_into_cancelable(buf, max, handle));
     let mut timer = pin!(monoio::time::sleep(wait));
     let r = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = read.as_mut().poll(cx) {
