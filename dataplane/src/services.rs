@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use policy_engine::mask::MaskEngine;
-use policy_engine::{Policy, Scratch};
+use policy_engine::{Policy, Scratch, SessionPolicy};
 use recorder::{Producer, SessionIdGen};
 
 use crate::identity::{TokenCache, Verifier};
@@ -313,6 +313,7 @@ pub struct WorkerServices {
     pub ids: RefCell<SessionIdGen>,
     pub tokens: RefCell<TokenCache>,
     pub scratch: RefCell<Scratch>,
+    session_policies: RefCell<SessionPolicies>,
     next_slot: Cell<u32>,
     /// Set when the recorder refused a record, cleared when it takes one again: while set, no
     /// new statement is forwarded (fail closed).
@@ -328,6 +329,7 @@ impl WorkerServices {
             ids: RefCell::new(SessionIdGen::new(u16::try_from(index).unwrap_or(u16::MAX))),
             tokens: RefCell::new(TokenCache::default()),
             scratch: RefCell::new(Scratch::new()),
+            session_policies: RefCell::new(SessionPolicies::default()),
             next_slot: Cell::new(0),
             refusing: Cell::new(false),
             shared,
@@ -352,5 +354,133 @@ impl WorkerServices {
         let s = self.next_slot.get();
         self.next_slot.set(s.wrapping_add(1));
         s
+    }
+
+    /// The rule list of a session whose access was checked: shared with this worker's other
+    /// sessions on the same policy, connection and groups (see [`SessionPolicies`]).
+    pub fn session_policy(
+        &self,
+        policy: &Arc<Policy>,
+        connection: &str,
+        identity: &policy_engine::Identity,
+    ) -> Arc<SessionPolicy> {
+        self.session_policies
+            .borrow_mut()
+            .get(policy, connection, identity)
+    }
+}
+
+/// Most rule lists a worker keeps; past it the cache starts over. Distinct (connection,
+/// groups) pairs are few in practice, and a miss costs one computation per session.
+pub const MAX_SESSION_POLICIES: usize = 256;
+
+/// A worker's session rule lists, by connection and sorted groups, for one policy snapshot.
+///
+/// A session's rule list (its applicable rules, kind index and statement filter) depends only
+/// on the policy, the connection and the identity's groups, and takes several KiB. Sessions of
+/// one team on one connection, or one service's pool, all have the same one: sharing it keeps
+/// that memory and its computation off every session after the first. Access is not cached:
+/// it depends on the time and on grants, and is checked per session. Per worker, not global:
+/// no lock, and a worker's sessions only read it.
+#[derive(Debug, Default)]
+struct SessionPolicies {
+    /// The policy the entries were computed from; another one empties the cache.
+    policy: Option<Arc<Policy>>,
+    entries: HashMap<(Box<str>, Vec<String>), Arc<SessionPolicy>>,
+}
+
+impl SessionPolicies {
+    fn get(
+        &mut self,
+        policy: &Arc<Policy>,
+        connection: &str,
+        identity: &policy_engine::Identity,
+    ) -> Arc<SessionPolicy> {
+        if !self.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, policy)) {
+            self.entries.clear();
+            self.policy = Some(Arc::clone(policy));
+        }
+        let mut groups = identity.groups.clone();
+        groups.sort_unstable();
+        groups.dedup();
+        let key = (Box::from(connection), groups);
+        if let Some(p) = self.entries.get(&key) {
+            return Arc::clone(p);
+        }
+        if self.entries.len() >= MAX_SESSION_POLICIES {
+            self.entries.clear();
+        }
+        let p = Arc::new(policy.session_unchecked(connection, identity));
+        self.entries.insert(key, Arc::clone(&p));
+        p
+    }
+}
+
+#[cfg(test)]
+mod session_policy_tests {
+    use std::path::PathBuf;
+
+    use policy_engine::policy::compile_sources;
+    use policy_engine::{Action, Dialect, Verdict};
+
+    use super::*;
+
+    const POLICY: &str = r#"
+[[rule]]
+id = "no-drop-for-eng"
+groups = ["eng"]
+match.statement = ["drop"]
+action = "deny"
+"#;
+
+    fn policy() -> Arc<Policy> {
+        Arc::new(compile_sources(&[(PathBuf::from("p.toml"), POLICY.to_owned())]).expect("policy"))
+    }
+
+    fn who(groups: &[&str]) -> policy_engine::Identity {
+        policy_engine::Identity {
+            subject: "s".into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            ..policy_engine::Identity::default()
+        }
+    }
+
+    fn verdict(p: &SessionPolicy, sql: &str) -> Verdict {
+        let action = Action::Sql {
+            dialect: Dialect::Postgres,
+            text: sql,
+        };
+        p.decide(&action, &mut Scratch::new()).verdict
+    }
+
+    #[test]
+    fn sessions_with_the_same_groups_share_one_rule_list() {
+        let (policy, mut cache) = (policy(), SessionPolicies::default());
+        let a = cache.get(&policy, "db", &who(&["eng", "ops"]));
+        let b = cache.get(&policy, "db", &who(&["ops", "eng", "eng"]));
+        assert!(Arc::ptr_eq(&a, &b), "group order and repeats do not matter");
+        let other_groups = cache.get(&policy, "db", &who(&["ops"]));
+        let other_conn = cache.get(&policy, "db2", &who(&["eng", "ops"]));
+        assert!(!Arc::ptr_eq(&a, &other_groups) && !Arc::ptr_eq(&a, &other_conn));
+        // The shared list decides as the session's own would.
+        assert_eq!(verdict(&a, "drop table t"), Verdict::Deny);
+        assert_eq!(verdict(&other_groups, "drop table t"), Verdict::Allow);
+    }
+
+    #[test]
+    fn a_new_policy_and_a_full_cache_start_over() {
+        let (first, mut cache) = (policy(), SessionPolicies::default());
+        let a = cache.get(&first, "db", &who(&["eng"]));
+        let second = policy();
+        let b = cache.get(&second, "db", &who(&["eng"]));
+        assert!(
+            !Arc::ptr_eq(&a, &b),
+            "a reload never serves the old rule list"
+        );
+        assert!(Arc::ptr_eq(b.policy(), &second));
+        for i in 0..MAX_SESSION_POLICIES + 10 {
+            cache.get(&second, &format!("db{i}"), &who(&["eng"]));
+        }
+        assert!(cache.entries.len() <= MAX_SESSION_POLICIES);
     }
 }

@@ -253,9 +253,10 @@ pub async fn serve(
             .reviews
             .grants()
             .expires(&identity.subject, &route.name, now_unix());
-    let access = snapshot.policy.session_with(
+    let who = policy_identity(&identity);
+    let access = snapshot.policy.check_access(
         &route.name,
-        &policy_identity(&identity),
+        &who,
         &policy_engine::AccessContext {
             has_grant: grant_until.is_some(),
             ..policy_engine::AccessContext::default()
@@ -266,15 +267,11 @@ pub async fn serve(
         access.is_ok()
             && snapshot
                 .policy
-                .session_with(
-                    &route.name,
-                    &policy_identity(&identity),
-                    &policy_engine::AccessContext::default(),
-                )
+                .check_access(&route.name, &who, &policy_engine::AccessContext::default())
                 .is_err()
     });
     let policy = match access {
-        Ok(p) => p,
+        Ok(()) => ws.session_policy(&snapshot.policy, &route.name, &who),
         Err(why) => {
             let e = PgError::AccessDenied {
                 reason: why.to_string(),

@@ -148,7 +148,7 @@ struct Column {
 #[derive(Debug)]
 pub struct Inspector {
     info: Arc<SessionInfo>,
-    policy: SessionPolicy,
+    policy: Arc<SessionPolicy>,
     snapshot: Arc<PolicySnapshot>,
     masker: SessionMasker,
     identity: Arc<Identity>,
@@ -186,7 +186,7 @@ pub struct Inspector {
 impl Inspector {
     pub fn new(
         info: Arc<SessionInfo>,
-        policy: SessionPolicy,
+        policy: Arc<SessionPolicy>,
         snapshot: Arc<PolicySnapshot>,
         identity: Arc<Identity>,
         grace: Duration,

@@ -333,6 +333,20 @@ impl Policy {
         identity: &Identity,
         cx: &AccessContext,
     ) -> Result<SessionPolicy, AccessDenied> {
+        self.check_access(connection, identity, cx)?;
+        Ok(self.session_unchecked(connection, identity))
+    }
+
+    /// The access check of [`Policy::session_with`] alone, for callers that keep session rule
+    /// lists of their own: the list depends only on the connection and the groups
+    /// ([`Policy::session_unchecked`]), while access also depends on the time and grants, so
+    /// it is checked for every session.
+    pub fn check_access(
+        &self,
+        connection: &str,
+        identity: &Identity,
+        cx: &AccessContext,
+    ) -> Result<(), AccessDenied> {
         let mut why = AccessDenied::NoRule;
         let mut ok = false;
         for a in &self.access {
@@ -352,13 +366,12 @@ impl Policy {
             ok = true;
             break;
         }
-        if !ok {
-            return Err(why);
-        }
-        Ok(self.session_unchecked(connection, identity))
+        if ok { Ok(()) } else { Err(why) }
     }
 
-    /// The session's rule list without the access check (for `explain` and tests).
+    /// The session's rule list without the access check (for `explain`, tests, and callers
+    /// that checked access with [`Policy::check_access`]). It depends only on `connection` and
+    /// `identity.groups`, so sessions that share both may share one.
     pub fn session_unchecked(
         self: &Arc<Self>,
         connection: &str,

@@ -60,9 +60,11 @@ fn inspector_with(text: &str, expires_at: i64) -> Inspector {
         expires_at,
         issuer: "test".into(),
     });
-    let session = policy
-        .session_with("db", &policy_identity(&identity), &AccessContext::default())
-        .expect("access");
+    let session = Arc::new(
+        policy
+            .session_with("db", &policy_identity(&identity), &AccessContext::default())
+            .expect("access"),
+    );
     let info = Arc::new(SessionInfo {
         id: SessionId(1),
         worker: 0,
