@@ -24,6 +24,59 @@ use rustls::{ClientConnection, ConnectionCommon, ServerConnection, SideData};
 /// Ciphertext read from the socket in one go: one maximal TLS record plus header.
 const TLS_READ_CHUNK: usize = 18 * 1024;
 
+/// Ciphertext read while the peer says little: a handshake flight of a short chain, or
+/// records of statements and short answers. The ciphertext buffers are kept this small too
+/// (see [`ReadSize`]), so an idle TLS session does not keep 36 KiB of them.
+const TLS_SMALL: usize = 2 * 1024;
+
+/// The size of the next read of one socket: small while the peer says little, so an idle
+/// connection lends the kernel a small buffer, and large once a read fills what it was given
+/// (the peer had more), until a read fits the small size again. Between the two the size
+/// stays, so a stream of large messages does not flap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSize {
+    next: usize,
+    small: usize,
+    large: usize,
+}
+
+impl ReadSize {
+    /// Starts at `small`; `large` is the most one read asks for.
+    pub const fn new(small: usize, large: usize) -> ReadSize {
+        ReadSize {
+            next: small,
+            small,
+            large,
+        }
+    }
+
+    /// Bytes the next read asks for.
+    pub fn get(self) -> usize {
+        self.next
+    }
+
+    /// Whether the next read is a small one.
+    pub fn is_small(self) -> bool {
+        self.next <= self.small
+    }
+
+    /// Learns from a read of `n` bytes.
+    pub fn after(&mut self, n: usize) {
+        if n >= self.next {
+            self.next = self.large;
+        } else if n <= self.small {
+            self.next = self.small;
+        }
+    }
+
+    /// Learns from a finished read, whatever its outcome (`None`: not read).
+    pub fn after_result(&mut self, r: Option<&io::Result<usize>>) {
+        if let Some(Ok(n)) = r {
+            self.after(*n);
+        }
+    }
+}
+
 /// Plaintext copied out of rustls per call; bounded so one read cannot grow a buffer at will.
 const PLAINTEXT_CHUNK: usize = 16 * 1024;
 
@@ -122,6 +175,17 @@ impl Transport {
         }
     }
 
+    /// Releases write buffers a burst grew, for a connection about to sit idle. Plain TCP
+    /// keeps none; TLS keeps its ciphertext output buffer between writes so a large answer is
+    /// not re-grown record by record.
+    pub fn trim(&mut self) {
+        match self {
+            Transport::Plain(_) => {}
+            Transport::TlsServer(tls) => tls.trim(),
+            Transport::TlsClient(tls) => tls.trim(),
+        }
+    }
+
     /// Whether the transport is encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Transport::Plain(_))
@@ -147,6 +211,7 @@ pub struct TlsStream<C> {
     /// but not yet handed to rustls.
     cipher: Vec<u8>,
     cipher_pos: usize,
+    cipher_read: ReadSize,
     /// Owned ciphertext buffer lent to the kernel for writes.
     cipher_out: Vec<u8>,
     /// The peer closed its TCP side.
@@ -160,7 +225,7 @@ where
 {
     /// Wraps `tcp` and completes the TLS handshake.
     pub async fn handshake(tcp: TcpStream, conn: C) -> io::Result<Self> {
-        Self::handshake_after(tcp, conn, Vec::with_capacity(TLS_READ_CHUNK)).await
+        Self::handshake_after(tcp, conn, Vec::new()).await
     }
 
     /// Like [`TlsStream::handshake`], for a peer whose first TLS bytes were already read from
@@ -176,7 +241,8 @@ where
             conn,
             cipher: already_read,
             cipher_pos: 0,
-            cipher_out: Vec::with_capacity(TLS_READ_CHUNK),
+            cipher_read: ReadSize::new(TLS_SMALL, TLS_READ_CHUNK),
+            cipher_out: Vec::new(),
             tcp_eof: false,
         };
         while stream.conn.is_handshaking() {
@@ -202,6 +268,12 @@ where
         }
         stream.flush_tls().await?;
         Ok(stream)
+    }
+
+    fn trim(&mut self) {
+        if self.cipher_out.is_empty() && self.cipher_out.capacity() > TLS_SMALL {
+            self.cipher_out = Vec::new();
+        }
     }
 
     /// The rustls connection, e.g. for SNI or the negotiated protocol.
@@ -304,17 +376,24 @@ where
     /// never exceeded; the rest of the ciphertext waits in `cipher[cipher_pos..]`.
     async fn fill_tls(&mut self, cancel: Option<CancelHandle>) -> io::Result<usize> {
         if self.cipher_pos >= self.cipher.len() {
+            let want = self.cipher_read.get();
             let mut owned = std::mem::take(&mut self.cipher);
             owned.clear();
-            owned.reserve(TLS_READ_CHUNK);
-            let slice = owned.slice_mut(0..TLS_READ_CHUNK);
+            if self.cipher_read.is_small() && owned.capacity() > want {
+                // Back to small reads after large ones: let the large buffer go.
+                owned = Vec::new();
+            }
+            owned.reserve(want);
+            let slice = owned.slice_mut(0..want);
             let (res, owned) = match cancel {
                 Some(c) => self.tcp.cancelable_read(slice, c).await,
                 None => self.tcp.read(slice).await,
             };
             self.cipher = owned.into_inner();
             self.cipher_pos = 0;
-            if res? == 0 {
+            let n = res?;
+            self.cipher_read.after(n);
+            if n == 0 {
                 self.tcp_eof = true;
                 // Tell rustls the stream ended so a missing close_notify is reported.
                 let _ = self.conn.read_tls(&mut io::empty());
@@ -359,4 +438,28 @@ pub fn client_connection(
     server_name: rustls_pki_types::ServerName<'static>,
 ) -> io::Result<ClientConnection> {
     ClientConnection::new(Arc::clone(config), server_name).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_read_asks_for_the_large_size_and_a_short_one_goes_back_to_small() {
+        let mut size = ReadSize::new(TLS_SMALL, TLS_READ_CHUNK);
+        size.after(100);
+        assert_eq!(size.get(), TLS_SMALL);
+        assert!(size.is_small());
+        size.after(TLS_SMALL);
+        assert_eq!(size.get(), TLS_READ_CHUNK);
+        // A large message's tail neither fills nor fits small: keep the large size.
+        size.after(5 * 1024);
+        assert_eq!(size.get(), TLS_READ_CHUNK);
+        assert!(!size.is_small());
+        size.after(TLS_SMALL);
+        assert_eq!(size.get(), TLS_SMALL);
+        size.after_result(Some(&Err(io::Error::other("reset"))));
+        size.after_result(None);
+        assert_eq!(size.get(), TLS_SMALL);
+    }
 }

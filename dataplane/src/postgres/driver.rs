@@ -63,7 +63,8 @@ mod startup;
 mod upstream;
 mod wait;
 
-use buffers::{ReadSize, SMALL_READ, trim};
+use crate::transport::ReadSize;
+use buffers::{SMALL_READ, read_size, trim};
 
 use startup::{startup, verify};
 use upstream::{
@@ -175,7 +176,7 @@ pub async fn serve(
         bytes_in: 0,
         bytes_out: 0,
         counters,
-        read_size: ReadSize::SMALL,
+        read_size: read_size(),
     };
     let mut session = ClientSession::new(ClientConfig {
         tls_available: route.server_tls.is_some(),
@@ -346,7 +347,7 @@ pub async fn serve(
             clock: CommandClock::default(),
             unanswered: false,
             single_read_timed_out: false,
-            upstream_read: ReadSize::SMALL,
+            upstream_read: read_size(),
         };
         if let Some(until) = access_until {
             relay.inspector.end_access_at(until);
@@ -565,6 +566,10 @@ impl Relay<'_> {
                 // no buffer a burst grew.
                 for buf in [&mut *cin, &mut *uin, &mut to_up, &mut to_client] {
                     trim(buf);
+                }
+                upstream.trim();
+                if let Some(t) = client.transport.as_mut() {
+                    t.trim();
                 }
             }
             let client_read = client.read_size.get();

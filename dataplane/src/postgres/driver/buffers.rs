@@ -6,51 +6,26 @@
 //! an idle session hold four buffers of 16 KiB or more. So:
 //! - a read asks for [`SMALL_READ`] until one fills it: a peer with more to say gets
 //!   [`READ_CHUNK`] from the next read on, and goes back to small once a read fits the small
-//!   size again ([`ReadSize`]);
+//!   size again ([`ReadSize`], which TLS ciphertext reads use too);
 //! - before a wait on the client alone, when everything is answered, a buffer that is empty
 //!   but was grown past [`SMALL_READ`] is released ([`trim`]).
 //!
 //! Traffic of short statements and answers never grows a buffer past [`SMALL_READ`], so it
 //! allocates nothing per pass; a large answer costs one allocation of its buffers per round
-//! trip, which is small beside copying it. Not done here: TLS sessions keep rustls's own
-//! buffers and the ciphertext buffers of [`crate::transport`].
+//! trip, which is small beside copying it. TLS sessions also keep rustls's state, its 4 KiB
+//! record buffer and the ciphertext buffers of [`crate::transport`], sized the same way.
 
 // A split of the driver: it shares the driver's imports and private items.
 use super::*;
+use crate::transport::ReadSize;
 
 /// Bytes asked of a socket per read while its peer says little. Statements, answers of a few
 /// rows and every startup and login message fit; a larger message takes one more read.
 pub const SMALL_READ: usize = 2 * 1024;
 
-/// The size of a side's next read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ReadSize(usize);
-
-impl ReadSize {
-    pub(super) const SMALL: ReadSize = ReadSize(SMALL_READ);
-
-    pub(super) fn get(self) -> usize {
-        self.0
-    }
-
-    /// Learns from a read of `n` bytes: a read that filled what was asked means the peer had
-    /// more, so the next asks for a whole chunk; one that would have fit a small read goes
-    /// back to small. Between the two the size stays, so a stream of large answers does not
-    /// flap.
-    pub(super) fn after(&mut self, n: usize) {
-        if n >= self.0 {
-            self.0 = READ_CHUNK;
-        } else if n <= SMALL_READ {
-            self.0 = SMALL_READ;
-        }
-    }
-
-    /// Learns from a finished read, whatever its outcome.
-    pub(super) fn after_result(&mut self, r: Option<&io::Result<usize>>) {
-        if let Some(Ok(n)) = r {
-            self.after(*n);
-        }
-    }
+/// A side's read size: small until a read fills it (see [`ReadSize`]).
+pub(super) const fn read_size() -> ReadSize {
+    ReadSize::new(SMALL_READ, READ_CHUNK)
 }
 
 /// Releases `buf`'s allocation when it holds no bytes and was grown past a small read. A
@@ -65,23 +40,6 @@ pub(super) fn trim(buf: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_full_read_asks_for_a_chunk_and_a_short_one_goes_back_to_small() {
-        let mut size = ReadSize::SMALL;
-        size.after(100);
-        assert_eq!(size.get(), SMALL_READ);
-        size.after(SMALL_READ);
-        assert_eq!(size.get(), READ_CHUNK);
-        // A large answer's tail neither fills nor fits small: keep the chunk.
-        size.after(5 * 1024);
-        assert_eq!(size.get(), READ_CHUNK);
-        size.after(SMALL_READ);
-        assert_eq!(size.get(), SMALL_READ);
-        size.after_result(Some(&Err(io::Error::other("reset"))));
-        size.after_result(None);
-        assert_eq!(size.get(), SMALL_READ);
-    }
 
     #[test]
     fn trim_releases_only_empty_grown_buffers() {
