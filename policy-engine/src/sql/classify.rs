@@ -709,6 +709,11 @@ const SCAN_KEYWORDS: &[&[u8]] = &[
     b"desc",
     b"handler",
     b"copy",
+    b"vacuum",
+    b"analyze",
+    b"analyse",
+    b"cluster",
+    b"view",
     b"on",
 ];
 
@@ -747,7 +752,14 @@ fn scan(
                     select_depth += 1;
                 }
                 let after_name = i > s && matches!(cx.kind(i - 1), Some(T::Word | T::QuotedIdent));
-                let subquery = cx.kw_any(i + 1, &["select", "with", "values", "table"]);
+                // A statement in parentheses is no function's argument list: `COPY (DELETE
+                // FROM t RETURNING *) TO STDOUT` names t like the DELETE alone would.
+                let subquery = cx.kw_any(
+                    i + 1,
+                    &[
+                        "select", "with", "values", "table", "insert", "update", "delete", "merge",
+                    ],
+                );
                 if depth < 64 {
                     let bit = 1u64 << depth;
                     if after_name
@@ -859,6 +871,32 @@ fn scan(
                         i = table_list(cx, i + 1, e, false, tables)?;
                         continue;
                     }
+                    // `VACUUM [FULL] [(VERBOSE, ...)] t, u`, `ANALYZE t`, `CLUSTER t`: the
+                    // options first, then the tables.
+                    b"vacuum" | b"analyze" | b"analyse" | b"cluster" if i == s => {
+                        i = table_list(cx, maintenance_options(cx, i + 1, e), e, true, tables)?;
+                        continue;
+                    }
+                    // `CREATE [MATERIALIZED] VIEW v`, `DROP VIEW v`, `REFRESH MATERIALIZED VIEW
+                    // [CONCURRENTLY] v`: the view is the statement's table.
+                    b"view"
+                        if cx.kw_any(
+                            i.wrapping_sub(1),
+                            &[
+                                "create",
+                                "replace",
+                                "temp",
+                                "temporary",
+                                "recursive",
+                                "materialized",
+                                "drop",
+                                "alter",
+                            ],
+                        ) =>
+                    {
+                        i = table_list(cx, i + 1, e, true, tables)?;
+                        continue;
+                    }
                     b"on"
                         if (main.contains(K::Grant) || main.contains(K::Revoke))
                             && !cx.kw_any(
@@ -899,6 +937,43 @@ fn scan(
     Ok(())
 }
 
+/// Skips a maintenance statement's options at `i`: a parenthesized list, or the bare words
+/// PostgreSQL and MySQL accept before the table names. Returns the first token after them.
+fn maintenance_options(cx: &Cx<'_>, mut i: usize, e: usize) -> usize {
+    if cx.kind(i) == Some(T::LParen) {
+        let mut depth = 0u32;
+        while i < e {
+            match cx.kind(i) {
+                Some(T::LParen) => depth += 1,
+                Some(T::RParen) => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        return i;
+    }
+    while cx.kw_any(
+        i,
+        &[
+            "full",
+            "freeze",
+            "verbose",
+            "analyze",
+            "analyse",
+            "no_write_to_binlog",
+            "local",
+        ],
+    ) {
+        i += 1;
+    }
+    i
+}
+
 /// Reads table references starting at `i` (`[ONLY] [IF [NOT] EXISTS] name [[AS] alias] [, ...]`)
 /// and returns the index of the first token it did not consume.
 fn table_list(
@@ -915,7 +990,8 @@ fn table_list(
             let w = cx.lower(i, &mut buf);
             match w {
                 b"only" | b"lateral" | b"table" | b"low_priority" | b"quick" | b"ignore"
-                | b"delayed" | b"high_priority" | b"temporary" | b"temp" | b"unlogged" => i += 1,
+                | b"delayed" | b"high_priority" | b"temporary" | b"temp" | b"unlogged"
+                | b"concurrently" => i += 1,
                 b"if" => {
                     i += 1;
                     if cx.kw(i, "not") {
