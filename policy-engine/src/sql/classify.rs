@@ -709,11 +709,6 @@ const SCAN_KEYWORDS: &[&[u8]] = &[
     b"desc",
     b"handler",
     b"copy",
-    b"vacuum",
-    b"analyze",
-    b"analyse",
-    b"cluster",
-    b"view",
     b"on",
 ];
 
@@ -742,7 +737,7 @@ fn scan(
     let select_from = select_at.unwrap_or(usize::MAX);
     let mut select_depth = 0u32;
     let mut buf = [0u8; 24];
-    let mut i = s;
+    let mut i = statement_tables(cx, s, e, main, tables)?;
     while i < e {
         let kind = cx.kind(i);
         match kind {
@@ -752,19 +747,19 @@ fn scan(
                     select_depth += 1;
                 }
                 let after_name = i > s && matches!(cx.kind(i - 1), Some(T::Word | T::QuotedIdent));
-                // A statement in parentheses is no function's argument list: `COPY (DELETE
-                // FROM t RETURNING *) TO STDOUT` names t like the DELETE alone would.
-                let subquery = cx.kw_any(
-                    i + 1,
-                    &[
-                        "select", "with", "values", "table", "insert", "update", "delete", "merge",
-                    ],
-                );
+                let subquery = cx.kw_any(i + 1, &["select", "with", "values", "table"]);
                 if depth < 64 {
                     let bit = 1u64 << depth;
+                    // `COPY (` and `DO INSTEAD (` open statements, not argument lists: `COPY
+                    // (DELETE FROM t RETURNING *) TO STDOUT` names t like the DELETE alone.
                     if after_name
                         && !subquery
-                        && !cx.kw_any(i - 1, &["in", "exists", "as", "any", "all", "some"])
+                        && !cx.kw_any(
+                            i - 1,
+                            &[
+                                "in", "exists", "as", "any", "all", "some", "copy", "instead",
+                            ],
+                        )
                     {
                         fn_groups |= bit;
                     } else {
@@ -871,32 +866,6 @@ fn scan(
                         i = table_list(cx, i + 1, e, false, tables)?;
                         continue;
                     }
-                    // `VACUUM [FULL] [(VERBOSE, ...)] t, u`, `ANALYZE t`, `CLUSTER t`: the
-                    // options first, then the tables.
-                    b"vacuum" | b"analyze" | b"analyse" | b"cluster" if i == s => {
-                        i = table_list(cx, maintenance_options(cx, i + 1, e), e, true, tables)?;
-                        continue;
-                    }
-                    // `CREATE [MATERIALIZED] VIEW v`, `DROP VIEW v`, `REFRESH MATERIALIZED VIEW
-                    // [CONCURRENTLY] v`: the view is the statement's table.
-                    b"view"
-                        if cx.kw_any(
-                            i.wrapping_sub(1),
-                            &[
-                                "create",
-                                "replace",
-                                "temp",
-                                "temporary",
-                                "recursive",
-                                "materialized",
-                                "drop",
-                                "alter",
-                            ],
-                        ) =>
-                    {
-                        i = table_list(cx, i + 1, e, true, tables)?;
-                        continue;
-                    }
                     b"on"
                         if (main.contains(K::Grant) || main.contains(K::Revoke))
                             && !cx.kw_any(
@@ -935,6 +904,51 @@ fn scan(
         i += 1;
     }
     Ok(())
+}
+
+/// Tables only a statement's first words place, read once per statement rather than tested
+/// for in the token loop (whose keyword filter stays narrow): `VACUUM [FULL] [(VERBOSE, ...)]
+/// t, u`, `ANALYZE t` and `CLUSTER t` after their options, and the view of `CREATE
+/// [MATERIALIZED] VIEW v`, `DROP VIEW v`, `REFRESH MATERIALIZED VIEW [CONCURRENTLY] v`.
+/// Returns where the token loop starts: after the tables of a maintenance statement, else `s`.
+fn statement_tables(
+    cx: &Cx<'_>,
+    s: usize,
+    e: usize,
+    main: KindSet,
+    tables: &mut Vec<TableRef>,
+) -> Result<usize, ClassifyError> {
+    if !(main.contains(K::Maintenance)
+        || main.contains(K::Create)
+        || main.contains(K::Drop)
+        || main.contains(K::Alter))
+    {
+        return Ok(s);
+    }
+    if cx.kw_any(s, &["vacuum", "analyze", "analyse", "cluster"]) {
+        return table_list(cx, maintenance_options(cx, s + 1, e), e, true, tables);
+    }
+    // `CREATE OR REPLACE TEMPORARY RECURSIVE VIEW` puts the word furthest in.
+    let view = (s + 1..e.min(s + 6)).find(|&j| {
+        cx.kw(j, "view")
+            && cx.kw_any(
+                j - 1,
+                &[
+                    "create",
+                    "replace",
+                    "temp",
+                    "temporary",
+                    "recursive",
+                    "materialized",
+                    "drop",
+                    "alter",
+                ],
+            )
+    });
+    if let Some(v) = view {
+        table_list(cx, v + 1, e, true, tables)?;
+    }
+    Ok(s)
 }
 
 /// Skips a maintenance statement's options at `i`: a parenthesized list, or the bare words
