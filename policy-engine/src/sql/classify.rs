@@ -576,6 +576,14 @@ fn dispatch(
                         && cx.kw_any(f + 2, &["global", "persist", "persist_only"])))
             {
                 k.insert(K::AlterSystem);
+            } else if (f + 1..e.min(f + 6))
+                .take_while(|&i| {
+                    (cx.kind(i) != Some(T::Op) || cx.bytes(i) == b"@@") && !cx.kw(i, "to")
+                })
+                .any(|i| cx.ident_any(i, ENFORCEMENT_SETTINGS))
+            {
+                // Superuser-only settings that switch off what the server enforces or logs.
+                k.insert(K::AlterSystem);
             } else {
                 k.insert(K::Set);
             }
@@ -675,6 +683,19 @@ fn dispatch(
     }
     select_at
 }
+
+/// Session settings that turn off what the server enforces or records, classified
+/// `alter_system` like the server-wide settings: PostgreSQL's `session_replication_role`
+/// (`replica` skips triggers, foreign keys included) and statement logging, MySQL's binary log
+/// and general log switches. The server allows them to superusers only.
+const ENFORCEMENT_SETTINGS: &[&str] = &[
+    "session_replication_role",
+    "log_statement",
+    "log_min_duration_statement",
+    "log_min_messages",
+    "sql_log_bin",
+    "sql_log_off",
+];
 
 /// The kinds an `INTO` at `i`, at the main SELECT's own paren depth, adds.
 fn select_into(cx: &Cx<'_>, i: usize, kinds: &mut KindSet) {
