@@ -930,7 +930,8 @@ fn scan(
 /// Tables only a statement's first words place, read once per statement rather than tested
 /// for in the token loop (whose keyword filter stays narrow): `VACUUM [FULL] [(VERBOSE, ...)]
 /// t, u`, `ANALYZE t` and `CLUSTER t` after their options, and the view of `CREATE
-/// [MATERIALIZED] VIEW v`, `DROP VIEW v`, `REFRESH MATERIALIZED VIEW [CONCURRENTLY] v`.
+/// [MATERIALIZED] VIEW v`, `DROP VIEW v`, `REFRESH MATERIALIZED VIEW [CONCURRENTLY] v`, and
+/// the table of an index, trigger, row policy or rule.
 /// Returns where the token loop starts: after the tables of a maintenance statement, else `s`.
 fn statement_tables(
     cx: &Cx<'_>,
@@ -968,6 +969,27 @@ fn statement_tables(
     });
     if let Some(v) = view {
         table_list(cx, v + 1, e, true, tables)?;
+        return Ok(s);
+    }
+    // `CREATE [UNIQUE] INDEX [CONCURRENTLY] i ON [ONLY] t`, `CREATE TRIGGER tr ... ON t`,
+    // `DROP TRIGGER tr ON t`, `CREATE POLICY p ON t`, `CREATE RULE r AS ON SELECT TO t`: the
+    // table follows the object's first `ON` (for a rule, its event and `TO`).
+    let object = (s + 1..e.min(s + 5)).find(|&j| {
+        cx.kw_any(j, &["index", "trigger", "policy", "rule"])
+            && cx.kw_any(
+                j - 1,
+                &["create", "drop", "alter", "unique", "replace", "constraint"],
+            )
+    });
+    if let Some(o) = object
+        && let Some(on) = (o + 1..e).find(|&j| cx.kw(j, "on"))
+    {
+        let at = if cx.kw(o, "rule") && cx.kw(on + 2, "to") {
+            on + 3
+        } else {
+            on + 1
+        };
+        table_list(cx, at, e, false, tables)?;
     }
     Ok(s)
 }
