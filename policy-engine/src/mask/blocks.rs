@@ -38,7 +38,7 @@
 
 use super::detect::{
     ASSIGNMENT_SET, Builtin, DIGIT_SET, Hit, TOKEN_SET, anchor_at, assignment_hit, email_hit,
-    ipv6_hit, keyword_may_end_before, token_hit,
+    ipv6_hit, is_local, keyword_may_end_before, token_hit,
 };
 use super::numeric::digit_run;
 use wide::u8x16;
@@ -558,7 +558,16 @@ fn block_scan<const N: usize, const K: usize, const NEED: u8>(
     }
     let masks = digit_masks(&words, present);
     let zero_dot = || (b.eq(b'0'), b.eq(b'.'));
-    let d = digit_candidates::<N>(zero_dot, masks, last, prev_digit, prev_run, prev_anchor);
+    let plus_paren = || b.eq(b'+') | b.eq(b'(');
+    let d = digit_candidates::<N>(
+        zero_dot,
+        plus_paren,
+        masks,
+        last,
+        prev_digit,
+        prev_run,
+        prev_anchor,
+    );
     st.prev_digit = d.top_digit;
     st.prev_run = d.top_run;
     st.prev_anchor = d.top_anchor;
@@ -644,6 +653,7 @@ struct DigitCandidates {
 #[inline(always)]
 fn digit_candidates<const N: usize>(
     zero_dot_masks: impl Fn() -> (u64, u64),
+    plus_paren_mask: impl Fn() -> u64,
     [digit, anchor, sep]: [u64; 3],
     last: bool,
     prev_digit: bool,
@@ -667,7 +677,17 @@ fn digit_candidates<const N: usize>(
     let r7 = r4 & (r4 >> (MIN_DIGIT_RUN - 4));
     #[expect(clippy::cast_possible_truncation, reason = "the block's 64 bits")]
     let long = r7 as u64;
-    let anchored = (anchor << 1) | u64::from(prev_anchor);
+    let anchor_before = (anchor << 1) | u64::from(prev_anchor);
+    // A capital letter anchors only an IBAN's digits, after a country code of two capitals:
+    // after a capital that follows no anchor byte (the `T` of an ISO timestamp),
+    // `digit_token` finds nothing and returns at once, so such a run is a candidate only by
+    // its shape, like a run after a lower-case letter. `+` and `(` anchor after anything;
+    // their mask is computed only for the blocks that have a lone capital before a digit.
+    let mut anchored = anchor_before;
+    let lone = anchor & !anchor_before & (digit >> 1);
+    if lone != 0 {
+        anchored &= !((lone & !plus_paren_mask()) << 1);
+    }
     let mut cand = starts & (long | anchored);
     // A run that ends inside the block is known whole: without an anchor, only the token
     // shapes `numeric::Shape::may_match` admits can match in it, and those are decided here
@@ -755,9 +775,10 @@ pub(crate) const REJECT_MAX: usize = BLOCK;
 /// The fast reject for result-set cells: most cells hold no candidate at all, and for them
 /// this one classification is the whole cost of masking, with no scan state, hit vector or
 /// validator call. It takes the candidates of [`block_scan`] (the digit family by the same
-/// function) and drops two kinds the scan would hand to a validator that must fail: a `:`
-/// when the value has neither `::` nor seven colons (no IPv6 address), and a `:`/`=` with no
-/// possible keyword ending before it (times, URLs, `note:`).
+/// function) and drops three kinds the scan would hand to a validator that must fail: a `:`
+/// when the value has neither `::` nor seven colons (no IPv6 address), a `:`/`=` with no
+/// possible keyword ending before it (times, URLs, `note:`), and an `@` with no local part
+/// before it or no alphabetic top-level label after it ([`email_may_match`]).
 pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
     if value.len() > REJECT_MAX {
         return true;
@@ -775,6 +796,38 @@ pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
     }
 }
 
+/// Whether `email_at` can succeed at some `@` of the block `b` (all of `hay`): it needs a
+/// local-part byte or a closing quote right before the `@`, and after it either an address
+/// literal (`[`) or a domain whose last label is alphabetic, hence a `.` followed by a byte
+/// that is not a digit. Handles, `user@localhost` and `pkg@1.2.3` fail here without a call.
+#[inline(always)]
+fn email_may_match<const K: usize>(
+    hay: &[u8],
+    b: &Chunks<K>,
+    words: &[u64; 8],
+    present: u8,
+) -> bool {
+    let digit = if present & C_DIGIT != 0 {
+        class_mask(words, C_DIGIT)
+    } else {
+        0
+    };
+    let tld_dots = b.eq(b'.') & !(digit >> 1);
+    let mut at = class_mask(words, C_AT);
+    while at != 0 {
+        let p = at.trailing_zeros() as usize;
+        at &= at - 1;
+        let local = p
+            .checked_sub(1)
+            .and_then(|i| hay.get(i))
+            .is_some_and(|&c| c == b'"' || is_local(c));
+        if local && (hay.get(p + 1) == Some(&b'[') || (tld_dots >> p) >> 1 != 0) {
+            return true;
+        }
+    }
+    false
+}
+
 #[inline(always)]
 fn may_match_block<const N: usize, const K: usize, const NEED: u8>(
     hay: &[u8],
@@ -783,7 +836,7 @@ fn may_match_block<const N: usize, const K: usize, const NEED: u8>(
 ) -> bool {
     let (words, present) = class_words::<K, NEED>(&b);
     let has = |class: u8| present & class != 0;
-    if set & EMAIL != 0 && has(C_AT) {
+    if set & EMAIL != 0 && has(C_AT) && email_may_match(hay, &b, &words, present) {
         return true;
     }
     if set & (IPV6 | ASSIGNMENT_SET) != 0 && has(C_ASSIGN) {
@@ -826,6 +879,7 @@ fn may_match_block<const N: usize, const K: usize, const NEED: u8>(
         && has(C_DIGIT)
         && digit_candidates::<N>(
             || (b.eq(b'0'), b.eq(b'.')),
+            || b.eq(b'+') | b.eq(b'('),
             digit_masks(&words, present),
             true,
             false,
@@ -857,11 +911,13 @@ mod tests {
         (fast, plain)
     }
 
-    const SETS: [u64; 5] = [
+    const SETS: [u64; 6] = [
         BUILTIN_SET,
         DIGIT_SET,
         LITERAL_SET,
         DIGIT_SET | (1 << Builtin::Email as u8) | IPV6,
+        // Email alone: an address literal (`a@[192.0.2.1]`) is then found by nothing else.
+        EMAIL,
         // What the data path hands the block pass in a long region (tokens go to the
         // automaton).
         BUILTIN_SET & !TOKEN_SET,
@@ -1058,6 +1114,15 @@ mod tests {
                 "jane.doe@example.com",
                 "@x.io",
                 "a@b",
+                "a@[192.0.2.1]",
+                "\"jo do\"@ex.io",
+                "user@localhost",
+                "pkg@1.2.3",
+                "x@a.b9",
+                "@",
+                ".io",
+                "[",
+                "\"",
                 "AKIAIOSFODNN7EXAMPLE",
                 "ACCAKIA",
                 "AIzaSyA1234567890abcdefghijklmnopqrstu",
@@ -1079,6 +1144,12 @@ mod tests {
                 "api_key=\"",
                 "aws_secret_access_key=",
                 "2026-11-26 13:45:12",
+                "2026-11-26T13:45:12.123Z",
+                "T12",
+                "9T",
+                "5(415) 555-2671",
+                "AT611904300234573201",
+                "GB",
                 "v1.2.3",
                 "ORD-123456",
                 "TKT-123-4567",
