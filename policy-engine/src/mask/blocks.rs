@@ -41,6 +41,7 @@ use super::detect::{
     ipv6_hit, is_local, keyword_may_end_before, token_hit,
 };
 use super::numeric::digit_run;
+use super::validate;
 use wide::u8x16;
 
 /// Widest block; shorter values use a 16- or 32-byte block so a short cell is not padded to 64.
@@ -557,11 +558,9 @@ fn block_scan<const N: usize, const K: usize, const NEED: u8>(
         return;
     }
     let masks = digit_masks(&words, present);
-    let zero_dot = || (b.eq(b'0'), b.eq(b'.'));
-    let plus_paren = || b.eq(b'+') | b.eq(b'(');
     let d = digit_candidates::<N>(
-        zero_dot,
-        plus_paren,
+        hay.get(pos..).unwrap_or_default(),
+        |needle| b.eq(needle),
         masks,
         last,
         prev_digit,
@@ -649,11 +648,13 @@ struct DigitCandidates {
 
 /// Token-run starts of one block that can hold a digit match (see the module docs for the
 /// shape argument). Shared by [`block_scan`] and [`may_match`], so the fast reject can never
-/// drop a run the scan would examine.
+/// drop a run the scan would examine. `block` holds the block's bytes from bit 0 (the few
+/// runs whose shape leaves only a card or an SSN are validated on them), and `eq` gives the
+/// bitmask of one byte value, for the masks only some blocks need.
 #[inline(always)]
 fn digit_candidates<const N: usize>(
-    zero_dot_masks: impl Fn() -> (u64, u64),
-    plus_paren_mask: impl Fn() -> u64,
+    block: &[u8],
+    eq: impl Fn(u8) -> u64,
     [digit, anchor, sep]: [u64; 3],
     last: bool,
     prev_digit: bool,
@@ -686,7 +687,7 @@ fn digit_candidates<const N: usize>(
     let mut anchored = anchor_before;
     let lone = anchor & !anchor_before & (digit >> 1);
     if lone != 0 {
-        anchored &= !((lone & !plus_paren_mask()) << 1);
+        anchored &= !((lone & !(eq(b'+') | eq(b'('))) << 1);
     }
     let mut cand = starts & (long | anchored);
     // A run that ends inside the block is known whole: without an anchor, only the token
@@ -708,9 +709,11 @@ fn digit_candidates<const N: usize>(
         // all digits. Decided without the `0`/`.` masks or a popcount (the x86-64 baseline
         // has no `popcnt`: `count_ones` is a dozen instructions).
         let keep = if run_joins == 0 {
-            len >= MIN_CARD_DIGITS
+            len >= MIN_CARD_DIGITS && card_may_match(block, p, len)
+        } else if len == SSN_LEN && run_joins == SSN_JOINS << p {
+            ssn_may_match(block, p)
         } else {
-            let (zero, dot) = *zero_dot.get_or_insert_with(&zero_dot_masks);
+            let (zero, dot) = *zero_dot.get_or_insert_with(|| (eq(b'0'), eq(b'.')));
             run_may_match(len, digit & span, run_joins, zero, dot)
         };
         if !keep {
@@ -722,6 +725,43 @@ fn digit_candidates<const N: usize>(
         top_digit: digit & top != 0,
         top_run: run & top != 0,
         top_anchor: anchor & top != 0,
+    }
+}
+
+/// Bytes of an SSN (`AAA-GG-SSSS`) and the bits of its two joins.
+const SSN_LEN: u32 = 11;
+const SSN_JOINS: u64 = (1 << 3) | (1 << 6);
+
+/// Most digits of a card number (`numeric`'s bound).
+const MAX_CARD_DIGITS: u32 = 19;
+
+/// Whether a card can match in the one-group run of `len` digits at bit `p` of `block`
+/// (known whole, not after an anchor). Only a card matches in a run of 13 or more digits
+/// without joins, and only the whole run, so it needs the run's Luhn sum and issuer prefix:
+/// numbers failing either (order ids, failing look-alikes) cost no `digit_token` call.
+/// Runs longer than a card are left to `digit_token`, as before.
+#[inline]
+fn card_may_match(block: &[u8], p: u32, len: u32) -> bool {
+    let Some(run) = block.get(p as usize..(p + len) as usize) else {
+        return true;
+    };
+    len > MAX_CARD_DIGITS || (validate::luhn(run) && validate::card_prefix_ok(run, run.len()))
+}
+
+/// Whether a digit detector can match in the run `AAA?GG?SSSS` at bit `p` of `block` (three
+/// groups of 3, 2 and 4 digits, known whole, not after an anchor). No other detector has
+/// this shape (a NANP number needs 3-3-4, a national one a 0-led group and ten digits, an
+/// IPv4 address four groups; the groups after the first are too short for anything), so
+/// with `-` joins only a valid SSN range can match, and with other joins nothing but what
+/// `numeric` decides: those are kept.
+#[inline]
+fn ssn_may_match(block: &[u8], p: u32) -> bool {
+    let p = p as usize;
+    match block.get(p..p + SSN_LEN as usize) {
+        Some(&[a0, a1, a2, b'-', g0, g1, b'-', s0, s1, s2, s3]) => {
+            validate::ssn_ok(&[a0, a1, a2], &[g0, g1], &[s0, s1, s2, s3])
+        }
+        _ => true,
     }
 }
 
@@ -878,8 +918,8 @@ fn may_match_block<const N: usize, const K: usize, const NEED: u8>(
     set & DIGIT_SET != 0
         && has(C_DIGIT)
         && digit_candidates::<N>(
-            || (b.eq(b'0'), b.eq(b'.')),
-            || b.eq(b'+') | b.eq(b'('),
+            hay,
+            |needle| b.eq(needle),
             digit_masks(&words, present),
             true,
             false,
@@ -1092,6 +1132,19 @@ mod tests {
                 "4111-1111-1111-1111",
                 "378282246310005",
                 "123-45-6789",
+                "4111111111111111",
+                "4111111111111112",
+                "5500000000000004",
+                "6011000990139424",
+                "371449635398431",
+                "12345678901234567890",
+                "900-12-3456",
+                "000-12-3456",
+                "666-12-3456",
+                "123-00-4567",
+                "123-45-0000",
+                "123 45 6789",
+                "123.45.6789",
                 "+1 415 555 2671",
                 "(415) 555-2671",
                 "415.555.2671",
