@@ -700,8 +700,11 @@ fn digit_candidates<const N: usize>(
         let p = quiet.trailing_zeros();
         quiet &= quiet - 1;
         let len = (!(r >> p)).trailing_zeros();
-        if p + len >= N as u32 {
-            continue; // runs on past the block: examined in full
+        // A run reaching the end of a non-last block may go on past it: examined in full.
+        // In the last block nothing follows (the masks are zero past the region's end), so
+        // a run ending there is known whole too; one of 64 bytes is kept (no span mask).
+        if p + len >= u64::BITS || (!last && p + len >= N as u32) {
+            continue;
         }
         let span = ((1u64 << len) - 1) << p;
         let run_joins = joins & span;
@@ -975,6 +978,42 @@ mod tests {
         fast.sort_by_key(key);
         plain.sort_by_key(key);
         (fast, plain)
+    }
+
+    #[test]
+    fn runs_ending_at_the_value_end_match_the_plain_scans() {
+        // A run that ends where the value (the last block) ends is known whole: padded to
+        // every block width, up to a block of 64 digits, where no span mask fits.
+        let runs = [
+            "4111111111111111",
+            "4111111111111112",
+            "123-45-6789",
+            "900-12-3456",
+            "192.168.1.20",
+            "2123456789",
+        ];
+        let mut found = 0usize;
+        for run in runs {
+            for pad in 0..=(BLOCK - run.len()) {
+                let hay = format!("{}{run}", "x ".repeat(pad).get(..pad).unwrap_or_default());
+                for set in SETS {
+                    let (fast, plain) = both(hay.as_bytes(), 0, set);
+                    assert_eq!(fast, plain, "{hay:?}");
+                    assert!(
+                        plain.is_empty() || may_match(hay.as_bytes(), set),
+                        "{hay:?}"
+                    );
+                    found += fast.len();
+                }
+            }
+        }
+        let digits = "1".repeat(BLOCK);
+        for set in SETS {
+            let (fast, plain) = both(digits.as_bytes(), 0, set);
+            assert_eq!(fast, plain);
+            let _ = may_match(digits.as_bytes(), set);
+        }
+        assert!(found > 100, "valid values were found: {found}");
     }
 
     #[test]
