@@ -728,6 +728,8 @@ fn digit_candidates<const N: usize>(
 /// Whether a digit detector can match in the token run of `len` bytes at bit `p` of `block`,
 /// known whole and not after an anchor; `digit` and `joins` are the block's masks,
 /// `zero_dot` its `0` and `.` masks. A run of 64 bytes is kept (no span mask fits).
+/// Inlined like the rest of the mask arithmetic it belongs to, so the fast reject of a short
+/// cell makes no call for it.
 #[inline(always)]
 fn whole_run_may_match(
     block: &[u8],
@@ -758,6 +760,9 @@ fn whole_run_may_match(
 /// [`whole_run_may_match`] for the run starting at bit `p` (> 0) of `block` that reaches
 /// the end of its (non-last) block: the up to 64 bytes from `p` are classified as a block of
 /// their own, where the run starts at bit 0. Kept when it reaches that block's end too.
+/// Out of line: it runs for at most one run per block (the one reaching the block's end),
+/// and a short cell (one last block) never needs it, so the fast reject need not carry a
+/// second classification inlined.
 #[inline(never)]
 fn crossing_run_may_match(block: &[u8], p: u32) -> bool {
     let Some(w) = block.get(p as usize..) else {
@@ -771,7 +776,8 @@ fn crossing_run_may_match(block: &[u8], p: u32) -> bool {
 }
 
 /// The token run starting at bit 0 of the block `b` (`w` from its first byte, a digit that
-/// follows no run): whether a digit detector can match in it.
+/// follows no run): whether a digit detector can match in it. Inlined into its one caller,
+/// once per block width.
 #[inline(always)]
 fn run_at_start_may_match<const N: usize, const K: usize>(
     w: &[u8],
