@@ -766,7 +766,7 @@ pub(crate) fn email_hit(hay: &[u8], at: usize, skip_until: &mut usize) -> Option
 }
 
 #[inline]
-fn is_local(b: u8) -> bool {
+pub(crate) fn is_local(b: u8) -> bool {
     // RFC 5322 atext minus the symbols that more often delimit an address than belong to it
     // (`=`, `/`, `|`, ...); bytes that can occur in UTF-8 for internationalised addresses (RFC 6531).
     b.is_ascii_alphanumeric()
