@@ -146,6 +146,7 @@ proptest! {
         "4111", " ", "1111", "-", "\n", "@", "example.com", "jane", "AKIA", "IOSFODNN7EXAMPLE", "eyJ", "hbGciOiJIUzI1NiJ9",
         ".", "password", "=", "\"", ":", "-----BEGIN ", "RSA PRIVATE KEY-----", "-----END ", "123-45-6789", "+1 415",
         "2001:db8::1", "DE89 3704 0044 0532 0130 00", "\t", "(415) 555-0100", "\u{e9}", "\u{ff}",
+        "postgres://", "app", "s3cret", "/", "?",
     ]), 0..80), step in 1usize..40) {
         let s = session();
         let input: Vec<u8> = parts.concat().into_bytes();

@@ -419,6 +419,34 @@ fn assignments_tokens_and_ties_short_and_long() {
         ("mypassword=x".into(), "mypassword=x".into()),
         ("password=null".into(), "password=null".into()),
         ("at 12:30:45 id=77".into(), "at 12:30:45 id=77".into()),
+        // A URL's userinfo password; the user, host and anything after stay.
+        (
+            "postgres://app:s3cret@db.internal:5432/orders".into(),
+            "postgres://app:[SECRET]@db.internal:5432/orders".into(),
+        ),
+        (
+            "dsn=mysql://root:p@ss:w0rd@10.0.0.5/x?tls=1".into(),
+            "dsn=mysql://root:[SECRET]@[IPV4]/x?tls=1".into(),
+        ),
+        (
+            "redis://:hunter2@cache:6379".into(),
+            "redis://:[SECRET]@cache:6379".into(),
+        ),
+        // A user name alone is no credential (it reads as an address, as it did before).
+        (
+            "https://alice@example.com/x".into(),
+            "https://[EMAIL]/x".into(),
+        ),
+        // No userinfo, an `@` past the authority, an empty password: nothing to mask.
+        (
+            "https://example.com:8443/a?b=c".into(),
+            "https://example.com:8443/a?b=c".into(),
+        ),
+        (
+            "http://host:80/p/user:name@x".into(),
+            "http://host:80/p/user:name@x".into(),
+        ),
+        ("ftp://u:@h".into(), "ftp://u:@h".into()),
         // Equal spans: the specific detector wins over `credential`.
         (format!("token={gh}"), "token=[GITHUB_TOKEN]".into()),
         (

@@ -461,8 +461,20 @@ pub(crate) fn anchor_at(hay: &[u8], p: usize) -> Option<(usize, Anchor)> {
 /// The secret assignment (`password=...`, `"api_key": "..."`) whose separator (`=` or `:`)
 /// is at `sep`: the key name before it (after an optional closing quote and spaces) is
 /// checked against [`KEYWORDS`].
+///
+/// The `:` of a URL's `://` is a separator too: the password of its userinfo
+/// (`postgres://app:s3cret@db/x`) is a credential.
 #[inline]
 pub(crate) fn assignment_hit(hay: &[u8], from: usize, sep: usize, set: u64) -> Option<Hit> {
+    if url_scheme_end(hay, sep) {
+        let (vs, ve) = url_password_at(hay, sep)?;
+        let det = Builtin::Credential;
+        return (set & (1u64 << det as u8) != 0).then_some(Hit {
+            start: vs,
+            end: ve,
+            det: det as u8,
+        });
+    }
     let (s, e, anchor) = keyword_before(hay, from, sep)?;
     let (vs, ve, det) = match anchor {
         Anchor::AwsSecretKeyword => assignment_at(hay, s, e).map(|(vs, ve)| {
@@ -483,6 +495,72 @@ pub(crate) fn assignment_hit(hay: &[u8], from: usize, sep: usize, set: u64) -> O
         end: ve,
         det: det as u8,
     })
+}
+
+/// Whether the `:` at `sep` ends a URL scheme (`://` follows).
+#[inline]
+fn url_scheme_end(hay: &[u8], sep: usize) -> bool {
+    // Byte tests rather than a slice compare: this runs for every separator a keyword cannot
+    // end before, and the second test almost always fails.
+    hay.get(sep) == Some(&b':')
+        && hay.get(sep.wrapping_add(1)) == Some(&b'/')
+        && hay.get(sep.wrapping_add(2)) == Some(&b'/')
+}
+
+/// The password in the userinfo of the URL whose `://` is at `sep`: the bytes between the
+/// userinfo's first `:` and the authority's last `@` (a password with an unescaped `@` is
+/// masked whole rather than cut). The user name stays visible. At most
+/// [`MAX_ASSIGNMENT_VALUE`] bytes of authority are read.
+fn url_password_at(hay: &[u8], sep: usize) -> Option<(usize, usize)> {
+    let start = sep.checked_add(3)?;
+    let rest = hay.get(start..)?;
+    let len = rest
+        .iter()
+        .take(MAX_ASSIGNMENT_VALUE)
+        .take_while(|&&b| {
+            !matches!(
+                b,
+                b'/' | b'?'
+                    | b'#'
+                    | b' '
+                    | b'\t'
+                    | b'\n'
+                    | b'\r'
+                    | b'"'
+                    | b'\''
+                    | b'`'
+                    | b'<'
+                    | b'>'
+                    | b'\\'
+            )
+        })
+        .count();
+    let authority = rest.get(..len)?;
+    let at = memchr::memrchr(b'@', authority)?;
+    let colon = memchr::memchr(b':', authority.get(..at)?)?;
+    (colon + 1 < at).then_some((start + colon + 1, start + at))
+}
+
+/// Whether the bytes from `s` are the password of a URL's userinfo: `:` before them, and
+/// before that a user name (possibly empty) right after a `://`.
+fn url_userinfo_password(hay: &[u8], s: usize) -> bool {
+    let Some(colon) = s.checked_sub(1) else {
+        return false;
+    };
+    if hay.get(colon) != Some(&b':') {
+        return false;
+    }
+    let user = hay
+        .get(..colon)
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .take(MAX_ASSIGNMENT_VALUE)
+        .take_while(|&&b| !matches!(b, b'/' | b'@' | b':' | b' ' | b'\t' | b'\n' | b'\r'))
+        .count();
+    (colon - user)
+        .checked_sub(3)
+        .is_some_and(|u| url_scheme_end(hay, u))
 }
 
 /// Where a keyword would end for the assignment separator at `sep` (before optional spaces
@@ -506,7 +584,7 @@ fn keyword_end(hay: &[u8], from: usize, sep: usize) -> Option<usize> {
 /// [`assignment_hit`] must fail there. The block prefilter's fast reject uses it.
 #[inline]
 pub(crate) fn keyword_may_end_before(hay: &[u8], from: usize, sep: usize) -> bool {
-    keyword_end(hay, from, sep).is_some()
+    keyword_end(hay, from, sep).is_some() || url_scheme_end(hay, sep)
 }
 
 /// The keyword whose assignment separator is at `sep`: it ends just before the separator,
@@ -804,6 +882,11 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
                 .is_some_and(|&b| matches!(b, b'.' | b'\'' | b'-' | b'+' | b'%'))
         {
             s += 1;
+        }
+        // `scheme://user:password@host`: the password of a URL, which the credential
+        // detector masks, not an address.
+        if url_userinfo_password(hay, s) {
+            return None;
         }
         (s, validate::email_local_ok(hay.get(s..at)?))
     };
