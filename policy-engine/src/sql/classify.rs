@@ -806,8 +806,10 @@ fn scan(
                 } else {
                     &[]
                 };
-                // Only asked for DML words (most words are not), hence a closure.
-                let prev_starts = || {
+                // Only asked for DML words (most words are not), hence a closure. `move`: it
+                // is not inlined, and borrowing `i` kept the loop's index in memory (a store
+                // and a reload on every token) instead of a register.
+                let prev_starts = move || {
                     i == s
                         || matches!(cx.kind(i - 1), Some(T::LParen | T::Semicolon))
                         || (START_CONTEXT.iter().any(|c| cx.kw(i - 1, c))

@@ -49,6 +49,13 @@ pub struct Token {
 ///
 /// Inputs longer than `u32::MAX` bytes are never passed here (the classifier refuses them).
 pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
+    lex_with::<true>(text, dialect, out)
+}
+
+/// [`lex`]; with `SHORTCUTS` off, every token goes through the byte dispatch (the `match`)
+/// and no arm lexes the token after its own, which is how the shortcuts' property test gets
+/// its reference. A constant, so the shipped lexer carries no flag.
+fn lex_with<const SHORTCUTS: bool>(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
     out.clear();
     let b = text.as_bytes();
     let n = b.len();
@@ -160,22 +167,52 @@ pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
                 push(out, TokenKind::String, i, e);
                 i = e;
             }
-            b'"' => {
+            b'"' if mysql => {
                 // MySQL (without ANSI_QUOTES) reads "..." as a string.
-                let (e, ok) = quoted_end(b, i + 1, b'"', mysql);
+                let (e, ok) = quoted_end(b, i + 1, b'"', true);
                 unterminated |= !ok;
-                if mysql {
-                    push(out, TokenKind::String, i, e);
+                push(out, TokenKind::String, i, e);
+                i = e;
+            }
+            b'"' => loop {
+                let pair = if SHORTCUTS {
+                    quoted_pair_end(b, i)
                 } else {
+                    None
+                };
+                if let Some((e1, e2)) = pair {
+                    push(out, TokenKind::QuotedIdent, i + 1, e1 - 1);
+                    push(out, TokenKind::Dot, e1, e1 + 1);
+                    push(out, TokenKind::QuotedIdent, e1 + 2, e2 - 1);
+                    i = e2;
+                } else {
+                    let (e, ok) = quoted_end(b, i + 1, b'"', false);
+                    unterminated |= !ok;
                     push(
                         out,
                         TokenKind::QuotedIdent,
                         i + 1,
                         e.saturating_sub(1).max(i + 1),
                     );
+                    i = e;
                 }
-                i = e;
-            }
+                // ORMs qualify every column, `"table"."column"`: the dot and the next name are
+                // lexed here rather than by two more trips through the `match`, whose jump
+                // mispredicts often. Only this arm pays for the test.
+                if !SHORTCUTS {
+                    break;
+                }
+                if at(i) != b'.' || at(i + 1) != b'"' {
+                    // Select lists: `"t"."a", "t"."b"`; the comma too is lexed here.
+                    if at(i) == b',' {
+                        push(out, TokenKind::Comma, i, i + 1);
+                        i += 1;
+                    }
+                    break;
+                }
+                push(out, TokenKind::Dot, i, i + 1);
+                i += 1;
+            },
             b'`' if mysql => {
                 let (e, ok) = quoted_end(b, i + 1, b'`', false);
                 unterminated |= !ok;
@@ -248,6 +285,13 @@ pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
                 let e = number_end(b, i);
                 push(out, TokenKind::Number, i, e);
                 i = e;
+                // IN lists and multi-row VALUES alternate numbers and commas: the comma is
+                // lexed here, and the `match` jumps to this arm for every list item, a target
+                // it predicts, instead of alternating between two.
+                if SHORTCUTS && at(e) == b',' {
+                    push(out, TokenKind::Comma, e, e + 1);
+                    i = e + 1;
+                }
             }
             _ => {
                 let e = op_end(b, i, mysql);
@@ -335,6 +379,39 @@ fn quoted_end(b: &[u8], from: usize, quote: u8, backslash: bool) -> (usize, bool
         }
     }
     (b.len(), false)
+}
+
+/// For a PostgreSQL quoted identifier opening at `from` and qualified by a second one,
+/// `"a"."b"`, with both names and the dot within the 32 bytes from `from` and neither name
+/// holding a doubled quote: one past each closing quote. `None` otherwise (the caller then
+/// takes `quoted_end`).
+///
+/// ORM statements qualify every column this way. Lexed one name at a time, each name's end
+/// comes out of a chain (load at the name's start, compare, movemask, `trailing_zeros`) that
+/// the next name's load waits on; here both ends come out of one pair of loads, the second by
+/// bit operations on the masks already in registers.
+fn quoted_pair_end(b: &[u8], from: usize) -> Option<(usize, usize)> {
+    let w = b.get(from..from + 32)?;
+    let lo = u8x16::new(<[u8; 16]>::try_from(w.get(..16)?).ok()?);
+    let hi = u8x16::new(<[u8; 16]>::try_from(w.get(16..)?).ok()?);
+    let mask = |c: u8| {
+        let c = u8x16::splat(c);
+        lo.simd_eq(c).to_bitmask() | hi.simd_eq(c).to_bitmask() << 16
+    };
+    let (quotes, dots) = (mask(b'"'), mask(b'.'));
+    // Bit 0 is the opening quote. The first name closes at the next quote, followed by a dot
+    // (so that quote is not doubled) and the second name's opening quote.
+    let c1 = (quotes & !1).trailing_zeros();
+    if quotes & 1 == 0 || c1 > 28 || dots >> (c1 + 1) & 1 == 0 || quotes >> (c1 + 2) & 1 == 0 {
+        return None;
+    }
+    // The second name closes at the next quote after its opening one; the byte after it must
+    // lie in the window and not be a quote (which would make the pair an escaped quote).
+    let c2 = c1 + 3 + (quotes >> (c1 + 3)).trailing_zeros();
+    if c2 > 30 || quotes >> (c2 + 1) & 1 != 0 {
+        return None;
+    }
+    Some((from + c1 as usize + 1, from + c2 as usize + 1))
 }
 
 /// If a PostgreSQL dollar-quote opening tag (`$$` or `$tag$`) starts at `from`, its end.
@@ -533,6 +610,28 @@ fn string_prefix(word: &[u8], mysql: bool) -> bool {
 mod tests {
     use proptest::prelude::*;
 
+    /// The ORM shape the pair shortcut is for is taken by it (so the property tests above
+    /// exercise it), and shapes it must leave alone are not.
+    #[test]
+    fn quoted_pair_end_takes_qualified_names_only() {
+        let orm = br#""line_items"."created_at" ASC, "t"."a""#;
+        assert_eq!(super::quoted_pair_end(orm, 0), Some((12, 25)));
+        for no in [
+            &br#""line_items" . "created_at" ......"#[..],
+            br#""a"""."b" ............................"#,
+            br#""a"."b""c" ..........................."#,
+            br#""a_name_that_is_long"."and_another_one_too""#,
+            br#""a"."b""#,
+        ] {
+            assert_eq!(
+                super::quoted_pair_end(no, 0),
+                None,
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
+    }
+
     proptest! {
         /// The chunked identifier scan stops where a byte-at-a-time scan does, at every start
         /// and length (runs shorter, equal to and longer than a chunk).
@@ -584,6 +683,62 @@ mod tests {
                 }
             };
             prop_assert_eq!(super::quoted_end(&data, from, quote, backslash), slow);
+        }
+
+        /// The lexer's shortcuts (an arm lexing the token after its own: quoted names qualified
+        /// by quoted names, their dots and commas, commas after numbers) give the tokens that
+        /// lexing every token through the byte dispatch gives, in both dialects. Fragments are
+        /// drawn so that qualified quoted names of every length around the 32-byte window,
+        /// doubled quotes, unterminated names and digits after dots all occur.
+        #[test]
+        fn shortcuts_lex_like_the_byte_dispatch(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    6 => "\"[a-z_]{0,20}\"",
+                    2 => "\"[a-z]{0,3}\"\"[a-z]{0,3}\"",
+                    3 => Just(".".to_owned()),
+                    3 => Just(",".to_owned()),
+                    2 => Just(" ".to_owned()),
+                    2 => "[0-9]{1,4}(\\.[0-9])?",
+                    2 => "[a-z_][a-z0-9_]{0,6}",
+                    1 => prop::sample::select(vec![
+                        "\"", "'x'", "`q`", "(", ")", ";", "=", "-", "e", "$1", "/*", "*/", "\\",
+                    ]).prop_map(str::to_owned),
+                ],
+                0..40,
+            ),
+        ) {
+            let text = parts.concat();
+            for dialect in [super::Dialect::Postgres, super::Dialect::Mysql] {
+                let (mut fast, mut plain) = (Vec::new(), Vec::new());
+                let fast_open = super::lex_with::<true>(&text, dialect, &mut fast);
+                let plain_open = super::lex_with::<false>(&text, dialect, &mut plain);
+                prop_assert_eq!(&fast, &plain, "{:?} {:?}", text, dialect);
+                prop_assert_eq!(fast_open, plain_open);
+            }
+        }
+
+        /// A qualified pair that `quoted_pair_end` accepts ends where two `quoted_end` calls
+        /// around the dot end, at every offset from the window's start.
+        #[test]
+        fn quoted_pair_end_matches_two_quoted_ends(
+            data in proptest::collection::vec(
+                prop_oneof![
+                    6 => Just(b'a'),
+                    2 => Just(b'"'),
+                    1 => Just(b'.'),
+                ],
+                0..48,
+            ),
+            from in 0usize..48,
+        ) {
+            if let Some((e1, e2)) = super::quoted_pair_end(&data, from) {
+                prop_assert_eq!(data.get(from), Some(&b'"'));
+                prop_assert_eq!(super::quoted_end(&data, from + 1, b'"', false), (e1, true));
+                prop_assert_eq!(data.get(e1), Some(&b'.'));
+                prop_assert_eq!(data.get(e1 + 1), Some(&b'"'));
+                prop_assert_eq!(super::quoted_end(&data, e1 + 2, b'"', false), (e2, true));
+            }
         }
 
         /// The start table says what the three range tests it replaced said.
