@@ -285,7 +285,19 @@ pub fn run(args: &E2eArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     std::fs::create_dir_all(&out_dir)?;
-    let stem = format!("{}-{}-e2e-postgres", today(), machine_name());
+    // A second run on the same day and machine gets `-2`, `-3`, ...: an earlier run's
+    // results are never overwritten.
+    let base = format!("{}-{}-e2e-postgres", today(), machine_name());
+    let stem = (1..)
+        .map(|n: u32| {
+            if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            }
+        })
+        .find(|s| !out_dir.join(format!("{s}.json")).exists())
+        .unwrap_or(base);
     let json_path = out_dir.join(format!("{stem}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
     std::fs::write(
