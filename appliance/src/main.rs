@@ -6,6 +6,24 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// Writes a command's output to stdout like `print!`, but a reader that has gone away
+/// (`portcullis policy test DIR | head -3`) ends the output instead of panicking: the rest
+/// is dropped, as with any Unix tool, and the command's exit code still says how it went.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `out!` with a newline, like `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod admin;
 mod admin_api;
 mod cmd;
@@ -105,6 +123,11 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // When the log's reader goes away (`portcullis run 2>&1 | head`), tracing would report
+        // each failed write with `eprintln!`, which panics on the same closed pipe: in a worker
+        // that kills the worker, in the signal thread it loses SIGTERM. Logs are best effort;
+        // the audit trail is the recorder's, not stderr's.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),

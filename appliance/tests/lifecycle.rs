@@ -117,6 +117,38 @@ fn sigterm_closes_sessions_still_open_at_the_drain_deadline() {
 }
 
 #[test]
+fn a_closed_log_pipe_neither_stops_sessions_nor_loses_sigterm() {
+    let echo = echo_server();
+    for driver in DRIVERS {
+        let mut gw = start_then_close_logs(
+            driver,
+            "drain_timeout = \"20s\"",
+            &tcp_connection("web", echo, ""),
+        );
+        // Each session logs when it opens and closes; those writes now fail with EPIPE.
+        for i in 0..4u8 {
+            let mut s = connect(gw.addr("web"));
+            s.write_all(&[b'a' + i; 4]).unwrap();
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(b, [b'a' + i; 4], "{driver}: session {i}");
+        }
+        assert_eq!(gw.admin_get("/healthz").0, 200, "{driver}");
+        assert_eq!(
+            gw.metric_sum("portcullis_connections_accepted_total", "web"),
+            4,
+            "{driver}"
+        );
+        // The signal thread logs the shutdown before it starts the drain.
+        gw.signal("TERM");
+        let status = gw
+            .wait_exit(Duration::from_secs(20))
+            .expect("SIGTERM lost once the log pipe closed");
+        assert_eq!(status.code(), Some(0), "{driver}");
+    }
+}
+
+#[test]
 fn sighup_reloads_the_policy_and_keeps_the_old_one_when_the_new_one_is_bad() {
     let echo = echo_server();
     let gw = start("auto", "", &tcp_connection("web", echo, ""));

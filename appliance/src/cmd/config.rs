@@ -14,21 +14,23 @@ pub enum ConfigCommand {
     },
 }
 
-#[expect(clippy::print_stdout, reason = "the summary is this command's output")]
 pub fn run(cmd: ConfigCommand) -> ExitCode {
     match cmd {
         ConfigCommand::Check { file } => match Config::load(&file) {
             Ok(c) => {
-                println!(
+                outln!(
                     "{}: ok, {} worker(s), {} connection(s)",
                     file.display(),
                     c.gateway.workers,
                     c.connections.len()
                 );
                 for conn in &c.connections {
-                    println!(
+                    outln!(
                         "  {} ({}) {} -> {}",
-                        conn.name, conn.protocol, conn.listen, conn.upstream
+                        conn.name,
+                        conn.protocol,
+                        conn.listen,
+                        conn.upstream
                     );
                 }
                 ExitCode::SUCCESS

@@ -215,10 +215,6 @@ key = "{d}/gateway.key"
     })
 }
 
-#[expect(
-    clippy::print_stdout,
-    reason = "the instructions are the demo's output"
-)]
 fn print_instructions(
     port: &str,
     prepared: &Prepared,
@@ -228,7 +224,7 @@ fn print_instructions(
     let (token, dba_token) = (&prepared.token, &prepared.dba_token);
     let conn = format!("host=127.0.0.1 port={port} dbname=shop user=demo-user sslmode=require");
     let rec = recordings.display();
-    println!(
+    outln!(
         r#"
 Portcullis demo is running: PostgreSQL with a table of fake customers, behind the gateway.
 Your token (an OIDC JWT from the demo's local issuer) is the password:

@@ -84,11 +84,10 @@ fn load(dir: &std::path::Path) -> Result<Arc<Policy>, ExitCode> {
     })
 }
 
-#[expect(clippy::print_stdout, reason = "the summary is the command's output")]
 fn check(dir: &std::path::Path) -> ExitCode {
     match load(dir) {
         Ok(p) => {
-            println!(
+            outln!(
                 "ok: {} rules, {} mask rules, {} detectors; version {}",
                 p.rules().len(),
                 p.mask_specs().len(),
@@ -101,7 +100,6 @@ fn check(dir: &std::path::Path) -> ExitCode {
     }
 }
 
-#[expect(clippy::print_stdout, reason = "test results are the command's output")]
 fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
     let policy = match load(dir) {
         Ok(p) => p,
@@ -136,11 +134,11 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
             if r.passed {
                 passed += 1;
                 if verbose {
-                    println!("PASS: {}: {}", file.display(), r.name);
+                    outln!("PASS: {}: {}", file.display(), r.name);
                 }
             } else {
                 failed += 1;
-                println!(
+                outln!(
                     "FAIL: {}: {}: {}",
                     file.display(),
                     r.name,
@@ -149,7 +147,7 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    outln!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -157,10 +155,6 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
     }
 }
 
-#[expect(
-    clippy::print_stdout,
-    reason = "the explanation is the command's output"
-)]
 fn explain(a: &ExplainArgs) -> ExitCode {
     let policy = match load(&a.policies) {
         Ok(p) => p,
@@ -205,6 +199,6 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         ..AccessContext::default()
     };
     let e = policy.explain_with(&a.connection, &identity, &action, &cx);
-    print!("{e}");
+    out!("{e}");
     ExitCode::SUCCESS
 }

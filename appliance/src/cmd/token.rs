@@ -92,10 +92,7 @@ pub fn run(cmd: TokenCommand) -> ExitCode {
             };
             match issuer::mint(&key, &req) {
                 Ok(token) => {
-                    #[expect(clippy::print_stdout, reason = "the token is the command's output")]
-                    {
-                        println!("{token}");
-                    }
+                    outln!("{token}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -111,6 +111,21 @@ pub struct Gateway {
 /// Writes `connections` (TOML `[[connections]]` entries) under a `[gateway]` with `workers`
 /// workers and free ports, starts the binary with `driver`, waits until it is ready.
 pub fn start(driver: &str, gateway_extra: &str, connections: &str) -> Gateway {
+    start_logging(driver, gateway_extra, connections, true)
+}
+
+/// `start`, then closes the read end of the gateway's stderr once it is ready, as
+/// `portcullis run 2>&1 | head` does: every later log write fails with EPIPE.
+pub fn start_then_close_logs(driver: &str, gateway_extra: &str, connections: &str) -> Gateway {
+    start_logging(driver, gateway_extra, connections, false)
+}
+
+fn start_logging(
+    driver: &str,
+    gateway_extra: &str,
+    connections: &str,
+    keep_reading: bool,
+) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("portcullis.toml");
     // Recordings and policies stay inside the test's directory unless the test names its own.
@@ -148,13 +163,20 @@ pub fn start(driver: &str, gateway_extra: &str, connections: &str) -> Gateway {
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<serde_json::Value>();
     let sink = logs.clone();
+    // Dropped with the reader thread, that is once stderr's read end is closed.
+    let (reading_tx, reading) = mpsc::channel::<()>();
     std::thread::spawn(move || {
+        let _reading = reading_tx;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            let ready = line.contains("portcullis ready");
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 let _ = tx.send(v);
             }
             sink.lock().unwrap().push(line);
+            if ready && !keep_reading {
+                break;
+            }
         }
     });
     let mut listen = HashMap::new();
@@ -182,6 +204,10 @@ pub fn start(driver: &str, gateway_extra: &str, connections: &str) -> Gateway {
     };
     // Keep draining logs into `logs` (the reader thread does that); the channel is done.
     drop(rx);
+    if !keep_reading {
+        // Err once the reader thread has ended and dropped the pipe.
+        let _ = reading.recv();
+    }
     Gateway {
         child,
         admin,
