@@ -95,7 +95,12 @@ fn classification_corpus() {
                     }
                 }
                 a if a.starts_with("t=") => {
-                    let want: Vec<String> = a[2..].split(',').map(|s| s.to_string()).collect();
+                    // `t=` alone: no tables.
+                    let want: Vec<String> = a[2..]
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| s.to_string())
+                        .collect();
                     let got: Vec<String> = first
                         .map(|s| {
                             scratch

@@ -949,8 +949,63 @@ fn statement_tables(
     {
         return Ok(s);
     }
+    ddl_tables(cx, s, e, tables)
+}
+
+/// [`statement_tables`] for DDL and maintenance statements: out of line, so that the token
+/// loop every query runs is laid out as if it did not exist.
+#[cold]
+#[inline(never)]
+fn ddl_tables(
+    cx: &Cx<'_>,
+    s: usize,
+    e: usize,
+    tables: &mut Vec<TableRef>,
+) -> Result<usize, ClassifyError> {
     if cx.kw_any(s, &["vacuum", "analyze", "analyse", "cluster"]) {
-        return table_list(cx, maintenance_options(cx, s + 1, e), e, true, tables);
+        // PostgreSQL names columns after a table (`VACUUM t (a), u (b)`): the list goes on
+        // after them.
+        let mut i = table_list(cx, maintenance_options(cx, s + 1, e), e, true, tables)?;
+        while cx.kind(i) == Some(T::LParen) && cx.kind(skip_group(cx, i, e)) == Some(T::Comma) {
+            i = table_list(cx, skip_group(cx, i, e) + 1, e, true, tables)?;
+        }
+        return Ok(i);
+    }
+    if cx.kw(s, "rename") && cx.kw_any(s + 1, &["table", "tables"]) {
+        // MySQL `RENAME TABLE a TO b, c TO d`: every old and new name, pair by pair.
+        let mut i = s + 2;
+        loop {
+            i = table_list(cx, i, e, false, tables)?;
+            if !cx.kw(i, "to") {
+                return Ok(i);
+            }
+            i = table_list(cx, i + 1, e, false, tables)?;
+            if cx.kind(i) != Some(T::Comma) {
+                return Ok(i);
+            }
+            i += 1;
+        }
+    }
+    if cx.kw(s, "import") {
+        // `IMPORT FOREIGN SCHEMA remote [{LIMIT TO | EXCEPT} (t, ...)] FROM SERVER srv INTO
+        // local`: the tables of `LIMIT TO` are the ones it creates (those of `EXCEPT` it
+        // leaves alone); the schemas and the server are not tables. Nothing else in it is
+        // code (its OPTIONS are strings), so the token loop is skipped.
+        if let Some(open) =
+            (s + 3..e).find(|&j| cx.kind(j) == Some(T::LParen) && cx.kw(j.wrapping_sub(1), "to"))
+        {
+            table_list(cx, open + 1, e, true, tables)?;
+        }
+        return Ok(e);
+    }
+    if cx.kw(s, "alter") && cx.kw_any(s + 1, &["table", "view"]) {
+        // `ALTER TABLE t RENAME TO u` (MySQL also `RENAME [AS] u`): the new name is a table
+        // too. The old one is read by the token loop.
+        if let Some(r) = (s + 3..e).find(|&j| cx.kw(j, "rename") && cx.kw_any(j + 1, &["to", "as"]))
+        {
+            table_list(cx, r + 2, e, false, tables)?;
+        }
+        return Ok(s);
     }
     // `CREATE OR REPLACE TEMPORARY RECURSIVE VIEW` puts the word furthest in.
     let view = (s + 1..e.min(s + 6)).find(|&j| {
@@ -996,25 +1051,30 @@ fn statement_tables(
     Ok(s)
 }
 
+/// The index after the parenthesized group opening at `i` (`e` if it never closes).
+fn skip_group(cx: &Cx<'_>, mut i: usize, e: usize) -> usize {
+    let mut depth = 0u32;
+    while i < e {
+        match cx.kind(i) {
+            Some(T::LParen) => depth += 1,
+            Some(T::RParen) => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    e
+}
+
 /// Skips a maintenance statement's options at `i`: a parenthesized list, or the bare words
 /// PostgreSQL and MySQL accept before the table names. Returns the first token after them.
 fn maintenance_options(cx: &Cx<'_>, mut i: usize, e: usize) -> usize {
     if cx.kind(i) == Some(T::LParen) {
-        let mut depth = 0u32;
-        while i < e {
-            match cx.kind(i) {
-                Some(T::LParen) => depth += 1,
-                Some(T::RParen) => {
-                    depth = depth.saturating_sub(1);
-                    if depth == 0 {
-                        return i + 1;
-                    }
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        return i;
+        return skip_group(cx, i, e);
     }
     while cx.kw_any(
         i,
@@ -1043,6 +1103,12 @@ fn table_list(
     tables: &mut Vec<TableRef>,
 ) -> Result<usize, ClassifyError> {
     let mut buf = [0u8; 24];
+    // In a FROM or JOIN list a name followed by `(` is a function (`FROM generate_series(1,
+    // 3)`, `JOIN LATERAL f(t.x)`); elsewhere it is a table with a column list (`INTO t (a)`,
+    // `CREATE TABLE t (`).
+    // Read only when a `(` asks, as most lists have none.
+    let list_start = i;
+    let calls = || cx.kw_any(list_start.wrapping_sub(1), &["from", "join"]);
     loop {
         // Modifiers before the name.
         loop {
@@ -1051,6 +1117,8 @@ fn table_list(
                 b"only" | b"lateral" | b"table" | b"low_priority" | b"quick" | b"ignore"
                 | b"delayed" | b"high_priority" | b"temporary" | b"temp" | b"unlogged"
                 | b"concurrently" => i += 1,
+                // `FROM ROWS FROM (f(), g())`: functions only.
+                b"rows" if cx.kw(i + 1, "from") && calls() => i += 2,
                 b"if" => {
                     i += 1;
                     if cx.kw(i, "not") {
@@ -1077,10 +1145,7 @@ fn table_list(
             n += 1;
             j += 2;
         }
-        // `FROM f(...)` is a function call, not a table; `INTO t (a, b)` keeps t.
-        let is_call = cx.kind(j) == Some(T::LParen) && !list;
-        let is_call = is_call && i > 0 && cx.kw_any(i - 1, &["from", "join"]);
-        if !is_call {
+        if !(cx.kind(j) == Some(T::LParen) && calls()) {
             if tables.len() >= MAX_TABLES {
                 return Err(ClassifyError::TooManyTables);
             }

@@ -2,9 +2,10 @@
 //! spans, the way the server's own scanner would split it.
 //!
 //! It knows where strings, quoted identifiers, comments and dollar quotes begin and end (so a `;`
-//! or keyword hidden inside one is never seen as code), and treats MySQL `/*! ... */` comments
-//! as code because the server executes them. It deliberately does not parse: it neither checks
-//! syntax nor decodes escapes; the classifier above it reads the token stream.
+//! or keyword hidden inside one is never seen as code), and treats MySQL `/*! ... */` and
+//! MariaDB `/*M! ... */` comments as code because the server executes them. It deliberately
+//! does not parse: it neither checks syntax nor decodes escapes; the classifier above it reads
+//! the token stream.
 //!
 //! Assumptions, documented in `docs/policy.md`: PostgreSQL runs with
 //! `standard_conforming_strings = on` (the default since 9.1) and MySQL without `ANSI_QUOTES`
@@ -139,10 +140,21 @@ fn lex_with<const SHORTCUTS: bool>(text: &str, dialect: Dialect, out: &mut Vec<T
             }
             b'#' if mysql => i = line_end(b, i),
             b'/' if at(i + 1) == b'*' => {
-                if mysql && at(i + 2) == b'!' {
-                    // Executable comment: skip the marker and optional version digits, then
-                    // lex the body as code.
-                    i += 3;
+                // Executable comments: MySQL's `/*!`, and MariaDB's `/*M!`, which MariaDB runs
+                // and MySQL ignores. Skip the marker and optional version digits, then lex the
+                // body as code: a body the server skips for its version is at worst classified
+                // as more than it does.
+                let marker = if !mysql {
+                    0
+                } else if at(i + 2) == b'!' {
+                    3
+                } else if at(i + 2) == b'M' && at(i + 3) == b'!' {
+                    4
+                } else {
+                    0
+                };
+                if marker != 0 {
+                    i += marker;
                     while at(i).is_ascii_digit() {
                         i += 1;
                     }
