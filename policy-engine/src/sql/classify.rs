@@ -933,8 +933,10 @@ fn scan(
 /// for in the token loop (whose keyword filter stays narrow): `VACUUM [FULL] [(VERBOSE, ...)]
 /// t, u`, `ANALYZE t` and `CLUSTER t` after their options, and the view of `CREATE
 /// [MATERIALIZED] VIEW v`, `DROP VIEW v`, `REFRESH MATERIALIZED VIEW [CONCURRENTLY] v`, and
-/// the table of an index, trigger, row policy or rule.
-/// Returns where the token loop starts: after the tables of a maintenance statement, else `s`.
+/// the table of an index, trigger, row policy or rule; both names of a rename; the tables of
+/// `IMPORT FOREIGN SCHEMA ... LIMIT TO`. Returns where the token loop starts: after the
+/// tables of a maintenance or rename statement, the end for statements with nothing more to
+/// read (`FETCH`, `IMPORT`), else `s`.
 fn statement_tables(
     cx: &Cx<'_>,
     s: usize,
@@ -945,14 +947,15 @@ fn statement_tables(
     if !(main.contains(K::Maintenance)
         || main.contains(K::Create)
         || main.contains(K::Drop)
-        || main.contains(K::Alter))
+        || main.contains(K::Alter)
+        || main.contains(K::Session))
     {
         return Ok(s);
     }
     ddl_tables(cx, s, e, tables)
 }
 
-/// [`statement_tables`] for DDL and maintenance statements: out of line, so that the token
+/// [`statement_tables`] for DDL, maintenance and cursor statements: out of line, so that the token
 /// loop every query runs is laid out as if it did not exist.
 #[cold]
 #[inline(never)]
@@ -962,6 +965,10 @@ fn ddl_tables(
     e: usize,
     tables: &mut Vec<TableRef>,
 ) -> Result<usize, ClassifyError> {
+    if cx.kw_any(s, &["fetch", "move"]) {
+        // `FETCH ALL FROM c` names a cursor, not a table, and holds nothing else.
+        return Ok(e);
+    }
     if cx.kw_any(s, &["vacuum", "analyze", "analyse", "cluster"]) {
         // PostgreSQL names columns after a table (`VACUUM t (a), u (b)`): the list goes on
         // after them.
