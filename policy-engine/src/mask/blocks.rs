@@ -823,13 +823,13 @@ fn card_may_match(block: &[u8], p: u32, len: u32) -> bool {
 /// groups of 3, 2 and 4 digits, known whole, not after an anchor). No other detector has
 /// this shape (a NANP number needs 3-3-4, a national one a 0-led group and ten digits, an
 /// IPv4 address four groups; the groups after the first are too short for anything), so
-/// with `-` joins only a valid SSN range can match, and with other joins nothing but what
-/// `numeric` decides: those are kept.
+/// with two `-` or two ` ` joins only a valid SSN range can match, and with other joins
+/// nothing but what `numeric` decides: those are kept.
 #[inline]
 fn ssn_may_match(block: &[u8], p: u32) -> bool {
     let p = p as usize;
     match block.get(p..p + SSN_LEN as usize) {
-        Some(&[a0, a1, a2, b'-', g0, g1, b'-', s0, s1, s2, s3]) => {
+        Some(&[a0, a1, a2, j0 @ (b'-' | b' '), g0, g1, j1, s0, s1, s2, s3]) if j1 == j0 => {
             validate::ssn_ok(&[a0, a1, a2], &[g0, g1], &[s0, s1, s2, s3])
         }
         _ => true,

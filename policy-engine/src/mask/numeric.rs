@@ -385,8 +385,12 @@ impl Token {
                 return push(i, i + 3, Builtin::Ipv4);
             }
         }
-        // SSN: AAA-GG-SSSS.
-        if on(set, Builtin::Ssn) && i + 2 < n && self.sep(i) == b'-' && self.sep(i + 1) == b'-' {
+        // SSN: AAA-GG-SSSS, or AAA GG SSSS (one kind of join: `123-45 6789` is not one).
+        if on(set, Builtin::Ssn)
+            && i + 2 < n
+            && matches!(self.sep(i), b'-' | b' ')
+            && self.sep(i + 1) == self.sep(i)
+        {
             let (a, g, s) = (self.g(hay, i), self.g(hay, i + 1), self.g(hay, i + 2));
             if a.len() == 3
                 && g.len() == 2
@@ -397,17 +401,15 @@ impl Token {
                 return push(i, i + 2, Builtin::Ssn);
             }
         }
-        // Cards: 13-19 digits in groups joined by one kind of separator (` ` or `-`).
+        // Cards: 13-19 digits in groups joined by spaces or dashes, mixed or not (`4111
+        // 1111-1111 1111` is still the card, and Luhn and the issuer prefix keep
+        // look-alikes out).
         if on(set, Builtin::CreditCard) && self.digits >= MIN_CARD_DIGITS {
             let mut digits = [0u8; 19];
             let mut nd = 0usize;
             let mut best = None;
-            let sep = if i + 1 < n { self.sep(i) } else { 0 };
             for j in i..n {
-                if j > i && self.sep(j - 1) != sep {
-                    break;
-                }
-                if sep == b'.' {
+                if j > i && !matches!(self.sep(j - 1), b' ' | b'-') {
                     break;
                 }
                 for &b in self.g(hay, j) {
