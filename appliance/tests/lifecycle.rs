@@ -280,3 +280,75 @@ fn help_lists_examples_and_exit_codes() {
     let (code, _, _) = run_portcullis(&["run"]);
     assert_eq!(code, Some(2), "missing --config is a usage error");
 }
+
+#[test]
+fn policy_mask_shows_values_as_a_caller_would_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("masks.toml"),
+        r#"
+[[access]]
+connections = ["db"]
+groups = ["*"]
+
+[[mask]]
+columns = ["*_ssn"]
+strategy = "redact"
+
+[[mask]]
+groups = ["support"]
+detectors = ["email"]
+strategy = "partial"
+
+[[mask]]
+detectors = ["pii", "secrets"]
+strategy = "redact"
+"#,
+    )
+    .unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let mask = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "mask",
+            "--policies",
+            dir_arg,
+            "--connection",
+            "db",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_portcullis(&args);
+        assert_eq!(code, Some(0), "{err}");
+        (out, err)
+    };
+    let (out, err) = mask(&[
+        "--groups",
+        "eng",
+        "mail jane@example.com",
+        "4111 1111-1111 1111",
+        "order 4111111111111112",
+        "password=hunter2",
+    ]);
+    assert_eq!(
+        out,
+        "mail [EMAIL]\t(email x1)\n[CREDIT_CARD]\t(credit_card x1)\norder 4111111111111112\npassword=[SECRET]\t(credential x1)\n"
+    );
+    assert!(
+        err.contains("3 value(s) masked: email x1, credit_card x1, credential x1"),
+        "{err}"
+    );
+    // The first rule for a detector decides: support sees the domain.
+    let (out, _) = mask(&["--groups", "support", "jane@example.com"]);
+    assert_eq!(out, "****@example.com\t(email x1)\n");
+    // A column rule masks the whole value, whatever it holds.
+    let (out, _) = mask(&["--column", "tax_ssn", "nothing to see"]);
+    assert_eq!(out, "[MASKED]\t(column x1)\n");
+    // As one byte stream (COPY data, terminal output), one value per line.
+    let (out, _) = mask(&[
+        "--stream",
+        "a 123-45-6789",
+        "b 123 45 6789",
+        "c 000-12-3456",
+    ]);
+    assert_eq!(out, "a [SSN]\nb [SSN]\nc 000-12-3456\n");
+}

@@ -1,4 +1,4 @@
-//! `portcullis policy check|test|explain`. Thin: loading, matching and reporting live in
+//! `portcullis policy check|test|explain|mask`. Thin: loading, matching and reporting live in
 //! `policy-engine`; this parses arguments, prints, and maps outcomes to exit codes
 //! (0 ok, 1 failures, 2 usage or load error).
 
@@ -27,6 +27,41 @@ pub enum PolicyCommand {
     },
     /// Show how a request would be classified and decided, and which rules matched and why.
     Explain(ExplainArgs),
+    /// Show how values would come back masked for a caller: as result-set cells of a column,
+    /// or as one byte stream (COPY data, terminal output).
+    Mask(MaskArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MaskArgs {
+    /// Policy directory.
+    #[arg(long)]
+    policies: PathBuf,
+    /// Connection name.
+    #[arg(long)]
+    connection: String,
+    /// Caller's groups, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    groups: Vec<String>,
+    /// Caller's subject.
+    #[arg(long, default_value = "explain")]
+    subject: String,
+    /// Treat the caller as a service identity.
+    #[arg(long)]
+    service: bool,
+    /// The result-set column the values come from (column rules match its name).
+    #[arg(long, default_value = "value", conflicts_with = "stream")]
+    column: String,
+    /// Mask the values as one byte stream, one value per line, instead of as cells.
+    #[arg(long)]
+    stream: bool,
+    /// The key of the `hash` strategy: the gateway's `.mask_key` file (in its recordings
+    /// directory). Without it hashes use a preview key and differ from the gateway's.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The values; `-` reads them from stdin, one per line.
+    #[arg(required = true)]
+    values: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +106,7 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
         PolicyCommand::Check { dir } => check(&dir),
         PolicyCommand::Test { dir, verbose } => test(&dir, verbose),
         PolicyCommand::Explain(a) => explain(&a),
+        PolicyCommand::Mask(a) => mask(&a),
     }
 }
 
@@ -200,5 +236,115 @@ fn explain(a: &ExplainArgs) -> ExitCode {
     };
     let e = policy.explain_with(&a.connection, &identity, &action, &cx);
     out!("{e}");
+    ExitCode::SUCCESS
+}
+
+/// Key of the `hash` strategy when no `--key-file` is given: hashes still group equal values,
+/// but differ from the gateway's (whose key never leaves its host).
+const PREVIEW_HASH_KEY: &[u8] = b"portcullis policy mask preview key";
+
+fn mask(a: &MaskArgs) -> ExitCode {
+    use std::io::BufRead as _;
+
+    use policy_engine::mask::{MaskEngine, MaskOutcome, MaskStats, ValueKind};
+
+    let policy = match load(&a.policies) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let key = match &a.key_file {
+        Some(f) => match std::fs::read(f) {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("{}: cannot read the hash key: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => PREVIEW_HASH_KEY.to_vec(),
+    };
+    let specs: Vec<_> = policy.mask_specs().cloned().collect();
+    let engine = match MaskEngine::compile(&specs, policy.detector_specs(), &key) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{}: {e}", a.policies.display());
+            return ExitCode::from(2);
+        }
+    };
+    let identity = Identity {
+        subject: a.subject.clone(),
+        email: None,
+        groups: a.groups.iter().filter(|g| !g.is_empty()).cloned().collect(),
+        kind: if a.service {
+            IdentityKind::Service
+        } else {
+            IdentityKind::Human
+        },
+    };
+    let active = policy.mask_rules_for(&a.connection, &identity);
+    let session = engine.session(&active);
+    let mut values = Vec::new();
+    for v in &a.values {
+        if v == "-" {
+            for line in std::io::stdin().lock().lines() {
+                match line {
+                    Ok(l) => values.push(l),
+                    Err(e) => {
+                        eprintln!("stdin: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        } else {
+            values.push(v.clone());
+        }
+    }
+    let mut stats = MaskStats::default();
+    let mut out = Vec::new();
+    if a.stream {
+        let mut m = session.stream();
+        for v in &values {
+            m.push(v.as_bytes(), &mut out, &mut stats);
+            m.push(b"\n", &mut out, &mut stats);
+        }
+        m.finish(&mut out, &mut stats);
+        out!("{}", String::from_utf8_lossy(&out));
+    } else {
+        let column = session.column(&a.column);
+        for v in &values {
+            out.clear();
+            let mut one = MaskStats::default();
+            let shown = match session.mask_value(
+                &column,
+                ValueKind::Text,
+                v.as_bytes(),
+                &mut out,
+                &mut one,
+            ) {
+                MaskOutcome::Unchanged => v.clone(),
+                MaskOutcome::Rewritten => String::from_utf8_lossy(&out).into_owned(),
+                MaskOutcome::Null => "NULL".to_owned(),
+            };
+            let by: Vec<String> = one
+                .named(&engine)
+                .map(|(n, c)| format!("{n} x{c}"))
+                .collect();
+            if by.is_empty() {
+                outln!("{shown}");
+            } else {
+                outln!("{shown}\t({})", by.join(", "));
+            }
+            stats.merge(&one);
+        }
+    }
+    let by: Vec<String> = stats
+        .named(&engine)
+        .map(|(n, c)| format!("{n} x{c}"))
+        .collect();
+    eprintln!(
+        "{} value(s) masked{}{}",
+        stats.total(),
+        if by.is_empty() { "" } else { ": " },
+        by.join(", ")
+    );
     ExitCode::SUCCESS
 }
