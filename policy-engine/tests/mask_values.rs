@@ -117,6 +117,11 @@ fn redacts_each_builtin() {
             "postgres://u?password=[SECRET]&x=1",
         ),
         (r#"{"api_key": "abc123def"}"#, r#"{"api_key": "[SECRET]"}"#),
+        ("SECRET_KEY=django-insecure-x1", "SECRET_KEY=[SECRET]"),
+        (
+            "aws_secret_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_key: [AWS_SECRET_KEY]",
+        ),
         (
             "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nAAAA\n-----END RSA PRIVATE KEY-----\nb",
             "a\n[PRIVATE_KEY]\nb",

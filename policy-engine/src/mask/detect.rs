@@ -183,6 +183,8 @@ const KEYWORDS: &[(&str, Anchor)] = &[
     ("pwd", Anchor::Keyword),
     ("secret", Anchor::Keyword),
     ("client_secret", Anchor::Keyword),
+    // Django's `SECRET_KEY` and the many settings named like it.
+    ("secret_key", Anchor::Keyword),
     ("token", Anchor::Keyword),
     ("access_token", Anchor::Keyword),
     ("auth_token", Anchor::Keyword),
