@@ -1,7 +1,7 @@
 //! Single-core decision latency and rate over the same rule set and corpus as `bench policy`
 //! (example policies plus 100 generated rules; pgbench, TPC-C-like, ORM and large statements),
 //! without the bench harness's dependencies:
-//! `cargo run --release -p policy-engine --example decide_rate [-- ROUNDS]`.
+//! `cargo run --release -p policy-engine --example decide_rate [-- ROUNDS [--per-statement]]`.
 //! The full suite is `cargo run --release -p bench -- policy`.
 #![expect(
     clippy::print_stdout,
@@ -43,8 +43,10 @@ fn main() {
     }
     let mut small = Vec::with_capacity(rounds * corpus.len());
     let mut large = Vec::with_capacity(rounds * 2);
+    // Per statement: which ones the under-1 KB p99 is made of.
+    let mut each: Vec<Vec<u64>> = vec![Vec::with_capacity(rounds); corpus.len()];
     for _ in 0..rounds {
-        for (_, sql) in &corpus {
+        for (k, (_, sql)) in corpus.iter().enumerate() {
             let a = Action::Sql {
                 dialect: Dialect::Postgres,
                 text: sql,
@@ -57,6 +59,9 @@ fn main() {
             } else {
                 large.push(ns);
             }
+            if let Some(v) = each.get_mut(k) {
+                v.push(ns);
+            }
         }
     }
     small.sort_unstable();
@@ -66,6 +71,18 @@ fn main() {
             .copied()
             .unwrap_or(0)
     };
+    if std::env::args().any(|a| a == "--per-statement") {
+        for ((kind, sql), v) in corpus.iter().zip(&mut each) {
+            v.sort_unstable();
+            let head: String = sql.chars().take(60).collect();
+            println!(
+                "{:>6} ns p50 {:>6} ns p90  {:>5} B  {kind:<9} {head}",
+                q(v, 0.5),
+                q(v, 0.9),
+                sql.len()
+            );
+        }
+    }
     let smalls: Vec<&str> = corpus
         .iter()
         .filter(|(_, s)| s.len() < 1024)
