@@ -182,3 +182,63 @@ fn masking_rules_are_compiled_at_load_and_errors_point_at_their_table() {
         .is_ok()
     );
 }
+
+#[test]
+fn every_tables_shape_mistake_is_reported_in_one_run() {
+    // Deserializing stops at the first mistake; each table is read again on its own, so the
+    // mistakes of later tables, and the checks of the tables that do read, are all reported.
+    let src = r#"# mistakes in three tables
+[[rule]]
+id = "ok"
+match.statement = ["altr"]
+action = "deny"
+
+[[rule]]
+match.statement = ["update"]
+action = "deny"
+
+[[rule]]
+id = "review-deletes"
+match.statement = ["delete"]
+action = "review"
+[rule.review]
+approvers = ["dba"]
+approvals = 1
+timeout = "10m"
+
+[[rule]]
+id = "typo"
+match.statment = ["delete"]
+action = "deny"
+
+[[mask]]
+columns = ["email"]
+strategy = "partal"
+"#;
+    let e = errors(src);
+    let shown: Vec<(usize, String)> = e.iter().map(|e| (e.line, e.message.clone())).collect();
+    assert_eq!(e.len(), 4, "{shown:?}");
+    assert_eq!(
+        (e[0].line, e[0].key.as_str()),
+        (2, "rule[ok].match.statement")
+    );
+    assert_eq!(e[0].hint.as_deref(), Some("did you mean `alter`?"));
+    assert_eq!(e[1].line, 7);
+    assert!(e[1].message.contains("missing field `id`"), "{shown:?}");
+    assert_eq!((e[2].line, e[2].key.as_str()), (22, "statment"));
+    assert_eq!(e[3].line, 27);
+    assert!(
+        e[3].message.contains("unknown variant `partal`"),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn a_duplicate_key_is_reported_once_at_its_line() {
+    // The table holding it fails on its own as well: one error, not two.
+    let e = errors(
+        "[[rule]]\nid = \"a\"\naction = \"deny\"\n\n[[rule]]\nid = \"b\"\nid = \"c\"\naction = \"deny\"\n",
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].line, 7);
+}

@@ -228,20 +228,51 @@ impl Builder {
 
     fn file(&mut self, file: &Path, text: &str) {
         let site = Site { file, text };
-        let raw: RawFile = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let line = e.span().map(|s| site.line(s.start)).unwrap_or(0);
-                let message = e.message().trim().to_owned();
-                let key = message
-                    .strip_prefix("unknown field `")
-                    .and_then(|r| r.split('`').next())
-                    .unwrap_or("")
-                    .to_owned();
-                let hint = unknown_field_hint(&message);
-                self.push(&site, line, key, message, hint);
-                return;
+        let first = match toml::from_str::<RawFile>(text) {
+            Ok(raw) => return self.raw_file(&site, raw),
+            Err(e) => e,
+        };
+        // Deserializing stops at a file's first mistake. So that `policy check` reports every
+        // table's mistakes in one run, a file of several tables is read again one table at a
+        // time, each padded with the newlines before it so that its line numbers are the
+        // file's; the tables that read are checked as usual. The result is an error either
+        // way; if no single table fails (a mistake across tables), the first error stands.
+        let before = self.errors.len();
+        let chunks = table_chunks(text);
+        if chunks.len() > 1 {
+            for (line, chunk) in chunks {
+                let padded = format!("{}{chunk}", "\n".repeat(line));
+                let site = Site {
+                    file,
+                    text: &padded,
+                };
+                match toml::from_str::<RawFile>(&padded) {
+                    Ok(raw) => self.raw_file(&site, raw),
+                    Err(e) => self.toml_error(&site, &e),
+                }
             }
+        }
+        if self.errors.len() == before {
+            self.toml_error(&site, &first);
+        }
+    }
+
+    fn toml_error(&mut self, site: &Site<'_>, e: &toml::de::Error) {
+        let line = e.span().map(|s| site.line(s.start)).unwrap_or(0);
+        let message = e.message().trim().to_owned();
+        let key = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .unwrap_or("")
+            .to_owned();
+        let hint = unknown_field_hint(&message);
+        self.push(site, line, key, message, hint);
+    }
+
+    fn raw_file(&mut self, site: &Site<'_>, raw: RawFile) {
+        let site = Site {
+            file: site.file,
+            text: site.text,
         };
         for a in raw.access {
             self.access(&site, a);
@@ -855,6 +886,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(Duration::from_secs(total))
+}
+
+/// The top-level tables of a policy file: `(lines before it, its text)` for the text before
+/// the first `[[name]]` header and for each such header with the lines up to the next one.
+/// Headers of nested arrays (`[[rule.x]]`) and sub-tables (`[rule.review]`) stay with their
+/// table.
+fn table_chunks(text: &str) -> Vec<(usize, &str)> {
+    let mut starts = vec![(0usize, 0usize)];
+    let mut offset = 0usize;
+    for (line, l) in text.split_inclusive('\n').enumerate() {
+        let header = l
+            .trim_start()
+            .strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .is_some_and(|(name, _)| !name.contains('.') && !name.trim().is_empty());
+        if header && offset > 0 {
+            starts.push((line, offset));
+        }
+        offset += l.len();
+    }
+    let ends = starts.iter().skip(1).map(|&(_, o)| o).chain([text.len()]);
+    starts
+        .iter()
+        .zip(ends)
+        .map(|(&(line, s), e)| (line, text.get(s..e).unwrap_or("")))
+        .collect()
 }
 
 fn unknown_field_hint(message: &str) -> Option<String> {
