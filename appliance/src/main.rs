@@ -95,7 +95,7 @@ enum Command {
     Config(cmd::config::ConfigCommand),
     /// Start a self-contained demo on free local ports and print what to try.
     Demo,
-    /// Policy files: check, test, explain.
+    /// Policy files: check, test, explain, mask.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
     /// Audit recordings: list segments.
