@@ -909,3 +909,73 @@ fn upstream_tls_is_verified_and_the_scram_login_is_bound_to_the_channel() {
         );
     }
 }
+
+/// With `standard_conforming_strings = off` a backslash escapes in every `'...'`, which moves
+/// where a string ends: `'x\'' ; DROP TABLE victim; --'` is one string with the setting on
+/// and a DROP with it off. The gateway reads statements as the server will, following the
+/// server's ParameterStatus, and refuses a text that reads differently either way while a
+/// statement that could change the setting is still running.
+#[test]
+fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    let setup = setup();
+    let (extra, connections) = gateway_config(&setup, &cluster);
+    let gw: Gateway = start(DRIVERS[0], &extra, &connections);
+    let plain = gw.addr("orders-plain");
+    let token = mint(&setup, "alice", "engineering", "15m");
+    let out = psql(plain, "disable", &token, "CREATE TABLE victim (a int)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let attack = r"SELECT 'x\'' ; DROP TABLE victim; --'";
+    let victim_exists = || {
+        let out = psql(plain, "disable", &token, "SELECT count(*) FROM victim");
+        assert!(
+            out.status.success(),
+            "victim dropped: {}",
+            text(&out.stderr)
+        );
+    };
+
+    let (mut raw, _) = Raw::login(plain, &token);
+    raw.send_query("SET standard_conforming_strings = off");
+    assert_eq!(error_code(&raw.until_ready()), None);
+    raw.send_query(attack);
+    let answer = raw.until_ready();
+    assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{answer:?}");
+    assert!(text(&answer[0].1).contains("no-drop"), "{answer:?}");
+    victim_exists();
+
+    // Back on: the same text is one string, and runs.
+    raw.send_query("RESET standard_conforming_strings");
+    assert_eq!(error_code(&raw.until_ready()), None);
+    raw.send_query(attack);
+    let answer = raw.until_ready();
+    assert_eq!(error_code(&answer), None, "{answer:?}");
+    let row = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(
+        text(&row.1).contains(r"x\' ; DROP TABLE victim; --"),
+        "{row:?}"
+    );
+    victim_exists();
+
+    // Pipelined behind the statement that turns it off: refused whichever way it is read.
+    let mut both = Vec::new();
+    for sql in ["SET standard_conforming_strings = off", attack] {
+        both.push(b'Q');
+        both.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+        both.extend_from_slice(sql.as_bytes());
+        both.push(0);
+    }
+    raw.s.write_all(&both).unwrap();
+    assert_eq!(error_code(&raw.until_ready()), None);
+    let answer = raw.until_ready();
+    assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{answer:?}");
+    let shown = text(&answer[0].1);
+    assert!(
+        shown.contains("standard_conforming_strings") || shown.contains("no-drop"),
+        "{shown}"
+    );
+    victim_exists();
+}

@@ -23,4 +23,4 @@ pub use policy::{
     Reason, ReviewSpec, Rule, RuleId, Scratch, SessionPolicy, StatementResult, Verdict,
 };
 pub use request::{Action, Dialect, Identity, IdentityKind, Request};
-pub use sql::{KindSet, SqlScratch, Statement, StatementKind};
+pub use sql::{KindSet, SqlScratch, Statement, StatementKind, StringLiterals};

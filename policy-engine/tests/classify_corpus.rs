@@ -188,3 +188,73 @@ fn normalization_corpus() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// PostgreSQL's `standard_conforming_strings`: where a backslash inside `'...'` moves a
+/// string's end, each reading splits as the server would, and a session that may be
+/// switching between them refuses the text rather than guess.
+#[test]
+fn string_readings_follow_standard_conforming_strings() {
+    use policy_engine::sql::{ClassifyError, StringLiterals};
+    let kinds = |s: &mut SqlScratch, mode, sql: &str| {
+        s.set_string_literals(mode);
+        s.classify(sql, Dialect::Postgres).map(|()| {
+            s.statements()
+                .iter()
+                .map(|st| st.primary_kind().name())
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut s = SqlScratch::new();
+    let attack = r"SELECT 'x\'' ; DROP TABLE t; --'";
+    assert_eq!(
+        kinds(&mut s, StringLiterals::Standard, attack),
+        Ok(vec!["select"])
+    );
+    assert_eq!(
+        kinds(&mut s, StringLiterals::Backslash, attack),
+        Ok(vec!["select", "drop"])
+    );
+    assert_eq!(
+        kinds(&mut s, StringLiterals::Either, attack),
+        Err(ClassifyError::AmbiguousStrings)
+    );
+    // N'...' escapes with the setting off too; E'...' always does, so it is never ambiguous.
+    let national = r"SELECT N'x\'' ; DROP TABLE t; --'";
+    assert_eq!(
+        kinds(&mut s, StringLiterals::Backslash, national),
+        Ok(vec!["select", "drop"])
+    );
+    for same in [
+        r"SELECT E'x\'' ; DROP TABLE t; --'",
+        r"SELECT 'C:\temp\file' FROM t",
+        "SELECT 'no backslash'; DELETE FROM t WHERE id = 1",
+        r"SELECT $$x\'$$; SELECT 1",
+    ] {
+        let standard = kinds(&mut s, StringLiterals::Standard, same);
+        assert_eq!(
+            kinds(&mut s, StringLiterals::Backslash, same),
+            standard,
+            "{same}"
+        );
+        assert_eq!(
+            kinds(&mut s, StringLiterals::Either, same),
+            standard,
+            "{same}"
+        );
+    }
+    // A string ending in a backslash is whole only with the setting on: the other reading
+    // leaves it open (unknown, opaque), so while the setting may change it is refused.
+    assert_eq!(
+        kinds(&mut s, StringLiterals::Standard, r"SELECT 'C:\'"),
+        Ok(vec!["select"])
+    );
+    assert_eq!(
+        kinds(&mut s, StringLiterals::Either, r"SELECT 'C:\'"),
+        Err(ClassifyError::AmbiguousStrings)
+    );
+    // MySQL strings always take backslash escapes, whatever the PostgreSQL mode says.
+    s.set_string_literals(StringLiterals::Standard);
+    s.classify(r"SELECT 'a\'; DROP TABLE t; -- '", Dialect::Mysql)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.statements().len(), 1);
+}

@@ -352,6 +352,11 @@ pub async fn serve(
         if let Some(until) = access_until {
             relay.inspector.end_access_at(until);
         }
+        // The login's ParameterStatus messages: a role or database default may already have
+        // turned standard_conforming_strings off.
+        for (name, value) in &ready.parameters {
+            relay.inspector.server_parameter(name, value);
+        }
         let (outcome, reason) = relay
             .run(&mut client, &mut upstream, &mut cin, &mut uin, stop)
             .await;

@@ -32,7 +32,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use policy_engine::mask::{
     ColumnMask, MaskOutcome, MaskStats, SessionMasker, StreamMasker, ValueKind,
 };
-use policy_engine::{Action, Dialect, ReviewSpec, Scratch, SessionPolicy, StatementKind, Verdict};
+use policy_engine::{
+    Action, Dialect, ReviewSpec, Scratch, SessionPolicy, StatementKind, StringLiterals, Verdict,
+};
 use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 
 use super::backend::{BackendFrame, BackendMessage};
@@ -172,6 +174,10 @@ pub struct Inspector {
     /// The session ran LISTEN (or NOTIFY/UNLISTEN): the server may speak while the client is
     /// quiet, so the driver keeps reading the server between round trips.
     listening: bool,
+    /// The server's `standard_conforming_strings`, as its ParameterStatus messages report it
+    /// (at login and whenever it changes): with it off a backslash escapes in every `'...'`,
+    /// which moves where strings, and so statements, end.
+    standard_strings: bool,
     pending: VecDeque<Pending>,
     syncs_forwarded: u64,
     ready_seen: u64,
@@ -216,6 +222,7 @@ impl Inspector {
             copy_out_binary: None,
             copy_in: false,
             listening: false,
+            standard_strings: true,
             pending: VecDeque::new(),
             syncs_forwarded: 0,
             ready_seen: 0,
@@ -224,6 +231,27 @@ impl Inspector {
             cell: Vec::new(),
             masked_total: 0,
             stage_times: StageTimes::default(),
+        }
+    }
+
+    /// A parameter the server reported (at login, or later in a ParameterStatus).
+    pub fn server_parameter(&mut self, name: &[u8], value: &[u8]) {
+        if name == b"standard_conforming_strings" {
+            self.standard_strings = value == b"on";
+        }
+    }
+
+    /// How the next statement's plain strings read. While a forwarded statement is still
+    /// unanswered it may be the one changing the setting (`SET`, `set_config`, a function
+    /// that calls it), and the server will read the next statement after it runs: until the
+    /// answer, a text that reads differently either way is refused rather than guessed.
+    fn string_literals(&self) -> StringLiterals {
+        if !self.pending.is_empty() {
+            StringLiterals::Either
+        } else if self.standard_strings {
+            StringLiterals::Standard
+        } else {
+            StringLiterals::Backslash
         }
     }
 
@@ -402,6 +430,7 @@ impl Inspector {
             });
         };
         let decide_began = Instant::now();
+        scratch.set_string_literals(self.string_literals());
         let decision = self.policy.decide(
             &Action::Sql {
                 dialect: Dialect::Postgres,
@@ -872,6 +901,10 @@ impl Inspector {
                 self.columns = None;
                 self.copy_out = None;
                 self.copy_out_binary = None;
+                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::ParameterStatus { name, value } => {
+                self.server_parameter(name, value);
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::ReadyForQuery(status) => {

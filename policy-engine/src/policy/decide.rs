@@ -35,6 +35,12 @@ impl Scratch {
         Self::default()
     }
 
+    /// How the next PostgreSQL requests read plain strings: the session's
+    /// `standard_conforming_strings`, or `Either` while a statement that could change it runs.
+    pub fn set_string_literals(&mut self, strings: crate::sql::StringLiterals) {
+        self.sql.set_string_literals(strings);
+    }
+
     /// SQL classification of the last decided SQL request.
     pub fn sql(&self) -> &SqlScratch {
         &self.sql
@@ -80,6 +86,10 @@ pub struct Decision<'p> {
 
 const DEFAULT_DENY_MESSAGE: &str = "no rule allows this request on this connection";
 const UNCLASSIFIABLE_MESSAGE: &str = "the request could not be classified, so it is refused";
+/// [`ClassifyError::AmbiguousStrings`] says what the client can do about it.
+const AMBIGUOUS_STRINGS_MESSAGE: &str = "a backslash in a '...' string reads differently with \
+    standard_conforming_strings on and off, and a statement still running could change it: \
+    send this after that statement completes, or write the string as E'...' or with dollar quotes";
 
 /// Which matcher of a rule did not match (for `explain`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +159,11 @@ impl SessionPolicy {
             return Decision {
                 verdict: Verdict::Deny,
                 rule: None,
-                message: Some(UNCLASSIFIABLE_MESSAGE),
+                message: Some(if e == ClassifyError::AmbiguousStrings {
+                    AMBIGUOUS_STRINGS_MESSAGE
+                } else {
+                    UNCLASSIFIABLE_MESSAGE
+                }),
                 review: None,
                 statement: None,
                 reason: Reason::Unclassifiable(e),

@@ -7,9 +7,10 @@
 //! does not parse: it neither checks syntax nor decodes escapes; the classifier above it reads
 //! the token stream.
 //!
-//! Assumptions, documented in `docs/policy.md`: PostgreSQL runs with
-//! `standard_conforming_strings = on` (the default since 9.1) and MySQL without `ANSI_QUOTES`
-//! or `NO_BACKSLASH_ESCAPES`.
+//! PostgreSQL strings are read with `standard_conforming_strings = on` (the default since
+//! 9.1) by [`lex`], and with it off by [`lex_backslash_strings`]; the caller knows which the
+//! session runs (see `docs/policy.md`). MySQL is assumed to run without `ANSI_QUOTES` or
+//! `NO_BACKSLASH_ESCAPES`.
 
 use wide::u8x16;
 
@@ -50,17 +51,33 @@ pub struct Token {
 ///
 /// Inputs longer than `u32::MAX` bytes are never passed here (the classifier refuses them).
 pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
-    lex_with::<true>(text, dialect, out)
+    lex_with::<true>(text, dialect, false, out)
+}
+
+/// [`lex`] for a PostgreSQL session running with `standard_conforming_strings = off`: a
+/// backslash escapes the next character in every `'...'` and `N'...'` string, as in `E'...'`,
+/// so `'x\'' ; DROP TABLE t; --'` is a string, a DROP and a comment there, where the
+/// standard reading sees one string.
+pub fn lex_backslash_strings(text: &str, out: &mut Vec<Token>) -> bool {
+    lex_with::<true>(text, Dialect::Postgres, true, out)
 }
 
 /// [`lex`]; with `SHORTCUTS` off, every token goes through the byte dispatch (the `match`)
 /// and no arm lexes the token after its own, which is how the shortcuts' property test gets
 /// its reference. A constant, so the shipped lexer carries no flag.
-fn lex_with<const SHORTCUTS: bool>(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
+fn lex_with<const SHORTCUTS: bool>(
+    text: &str,
+    dialect: Dialect,
+    backslash_strings: bool,
+    out: &mut Vec<Token>,
+) -> bool {
     out.clear();
     let b = text.as_bytes();
     let n = b.len();
     let mysql = dialect == Dialect::Mysql;
+    // Plain strings take backslash escapes: MySQL's, and PostgreSQL's with
+    // `standard_conforming_strings = off`.
+    let escaping = mysql || backslash_strings;
     let mut i = 0usize;
     let mut unterminated = false;
     // Inside a MySQL executable comment `/*! ... */`: its closing `*/` is skipped as well.
@@ -95,7 +112,8 @@ fn lex_with<const SHORTCUTS: bool>(text: &str, dialect: Dialect, out: &mut Vec<T
             // and MySQL charset introducers such as _utf8mb4'..'.
             let next = at(e);
             if next == b'\'' && string_prefix(word, mysql) {
-                let escapes = mysql || word.eq_ignore_ascii_case(b"e");
+                let escapes = word.eq_ignore_ascii_case(b"e")
+                    || (escaping && (mysql || word.eq_ignore_ascii_case(b"n")));
                 let (end, ok) = quoted_end(b, e + 1, b'\'', escapes);
                 unterminated |= !ok;
                 push(out, TokenKind::String, i, end);
@@ -174,7 +192,7 @@ fn lex_with<const SHORTCUTS: bool>(text: &str, dialect: Dialect, out: &mut Vec<T
                 i += 2;
             }
             b'\'' => {
-                let (e, ok) = quoted_end(b, i + 1, b'\'', mysql);
+                let (e, ok) = quoted_end(b, i + 1, b'\'', escaping);
                 unterminated |= !ok;
                 push(out, TokenKind::String, i, e);
                 i = e;
@@ -723,8 +741,8 @@ mod tests {
             let text = parts.concat();
             for dialect in [super::Dialect::Postgres, super::Dialect::Mysql] {
                 let (mut fast, mut plain) = (Vec::new(), Vec::new());
-                let fast_open = super::lex_with::<true>(&text, dialect, &mut fast);
-                let plain_open = super::lex_with::<false>(&text, dialect, &mut plain);
+                let fast_open = super::lex_with::<true>(&text, dialect, false, &mut fast);
+                let plain_open = super::lex_with::<false>(&text, dialect, false, &mut plain);
                 prop_assert_eq!(&fast, &plain, "{:?} {:?}", text, dialect);
                 prop_assert_eq!(fast_open, plain_open);
             }

@@ -71,6 +71,26 @@ pub enum ClassifyError {
     TooManyStatements,
     #[error("query string names more than {MAX_TABLES} tables")]
     TooManyTables,
+    /// Only while the session's `standard_conforming_strings` may be changing.
+    #[error("the text reads differently with standard_conforming_strings on and off")]
+    AmbiguousStrings,
+}
+
+/// How a PostgreSQL session reads plain `'...'` strings: its `standard_conforming_strings`.
+/// The two readings split a text differently only where a backslash stands inside such a
+/// string: `'x\'' ; DROP TABLE t; --'` is one string with the setting on, and a string, a
+/// DROP and a comment with it off. (MySQL strings always take backslash escapes.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StringLiterals {
+    /// `standard_conforming_strings = on`, the server default: a backslash is a character.
+    #[default]
+    Standard,
+    /// `standard_conforming_strings = off`: a backslash escapes, as in `E'...'`.
+    Backslash,
+    /// Either may hold (a statement that could change the setting is still running): a text
+    /// the two readings split or classify differently is refused
+    /// ([`ClassifyError::AmbiguousStrings`]).
+    Either,
 }
 
 /// Reusable working memory for classification; one per core or per session.
@@ -80,11 +100,21 @@ pub struct SqlScratch {
     statements: Vec<Statement>,
     tables: Vec<TableRef>,
     unterminated: bool,
+    strings: StringLiterals,
+    /// The second reading of [`StringLiterals::Either`].
+    alt_tokens: Vec<Token>,
+    alt_statements: Vec<Statement>,
+    alt_tables: Vec<TableRef>,
 }
 
 impl SqlScratch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How the next PostgreSQL texts read plain strings (kept until changed).
+    pub fn set_string_literals(&mut self, strings: StringLiterals) {
+        self.strings = strings;
     }
 
     /// Classifies `text`; results stay in the scratch until the next call.
@@ -95,7 +125,20 @@ impl SqlScratch {
             self.tokens.clear();
             return Err(ClassifyError::TooLarge(text.len()));
         }
-        self.unterminated = lexer::lex(text, dialect, &mut self.tokens);
+        // Only a backslash can make the two string readings differ.
+        let strings = if dialect == Dialect::Postgres
+            && self.strings != StringLiterals::Standard
+            && memchr::memchr(b'\\', text.as_bytes()).is_some()
+        {
+            self.strings
+        } else {
+            StringLiterals::Standard
+        };
+        self.unterminated = if strings == StringLiterals::Backslash {
+            lexer::lex_backslash_strings(text, &mut self.tokens)
+        } else {
+            lexer::lex(text, dialect, &mut self.tokens)
+        };
         classify::run(
             text,
             dialect,
@@ -103,7 +146,42 @@ impl SqlScratch {
             self.unterminated,
             &mut self.statements,
             &mut self.tables,
-        )
+        )?;
+        if strings == StringLiterals::Either {
+            self.check_backslash_reading(text)?;
+        }
+        Ok(())
+    }
+
+    /// Classifies `text` again with backslash escapes in plain strings; a text the two
+    /// readings split or classify differently cannot be decided until the setting is known.
+    fn check_backslash_reading(&mut self, text: &str) -> Result<(), ClassifyError> {
+        self.alt_statements.clear();
+        self.alt_tables.clear();
+        let unterminated = lexer::lex_backslash_strings(text, &mut self.alt_tokens);
+        classify::run(
+            text,
+            Dialect::Postgres,
+            &self.alt_tokens,
+            unterminated,
+            &mut self.alt_statements,
+            &mut self.alt_tables,
+        )?;
+        let same = |a: &Statement, b: &Statement| {
+            (a.span, a.kinds, a.without_where, a.opaque)
+                == (b.span, b.kinds, b.without_where, b.opaque)
+        };
+        if self.statements.len() == self.alt_statements.len()
+            && self
+                .statements
+                .iter()
+                .zip(&self.alt_statements)
+                .all(|(a, b)| same(a, b))
+        {
+            Ok(())
+        } else {
+            Err(ClassifyError::AmbiguousStrings)
+        }
     }
 
     /// Statements of the last classified text, in order.
