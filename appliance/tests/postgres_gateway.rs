@@ -914,7 +914,8 @@ fn upstream_tls_is_verified_and_the_scram_login_is_bound_to_the_channel() {
 /// where a string ends: `'x\'' ; DROP TABLE victim; --'` is one string with the setting on
 /// and a DROP with it off. The gateway reads statements as the server will, following the
 /// server's ParameterStatus, and refuses a text that reads differently either way while a
-/// statement that could change the setting is still running.
+/// statement that could change the setting is still running. Likewise for a client_encoding
+/// whose characters can end in a backslash byte.
 #[test]
 fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
     if common::require("psql").is_none() {
@@ -977,5 +978,26 @@ fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
         shown.contains("standard_conforming_strings") || shown.contains("no-drop"),
         "{shown}"
     );
+    victim_exists();
+    raw.send_query("RESET standard_conforming_strings");
+    assert_eq!(error_code(&raw.until_ready()), None);
+
+    // In SJIS (and BIG5, GBK, ...) the last byte of U+3041 and the backslash after it are one
+    // character to the server, so the quote after them ends the E-string there. Checked to
+    // drop the table before the gateway refused such text.
+    let multibyte = "SELECT E'\u{3041}\\' ; DROP TABLE victim; --'";
+    raw.send_query("SET client_encoding = 'SJIS'");
+    assert_eq!(error_code(&raw.until_ready()), None);
+    raw.send_query(multibyte);
+    let answer = raw.until_ready();
+    assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{answer:?}");
+    assert!(text(&answer[0].1).contains("client_encoding"), "{answer:?}");
+    victim_exists();
+    // In UTF-8 the backslash is its own character: one string, and it runs.
+    raw.send_query("SET client_encoding = 'UTF8'");
+    assert_eq!(error_code(&raw.until_ready()), None);
+    raw.send_query(multibyte);
+    let answer = raw.until_ready();
+    assert_eq!(error_code(&answer), None, "{answer:?}");
     victim_exists();
 }

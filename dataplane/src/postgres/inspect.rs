@@ -178,6 +178,10 @@ pub struct Inspector {
     /// (at login and whenever it changes): with it off a backslash escapes in every `'...'`,
     /// which moves where strings, and so statements, end.
     standard_strings: bool,
+    /// The server's `client_encoding` keeps every ASCII byte a character of its own. In SJIS,
+    /// BIG5, GBK, UHC, GB18030 and JOHAB the second byte of a character may be `\`: the
+    /// server, which decodes before it parses, then sees no backslash where the gateway does.
+    ascii_safe_encoding: bool,
     pending: VecDeque<Pending>,
     syncs_forwarded: u64,
     ready_seen: u64,
@@ -223,6 +227,7 @@ impl Inspector {
             copy_in: false,
             listening: false,
             standard_strings: true,
+            ascii_safe_encoding: true,
             pending: VecDeque::new(),
             syncs_forwarded: 0,
             ready_seen: 0,
@@ -238,6 +243,10 @@ impl Inspector {
     pub fn server_parameter(&mut self, name: &[u8], value: &[u8]) {
         if name == b"standard_conforming_strings" {
             self.standard_strings = value == b"on";
+        } else if name == b"client_encoding" {
+            self.ascii_safe_encoding = !UNSAFE_CLIENT_ENCODINGS
+                .iter()
+                .any(|e| value.eq_ignore_ascii_case(e));
         }
     }
 
@@ -429,6 +438,21 @@ impl Inspector {
                 message: "the statement text is not valid utf-8, so it cannot be checked".into(),
             });
         };
+        if (!self.ascii_safe_encoding || !self.pending.is_empty()) && backslash_after_multibyte(sql)
+        {
+            let mut r =
+                self.new_record("unknown".into(), Some(sql.clone()), RecDecision::Deny, None);
+            r.error =
+                Some("a backslash after a multibyte character, client_encoding unsafe".into());
+            record(CommandEvent::Finished(r));
+            return ClientVerdict::Refuse(PgError::StatementDenied {
+                rule: DEFAULT_RULE.into(),
+                message: "a backslash right after a non-ASCII character can be part of that \
+                          character in the session's client_encoding (SJIS, BIG5, GBK, ...), \
+                          which would move where a string ends: put a space between them"
+                    .into(),
+            });
+        }
         let decide_began = Instant::now();
         scratch.set_string_literals(self.string_literals());
         let decision = self.policy.decide(
@@ -1000,6 +1024,27 @@ impl Inspector {
             record(CommandEvent::Finished(p.record));
         }
     }
+}
+
+/// Client encodings PostgreSQL accepts whose multibyte characters can end in an ASCII byte
+/// (`\` among them), as the server names them in ParameterStatus.
+const UNSAFE_CLIENT_ENCODINGS: &[&[u8]] = &[
+    b"SJIS",
+    b"SHIFT_JIS_2004",
+    b"BIG5",
+    b"GBK",
+    b"UHC",
+    b"GB18030",
+    b"JOHAB",
+];
+
+/// Whether a backslash follows a non-ASCII byte: in an unsafe client encoding that backslash
+/// may be the second byte of a character, and the server would not see it escape the quote
+/// after it (`E'\u{3041}\' ; DROP TABLE t; --'`). Outside the E-strings and backslash-escaping
+/// strings it cannot move anything, but telling those apart would take a second lexer here;
+/// the pattern is rare enough in real text to refuse whole.
+fn backslash_after_multibyte(sql: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', sql).any(|i| i > 0 && sql.get(i - 1).is_some_and(|&b| b >= 0x80))
 }
 
 /// Why a session admitted by a just-in-time grant ends when the grant does.
