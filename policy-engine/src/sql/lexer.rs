@@ -37,6 +37,16 @@ pub enum TokenKind {
     Op,
 }
 
+/// What lexing found besides the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lexed {
+    /// The input ends inside a string, quoted identifier or comment: the server would reject
+    /// or wait for more, and the classifier treats such input as the most dangerous kind.
+    pub unterminated: bool,
+    /// A PostgreSQL `U&"..."` name: its escapes can spell a name its token does not show.
+    pub unicode_names: bool,
+}
+
 /// One token: its kind and byte span in the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Token {
@@ -45,12 +55,10 @@ pub struct Token {
     pub end: u32,
 }
 
-/// Lexes `text` into `out` (cleared first). Returns `true` when the input ends inside a string,
-/// quoted identifier or comment: the server would reject or wait for more, and the classifier
-/// treats such input as the most dangerous kind.
+/// Lexes `text` into `out` (cleared first).
 ///
 /// Inputs longer than `u32::MAX` bytes are never passed here (the classifier refuses them).
-pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
+pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> Lexed {
     lex_with::<true>(text, dialect, false, out)
 }
 
@@ -58,7 +66,7 @@ pub fn lex(text: &str, dialect: Dialect, out: &mut Vec<Token>) -> bool {
 /// backslash escapes the next character in every `'...'` and `N'...'` string, as in `E'...'`,
 /// so `'x\'' ; DROP TABLE t; --'` is a string, a DROP and a comment there, where the
 /// standard reading sees one string.
-pub fn lex_backslash_strings(text: &str, out: &mut Vec<Token>) -> bool {
+pub fn lex_backslash_strings(text: &str, out: &mut Vec<Token>) -> Lexed {
     lex_with::<true>(text, Dialect::Postgres, true, out)
 }
 
@@ -70,7 +78,7 @@ fn lex_with<const SHORTCUTS: bool>(
     dialect: Dialect,
     backslash_strings: bool,
     out: &mut Vec<Token>,
-) -> bool {
+) -> Lexed {
     out.clear();
     let b = text.as_bytes();
     let n = b.len();
@@ -79,7 +87,8 @@ fn lex_with<const SHORTCUTS: bool>(
     // `standard_conforming_strings = off`.
     let escaping = mysql || backslash_strings;
     let mut i = 0usize;
-    let mut unterminated = false;
+    // `UNTERMINATED` and `UNICODE_NAMES` bits: one register for both through the loop.
+    let mut found = 0u8;
     // Inside a MySQL executable comment `/*! ... */`: its closing `*/` is skipped as well.
     let mut in_exec_comment = false;
     let at = |k: usize| b.get(k).copied().unwrap_or(0);
@@ -115,20 +124,21 @@ fn lex_with<const SHORTCUTS: bool>(
                 let escapes = word.eq_ignore_ascii_case(b"e")
                     || (escaping && (mysql || word.eq_ignore_ascii_case(b"n")));
                 let (end, ok) = quoted_end(b, e + 1, b'\'', escapes);
-                unterminated |= !ok;
+                found |= UNTERMINATED * u8::from(!ok);
                 push(out, TokenKind::String, i, end);
                 i = end;
             } else if !mysql && word.eq_ignore_ascii_case(b"u") && next == b'&' {
                 match at(e + 1) {
                     b'\'' => {
                         let (end, ok) = quoted_end(b, e + 2, b'\'', false);
-                        unterminated |= !ok;
+                        found |= UNTERMINATED * u8::from(!ok);
                         push(out, TokenKind::String, i, end);
                         i = end;
                     }
                     b'"' => {
                         let (end, ok) = quoted_end(b, e + 2, b'"', false);
-                        unterminated |= !ok;
+                        found |= UNTERMINATED * u8::from(!ok);
+                        found |= UNICODE_NAMES;
                         push(
                             out,
                             TokenKind::QuotedIdent,
@@ -182,7 +192,7 @@ fn lex_with<const SHORTCUTS: bool>(
                 match block_comment_end(b, i, !mysql) {
                     Some(e) => i = e,
                     None => {
-                        unterminated = true;
+                        found |= UNTERMINATED;
                         i = n;
                     }
                 }
@@ -193,14 +203,14 @@ fn lex_with<const SHORTCUTS: bool>(
             }
             b'\'' => {
                 let (e, ok) = quoted_end(b, i + 1, b'\'', escaping);
-                unterminated |= !ok;
+                found |= UNTERMINATED * u8::from(!ok);
                 push(out, TokenKind::String, i, e);
                 i = e;
             }
             b'"' if mysql => {
                 // MySQL (without ANSI_QUOTES) reads "..." as a string.
                 let (e, ok) = quoted_end(b, i + 1, b'"', true);
-                unterminated |= !ok;
+                found |= UNTERMINATED * u8::from(!ok);
                 push(out, TokenKind::String, i, e);
                 i = e;
             }
@@ -217,7 +227,7 @@ fn lex_with<const SHORTCUTS: bool>(
                     i = e2;
                 } else {
                     let (e, ok) = quoted_end(b, i + 1, b'"', false);
-                    unterminated |= !ok;
+                    found |= UNTERMINATED * u8::from(!ok);
                     push(
                         out,
                         TokenKind::QuotedIdent,
@@ -245,7 +255,7 @@ fn lex_with<const SHORTCUTS: bool>(
             },
             b'`' if mysql => {
                 let (e, ok) = quoted_end(b, i + 1, b'`', false);
-                unterminated |= !ok;
+                found |= UNTERMINATED * u8::from(!ok);
                 push(
                     out,
                     TokenKind::QuotedIdent,
@@ -272,7 +282,7 @@ fn lex_with<const SHORTCUTS: bool>(
                             i = e;
                         }
                         None => {
-                            unterminated = true;
+                            found |= UNTERMINATED;
                             push(out, TokenKind::String, i, n);
                             i = n;
                         }
@@ -330,8 +340,15 @@ fn lex_with<const SHORTCUTS: bool>(
             }
         }
     }
-    unterminated
+    Lexed {
+        unterminated: found & UNTERMINATED != 0,
+        unicode_names: found & UNICODE_NAMES != 0,
+    }
 }
+
+/// Bits of `lex_with`'s `found`.
+const UNTERMINATED: u8 = 1;
+const UNICODE_NAMES: u8 = 2;
 
 fn line_end(b: &[u8], from: usize) -> usize {
     match memchr::memchr(b'\n', b.get(from..).unwrap_or_default()) {

@@ -134,11 +134,12 @@ impl SqlScratch {
         } else {
             StringLiterals::Standard
         };
-        self.unterminated = if strings == StringLiterals::Backslash {
+        let lexed = if strings == StringLiterals::Backslash {
             lexer::lex_backslash_strings(text, &mut self.tokens)
         } else {
             lexer::lex(text, dialect, &mut self.tokens)
         };
+        self.unterminated = lexed.unterminated;
         classify::run(
             text,
             dialect,
@@ -150,7 +151,35 @@ impl SqlScratch {
         if strings == StringLiterals::Either {
             self.check_backslash_reading(text)?;
         }
+        if lexed.unicode_names {
+            self.mark_unicode_escaped_names(text);
+        }
         Ok(())
+    }
+
+    /// Marks opaque every statement with a PostgreSQL `U&"..."` name. Its escapes
+    /// (`U&"payment\005ftokens"`, or any character chosen with `UESCAPE`) spell a name the
+    /// tokens do not show, so table and schema rules could not see `payment_tokens` in it;
+    /// as opaque, the statement matches every deny, review and observe rule that would need
+    /// to look inside it.
+    fn mark_unicode_escaped_names(&mut self, text: &str) {
+        let b = text.as_bytes();
+        let escaped = |t: &Token| {
+            let s = t.start as usize;
+            t.kind == TokenKind::QuotedIdent
+                && s >= 3
+                && b.get(s - 3..s)
+                    .is_some_and(|p| matches!(p, [b'u' | b'U', b'&', b'"']))
+        };
+        for st in &mut self.statements {
+            let toks = self
+                .tokens
+                .get(st.tokens.0 as usize..st.tokens.1 as usize)
+                .unwrap_or(&[]);
+            if toks.iter().any(escaped) {
+                st.opaque = true;
+            }
+        }
     }
 
     /// Classifies `text` again with backslash escapes in plain strings; a text the two
@@ -158,12 +187,12 @@ impl SqlScratch {
     fn check_backslash_reading(&mut self, text: &str) -> Result<(), ClassifyError> {
         self.alt_statements.clear();
         self.alt_tables.clear();
-        let unterminated = lexer::lex_backslash_strings(text, &mut self.alt_tokens);
+        let lexed = lexer::lex_backslash_strings(text, &mut self.alt_tokens);
         classify::run(
             text,
             Dialect::Postgres,
             &self.alt_tokens,
-            unterminated,
+            lexed.unterminated,
             &mut self.alt_statements,
             &mut self.alt_tables,
         )?;
