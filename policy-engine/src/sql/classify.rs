@@ -1142,6 +1142,9 @@ fn table_list(
             return Ok(i);
         }
         let Some(name_start) = name_part(cx, i) else {
+            if cx.kind(i) == Some(T::LParen) {
+                parenthesized_table(cx, i, e, tables)?;
+            }
             return Ok(i);
         };
         let mut parts = [name_start, name_start, name_start];
@@ -1177,6 +1180,43 @@ fn table_list(
         }
         return Ok(j);
     }
+}
+
+/// A table reference in parentheses at `i`: the first table of a join tree, `FROM (a JOIN b
+/// ON ...)` (the scan reads the joined ones after it), or PostgreSQL's `ONLY (a)`. Records
+/// that first table and consumes nothing: the scan still walks through the parentheses, so
+/// the depth it counts stays right. A subquery or a nested statement is not a table.
+#[cold]
+fn parenthesized_table(
+    cx: &Cx<'_>,
+    i: usize,
+    e: usize,
+    tables: &mut Vec<TableRef>,
+) -> Result<(), ClassifyError> {
+    let mut k = i;
+    while k < e && cx.kind(k) == Some(T::LParen) {
+        k += 1;
+    }
+    if k < e
+        && !cx.kw_any(
+            k,
+            &[
+                "select", "insert", "update", "delete", "merge", "with", "values", "table",
+            ],
+        )
+    {
+        // A name followed by `(` is a function (`ROWS FROM (f(), g())`).
+        let mut last = k;
+        while cx.kind(last + 1) == Some(T::Dot) {
+            last += 2;
+        }
+        if cx.kind(last + 1) == Some(T::LParen) {
+            return Ok(());
+        }
+        // A list too: MySQL's `FROM (a, b)`.
+        table_list(cx, k, e, true, tables)?;
+    }
+    Ok(())
 }
 
 /// The span of a name part at `i`: a non-reserved word or a quoted identifier.
