@@ -300,19 +300,44 @@ const ADMIN_FUNCTIONS: &[&[u8]] = &[
     b"load_file",
     b"sys_exec",
     b"sys_eval",
+    // These run SQL given as text (or read a table named in a string), which no token shows.
+    b"query_to_xml",
+    b"query_to_xmlschema",
+    b"query_to_xml_and_xmlschema",
+    b"table_to_xml",
+    b"table_to_xmlschema",
+    b"table_to_xml_and_xmlschema",
+    b"cursor_to_xml",
+    b"cursor_to_xmlschema",
+    b"schema_to_xml",
+    b"schema_to_xmlschema",
+    b"schema_to_xml_and_xmlschema",
+    b"database_to_xml",
+    b"database_to_xmlschema",
+    b"database_to_xml_and_xmlschema",
+    b"ts_stat",
+    b"ts_rewrite",
 ];
+
+/// Where the admin functions that run SQL given as text (or read a table named in a string)
+/// start in `ADMIN_FUNCTIONS`: a call to one makes its statement opaque, like `EXECUTE`, so
+/// table and kind rules cannot be dodged by putting the query in a string.
+const FIRST_SQL_TEXT_FUNCTION: usize = 28;
 
 /// `ADMIN_FUNCTIONS` by first byte and length, so that almost every other name is rejected
 /// without being lower-cased and compared.
 static ADMIN_FUNCTION_SHAPES: WordShapes = WordShapes::of(ADMIN_FUNCTIONS);
 
-fn admin_function(name: &[u8]) -> bool {
+/// Whether `name` is an admin function, and if so whether it runs SQL given as text.
+fn admin_function(name: &[u8]) -> Option<bool> {
     if !ADMIN_FUNCTION_SHAPES.admits(name) {
-        return false;
+        return None;
     }
-    let mut buf = [0u8; 24];
-    let name = lower_into(name, &mut buf);
-    ADMIN_FUNCTIONS.contains(&name)
+    // Some names are longer than `lower_into`'s buffer; this runs only for admitted shapes.
+    ADMIN_FUNCTIONS
+        .iter()
+        .position(|f| name.eq_ignore_ascii_case(f))
+        .map(|k| k >= FIRST_SQL_TEXT_FUNCTION)
 }
 
 /// Which (first byte, length) pairs occur in a set of lower-case ASCII words of fewer than 32
@@ -787,8 +812,9 @@ fn scan(
                         fn_groups &= !bit;
                     }
                 }
-                if after_name && (admin_function(cx.bytes(i - 1))) {
+                if after_name && let Some(sql_text) = admin_function(cx.bytes(i - 1)) {
                     st.kinds.insert(K::AdminFunction);
+                    st.opaque |= sql_text;
                 }
             }
             Some(T::RParen) => {
@@ -917,10 +943,11 @@ fn scan(
                     _ => {}
                 }
             }
-            Some(T::QuotedIdent)
-                if cx.kind(i + 1) == Some(T::LParen) && admin_function(cx.bytes(i)) =>
-            {
-                st.kinds.insert(K::AdminFunction);
+            Some(T::QuotedIdent) if cx.kind(i + 1) == Some(T::LParen) => {
+                if let Some(sql_text) = admin_function(cx.bytes(i)) {
+                    st.kinds.insert(K::AdminFunction);
+                    st.opaque |= sql_text;
+                }
             }
             _ => {}
         }
@@ -1234,7 +1261,10 @@ fn name_part(cx: &Cx<'_>, i: usize) -> Option<Span> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ADMIN_FUNCTIONS, SCAN_KEYWORD_SHAPES, SCAN_KEYWORDS, WordShapes, admin_function};
+    use super::{
+        ADMIN_FUNCTIONS, FIRST_SQL_TEXT_FUNCTION, SCAN_KEYWORD_SHAPES, SCAN_KEYWORDS, WordShapes,
+        admin_function,
+    };
 
     /// A word of the set passes in any case; words of another first byte or length do not.
     #[test]
@@ -1288,10 +1318,17 @@ mod tests {
 
     #[test]
     fn admin_functions_match_ignoring_case_only() {
-        assert!(admin_function(b"PG_Terminate_Backend"));
-        assert!(admin_function(b"sys_eval"));
-        assert!(!admin_function(b"pg_terminate_backends"));
-        assert!(!admin_function(b"pg_terminate_backen"));
-        assert!(!admin_function(b"count"));
+        assert_eq!(admin_function(b"PG_Terminate_Backend"), Some(false));
+        assert_eq!(admin_function(b"sys_eval"), Some(false));
+        assert_eq!(admin_function(b"pg_terminate_backends"), None);
+        assert_eq!(admin_function(b"pg_terminate_backen"), None);
+        assert_eq!(admin_function(b"count"), None);
+        assert_eq!(admin_function(b"Query_To_Xml"), Some(true));
+        assert_eq!(admin_function(b"database_to_xml_and_xmlschema"), Some(true));
+        assert_eq!(admin_function(b"ts_stat"), Some(true));
+        assert_eq!(
+            ADMIN_FUNCTIONS.get(FIRST_SQL_TEXT_FUNCTION - 1..=FIRST_SQL_TEXT_FUNCTION),
+            Some(&[&b"sys_eval"[..], &b"query_to_xml"[..]][..])
+        );
     }
 }
