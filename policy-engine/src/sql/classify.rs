@@ -317,6 +317,12 @@ const ADMIN_FUNCTIONS: &[&[u8]] = &[
     b"database_to_xml_and_xmlschema",
     b"ts_stat",
     b"ts_rewrite",
+    // The tablefunc extension's.
+    b"crosstab",
+    b"crosstab2",
+    b"crosstab3",
+    b"crosstab4",
+    b"connectby",
 ];
 
 /// Where the admin functions that run SQL given as text (or read a table named in a string)
