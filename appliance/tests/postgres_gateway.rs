@@ -1001,3 +1001,48 @@ fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
     assert_eq!(error_code(&answer), None, "{answer:?}");
     victim_exists();
 }
+
+/// A value a rule masks in rows must not come back in an error instead: PostgreSQL quotes
+/// the offending value in data exceptions and key violations, so `SELECT card::int` would
+/// show the card its detector masks, and `SELECT email::int` the email its column rule masks.
+#[test]
+fn errors_do_not_show_the_values_masking_hides() {
+    if common::require("psql").is_none() {
+        return;
+    }
+    let cluster = PgCluster::start();
+    let setup = setup();
+    let (extra, connections) = gateway_config(&setup, &cluster);
+    let gw: Gateway = start(DRIVERS[0], &extra, &connections);
+    let plain = gw.addr("orders-plain");
+    let token = mint(&setup, "alice", "engineering", "15m");
+    let run = |sql: &str| psql(plain, "disable", &token, sql);
+    let out = run(&format!(
+        "CREATE TABLE wallet (card text UNIQUE, email text); \
+         INSERT INTO wallet VALUES ('{CARD}', 'jane@corp.example')"
+    ));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run("SELECT card, email FROM wallet");
+    assert_eq!(text(&out.stdout).trim(), "**** **** **** 1111|[MASKED]");
+    for sql in [
+        "SELECT card::int FROM wallet",
+        "SELECT email::int FROM wallet",
+        "INSERT INTO wallet SELECT card, 'x' FROM wallet",
+        "SELECT email::date FROM wallet",
+    ] {
+        let out = run(sql);
+        assert!(!out.status.success(), "{sql}");
+        let shown = text(&out.stderr);
+        assert!(
+            !shown.contains("4111") && !shown.contains("jane@"),
+            "{sql}: {shown}"
+        );
+        assert!(shown.contains("withheld"), "{sql}: {shown}");
+    }
+    // Errors that quote no data are left as they are.
+    let shown = text(&run("SELECT 1/0").stderr);
+    assert!(
+        shown.contains("22012") && shown.contains("division by zero"),
+        "{shown}"
+    );
+}

@@ -37,7 +37,7 @@ use policy_engine::{
 };
 use recorder::{CommandRecord, Decision as RecDecision, Micros, SessionInfo};
 
-use super::backend::{BackendFrame, BackendMessage};
+use super::backend::{BackendFrame, BackendMessage, NoticeFields};
 use super::frontend::FrontendMessage;
 use super::rewrite::{self, BinaryCopyRewriter, CellEdit};
 use super::statement::{CommandTag, ResultShapes, StatementTracker};
@@ -920,12 +920,19 @@ impl Inspector {
             BackendMessage::ErrorResponse(fields) => {
                 self.shapes.on_error();
                 self.copy_in = false;
-                let error: Arc<str> = format!("{} {}", fields.code(), fields.message()).into();
+                let before = self.stats.total();
+                let message = self.mask_notice(b'E', fields, &frame.raw, out);
+                self.count_masked(before);
+                let error: Arc<str> = format!("{} {message}", fields.code()).into();
                 self.finish_current(None, Some(error), record);
                 self.columns = None;
                 self.copy_out = None;
                 self.copy_out_binary = None;
-                out.extend_from_slice(&frame.raw);
+            }
+            BackendMessage::NoticeResponse(fields) => {
+                let before = self.stats.total();
+                self.mask_notice(b'N', fields, &frame.raw, out);
+                self.count_masked(before);
             }
             BackendMessage::ParameterStatus { name, value } => {
                 self.server_parameter(name, value);
@@ -957,6 +964,72 @@ impl Inspector {
             _ => out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// Appends an ErrorResponse or NoticeResponse (`tag`) for the client, masked: an error
+    /// quotes values (`invalid input syntax for type integer: "4111 1111 1111 1111"`, `Key
+    /// (email)=(jane@example.com) already exists`), so `SELECT card::int FROM cards` would
+    /// otherwise show a value its column rule masks. Its text fields go through the session's
+    /// detectors; with column rules in force, the quoted value of a data exception or
+    /// integrity violation (SQLSTATE classes 22 and 23), which no detector may recognise, is
+    /// withheld along with its detail and context. Names and codes pass unchanged. Returns
+    /// the primary message as sent, for the audit record.
+    fn mask_notice(
+        &mut self,
+        tag: u8,
+        fields: &NoticeFields,
+        raw: &[u8],
+        out: &mut BytesMut,
+    ) -> String {
+        if self.masker.is_empty() {
+            out.extend_from_slice(raw);
+            return fields.message();
+        }
+        let code = fields.code();
+        let withhold =
+            self.masker.has_column_rules() && (code.starts_with("22") || code.starts_with("23"));
+        let mut message = String::new();
+        let mut text = Vec::new();
+        super::reply::framed(out, tag, |b| {
+            for (c, v) in fields.iter() {
+                text.clear();
+                match c {
+                    b'M' if withhold => match v.iter().position(|&x| x == b'"') {
+                        Some(q) => {
+                            text.extend_from_slice(v.get(..q).unwrap_or_default());
+                            text.extend_from_slice(WITHHELD_VALUE);
+                        }
+                        None => self.mask_text(&v, &mut text),
+                    },
+                    b'D' | b'W' | b'q' if withhold => text.extend_from_slice(WITHHELD_DETAIL),
+                    b'M' | b'D' | b'H' | b'W' | b'q' => self.mask_text(&v, &mut text),
+                    _ => text.extend_from_slice(&v),
+                }
+                if c == b'M' {
+                    message = String::from_utf8_lossy(&text).into_owned();
+                }
+                b.put_u8(c);
+                super::reply::put_cstr(b, &text);
+            }
+            b.put_u8(0);
+        });
+        message
+    }
+
+    /// `v` through the session-wide detectors into `text`.
+    fn mask_text(&mut self, v: &[u8], text: &mut Vec<u8>) {
+        let outcome = self.masker.mask_value(
+            &self.unknown_column,
+            ValueKind::Text,
+            v,
+            text,
+            &mut self.stats,
+        );
+        match outcome {
+            MaskOutcome::Unchanged => text.extend_from_slice(v),
+            MaskOutcome::Rewritten => {}
+            MaskOutcome::Null => text.extend_from_slice(b"[MASKED]"),
+        }
     }
 
     /// The server owes a ReadyForQuery for a batch forwarded whole (a simple Query or a Sync),
@@ -1025,6 +1098,11 @@ impl Inspector {
         }
     }
 }
+
+/// What replaces a quoted value in an error message when column rules are in force.
+const WITHHELD_VALUE: &[u8] = b"\"[value withheld: masking rules apply to this session]\"";
+/// What replaces an error's detail and context then.
+const WITHHELD_DETAIL: &[u8] = b"[withheld: masking rules apply to this session]";
 
 /// Client encodings PostgreSQL accepts whose multibyte characters can end in an ASCII byte
 /// (`\` among them), as the server names them in ParameterStatus.
