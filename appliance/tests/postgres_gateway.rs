@@ -1045,4 +1045,18 @@ fn errors_do_not_show_the_values_masking_hides() {
         shown.contains("22012") && shown.contains("division by zero"),
         "{shown}"
     );
+
+    // Nor may a notification payload (a trigger's `pg_notify('ch', NEW.card)`).
+    let (mut raw, _) = Raw::login(plain, &token);
+    raw.send_query("LISTEN wallet_changes");
+    assert_eq!(error_code(&raw.until_ready()), None);
+    raw.send_query(&format!("NOTIFY wallet_changes, 'card {CARD}'"));
+    let answer = raw.until_ready();
+    let (_, body) = answer
+        .iter()
+        .find(|(t, _)| *t == b'A')
+        .expect("the notification");
+    let shown = text(body);
+    assert!(shown.contains("card **** **** **** 1111"), "{shown}");
+    assert!(!shown.contains("4111"), "{shown}");
 }

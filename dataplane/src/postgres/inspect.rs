@@ -934,6 +934,20 @@ impl Inspector {
                 self.mask_notice(b'N', fields, &frame.raw, out);
                 self.count_masked(before);
             }
+            // A payload can carry row data (`pg_notify('orders', NEW.email)` in a trigger).
+            BackendMessage::NotificationResponse {
+                process_id,
+                channel,
+                payload,
+            } if !self.masker.is_empty() => {
+                let mut text = Vec::new();
+                self.mask_text(payload, &mut text);
+                super::reply::framed(out, b'A', |b| {
+                    b.put_u32(*process_id);
+                    super::reply::put_cstr(b, channel);
+                    super::reply::put_cstr(b, &text);
+                });
+            }
             BackendMessage::ParameterStatus { name, value } => {
                 self.server_parameter(name, value);
                 out.extend_from_slice(&frame.raw);
