@@ -347,7 +347,13 @@ fn word_literal_starts_only_for_few_two_byte_starts() {
     assert!(many.found_in("xxxxxxxxxxxxxxxxxxxxxxxxAI"));
     let shared =
         super::WordLiterals::new(&lit(&["fn_1", "fn_2", "pg_sleep", "sleep"])).expect("small set");
-    assert!(shared.starts.as_ref().is_some_and(|s| s.first.len() == 3));
+    // Three distinct starts (`fn`, `pg`, `sl`): the four-pair form.
+    assert!(
+        shared
+            .starts
+            .as_ref()
+            .is_some_and(|s| matches!(s.pairs, super::StartPairs::Four(_)))
+    );
     assert!(shared.found_in("SELECT \"x\" FROM t WHERE PG_SLEEP(1)"));
     assert!(!shared.found_in("SELECT \"x\" FROM t WHERE pg_slee(1)"));
 }
