@@ -316,10 +316,14 @@ struct Starts {
 
 /// The folded starts' first and second bytes, splatted, in an array of fixed length so that
 /// `start_hits` unrolls: looping over a `Vec` of them cost more in loop and load overhead than the
-/// compares themselves (about 56 instructions per 16 bytes with three starts). Sets with fewer
-/// starts than the array repeat their first one, which adds compares but no hits.
+/// compares themselves (about 56 instructions per 16 bytes with three starts). One to four
+/// starts get an array of their own length; five to eight repeat their first start up to
+/// eight, which adds compares (six instructions per 16 bytes each) but no hits.
 #[derive(Debug, Clone)]
 enum StartPairs {
+    One([(u8x16, u8x16); 1]),
+    Two([(u8x16, u8x16); 2]),
+    Three([(u8x16, u8x16); 3]),
     Four([(u8x16, u8x16); 4]),
     Eight([(u8x16, u8x16); MAX_STARTS]),
 }
@@ -339,7 +343,10 @@ impl Starts {
             (u8x16::splat(a | 0x20), u8x16::splat(b | 0x20))
         };
         let pairs_of = match pairs.len() {
-            0..=4 => StartPairs::Four(std::array::from_fn(folded)),
+            0 | 1 => StartPairs::One(std::array::from_fn(folded)),
+            2 => StartPairs::Two(std::array::from_fn(folded)),
+            3 => StartPairs::Three(std::array::from_fn(folded)),
+            4 => StartPairs::Four(std::array::from_fn(folded)),
             5..=MAX_STARTS => StartPairs::Eight(std::array::from_fn(folded)),
             _ => return None,
         };
@@ -482,8 +489,13 @@ impl WordLiterals {
     pub(crate) fn found_in(&self, text: &str) -> bool {
         let b = text.as_bytes();
         match self.starts.as_ref().map(|s| &s.pairs) {
-            Some(StartPairs::Four(p)) if b.len() >= STARTS_SCAN_FROM => self.found_by_starts(p, b),
-            Some(StartPairs::Eight(p)) if b.len() >= STARTS_SCAN_FROM => self.found_by_starts(p, b),
+            Some(pairs) if b.len() >= STARTS_SCAN_FROM => match pairs {
+                StartPairs::One(p) => self.found_by_starts(p, b),
+                StartPairs::Two(p) => self.found_by_starts(p, b),
+                StartPairs::Three(p) => self.found_by_starts(p, b),
+                StartPairs::Four(p) => self.found_by_starts(p, b),
+                StartPairs::Eight(p) => self.found_by_starts(p, b),
+            },
             _ => self.found_by_walk(text),
         }
     }
