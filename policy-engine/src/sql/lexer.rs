@@ -418,11 +418,13 @@ fn quoted_pair_end(b: &[u8], from: usize) -> Option<(usize, usize)> {
         let c = u8x16::splat(c);
         lo.simd_eq(c).to_bitmask() | hi.simd_eq(c).to_bitmask() << 16
     };
-    let (quotes, dots) = (mask(b'"'), mask(b'.'));
+    let quotes = mask(b'"');
     // Bit 0 is the opening quote. The first name closes at the next quote, followed by a dot
-    // (so that quote is not doubled) and the second name's opening quote.
+    // (so that quote is not doubled) and the second name's opening quote. The dot is one byte
+    // read back, cheaper than a second pair of compares and masks.
     let c1 = (quotes & !1).trailing_zeros();
-    if quotes & 1 == 0 || c1 > 28 || dots >> (c1 + 1) & 1 == 0 || quotes >> (c1 + 2) & 1 == 0 {
+    let dot = w.get(c1 as usize + 1) == Some(&b'.');
+    if quotes & 1 == 0 || c1 > 28 || !dot || quotes >> (c1 + 2) & 1 == 0 {
         return None;
     }
     // The second name closes at the next quote after its opening one; the byte after it must
