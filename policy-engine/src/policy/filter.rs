@@ -295,7 +295,7 @@ pub(crate) struct WordLiterals {
     starts: Option<Starts>,
 }
 
-/// Most distinct two-byte literal starts tested in `found_in`'s vector pass: each costs six
+/// Most distinct two-byte literal starts tested in `found_in`'s vector pass: each costs four
 /// vector operations per 16 bytes, so beyond this the automaton walk is cheaper.
 const MAX_STARTS: usize = 8;
 
@@ -303,13 +303,29 @@ const MAX_STARTS: usize = 8;
 /// 17 bytes.
 const STARTS_SCAN_FROM: usize = 17;
 
-/// Two-byte literal starts as vector compares that fold ASCII case: byte `x` is the literal's
-/// lower-case byte `c` when `x | or == c`, where `or` is `0x20` for a letter (so `x` is `c`
-/// or its upper case, nothing else) and 0 for a digit or `_` (exact compare).
+/// Two-byte literal starts as vector compares that fold ASCII case: byte `x` may start a
+/// literal whose lower-case byte is `c` when `x | 0x20 == c | 0x20`. For a letter that is `c`
+/// or its upper case and nothing else; for a digit or `_` it also lets through one control byte
+/// or DEL, which the automaton walk from that position then rejects (a candidate costs a walk,
+/// never a wrong answer). One fold per chunk serves every start; a fold per start (`0x20` for
+/// letters, 0 for the rest) cost two more vector operations per start and chunk.
 #[derive(Debug, Clone)]
 struct Starts {
-    first: Vec<(u8x16, u8x16)>,
-    second: Vec<(u8x16, u8x16)>,
+    pairs: StartPairs,
+}
+
+/// The folded starts' first and second bytes, splatted, in an array of fixed length so that
+/// `start_hits` unrolls: looping over a `Vec` of them cost more in loop and load overhead than the
+/// compares themselves (about 56 instructions per 16 bytes with three starts). One to four
+/// starts get an array of their own length; five to eight repeat their first start up to
+/// eight, which adds compares (six instructions per 16 bytes each) but no hits.
+#[derive(Debug, Clone)]
+enum StartPairs {
+    One([(u8x16, u8x16); 1]),
+    Two([(u8x16, u8x16); 2]),
+    Three([(u8x16, u8x16); 3]),
+    Four([(u8x16, u8x16); 4]),
+    Eight([(u8x16, u8x16); MAX_STARTS]),
 }
 
 impl Starts {
@@ -321,28 +337,34 @@ impl Starts {
                 pairs.push([a, b]);
             }
         }
-        if pairs.len() > MAX_STARTS {
-            return None;
-        }
-        let fold = |c: u8| {
-            let or = if c.is_ascii_lowercase() { 0x20 } else { 0 };
-            (u8x16::splat(or), u8x16::splat(c))
+        let first = *pairs.first()?;
+        let folded = |k: usize| {
+            let [a, b] = pairs.get(k).copied().unwrap_or(first);
+            (u8x16::splat(a | 0x20), u8x16::splat(b | 0x20))
         };
-        Some(Starts {
-            first: pairs.iter().map(|p| fold(p[0])).collect(),
-            second: pairs.iter().map(|p| fold(p[1])).collect(),
-        })
+        let pairs_of = match pairs.len() {
+            0 | 1 => StartPairs::One(std::array::from_fn(folded)),
+            2 => StartPairs::Two(std::array::from_fn(folded)),
+            3 => StartPairs::Three(std::array::from_fn(folded)),
+            4 => StartPairs::Four(std::array::from_fn(folded)),
+            5..=MAX_STARTS => StartPairs::Eight(std::array::from_fn(folded)),
+            _ => return None,
+        };
+        Some(Starts { pairs: pairs_of })
     }
+}
 
-    /// Bit `k` set when a literal start's two bytes are at `v0` lane `k` and `v1` lane `k`.
-    #[inline]
-    fn hits(&self, v0: u8x16, v1: u8x16) -> u32 {
-        let mut m = u8x16::splat(0);
-        for (&(or0, c0), &(or1, c1)) in self.first.iter().zip(&self.second) {
-            m |= (v0 | or0).simd_eq(c0) & (v1 | or1).simd_eq(c1);
-        }
-        m.to_bitmask()
+/// Bit `k` set when a literal start's two bytes may be at `v0` lane `k` and `v1` lane `k`
+/// (see `Starts` for the fold).
+#[inline]
+fn start_hits<const N: usize>(pairs: &[(u8x16, u8x16); N], v0: u8x16, v1: u8x16) -> u32 {
+    let case = u8x16::splat(0x20);
+    let (v0, v1) = (v0 | case, v1 | case);
+    let mut m = u8x16::splat(0);
+    for &(c0, c1) in pairs {
+        m |= v0.simd_eq(c0) & v1.simd_eq(c1);
     }
+    m.to_bitmask()
 }
 
 fn load16(b: &[u8], at: usize) -> Option<u8x16> {
@@ -465,10 +487,15 @@ impl WordLiterals {
     /// With few distinct two-byte literal starts (see `Starts`), texts of `STARTS_SCAN_FROM`
     /// bytes or more are searched by [`Self::found_by_starts`] instead.
     pub(crate) fn found_in(&self, text: &str) -> bool {
-        match &self.starts {
-            Some(starts) if text.len() >= STARTS_SCAN_FROM => {
-                self.found_by_starts(starts, text.as_bytes())
-            }
+        let b = text.as_bytes();
+        match self.starts.as_ref().map(|s| &s.pairs) {
+            Some(pairs) if b.len() >= STARTS_SCAN_FROM => match pairs {
+                StartPairs::One(p) => self.found_by_starts(p, b),
+                StartPairs::Two(p) => self.found_by_starts(p, b),
+                StartPairs::Three(p) => self.found_by_starts(p, b),
+                StartPairs::Four(p) => self.found_by_starts(p, b),
+                StartPairs::Eight(p) => self.found_by_starts(p, b),
+            },
             _ => self.found_by_walk(text),
         }
     }
@@ -516,9 +543,9 @@ impl WordLiterals {
     /// answer is the whole walk's. Where candidates are close together the walk carries on
     /// from where the previous one stopped instead of starting over, so no byte is walked
     /// twice. On the ORM statements of the `bench policy` corpus the pairs almost never occur:
-    /// about three and a half instructions per byte (three starts), none of them waiting on
+    /// about two and a half instructions per byte (three starts), none of them waiting on
     /// the previous byte's load, where the walk spent four to five on that chain.
-    fn found_by_starts(&self, starts: &Starts, b: &[u8]) -> bool {
+    fn found_by_starts<const N: usize>(&self, pairs: &[(u8x16, u8x16); N], b: &[u8]) -> bool {
         let n = b.len();
         // The last chunk moves back to end at the text's end: it covers starts up to `n - 2`.
         let last = n.saturating_sub(STARTS_SCAN_FROM);
@@ -531,7 +558,7 @@ impl WordLiterals {
                 // Only if `b` were shorter than `STARTS_SCAN_FROM`: walk it all.
                 return self.walk(0, b).is_none_or(|s| s == self.found);
             };
-            let mut hits = starts.hits(v0, v1);
+            let mut hits = start_hits(pairs, v0, v1);
             while hits != 0 {
                 let p = at + hits.trailing_zeros() as usize;
                 hits &= hits - 1;
