@@ -251,6 +251,26 @@ impl Raw {
         (raw, key)
     }
 
+    /// Runs `sql` to ReadyForQuery and asserts that nothing failed.
+    fn ok(&mut self, sql: &str) -> Vec<(u8, Vec<u8>)> {
+        self.send_query(sql);
+        let answer = self.until_ready();
+        assert_eq!(error_code(&answer), None, "{sql}: {answer:?}");
+        answer
+    }
+
+    /// Runs `sql` to ReadyForQuery, asserts it was refused (42501) and returns the error.
+    fn refused(&mut self, sql: &str) -> String {
+        self.send_query(sql);
+        let answer = self.until_ready();
+        assert_eq!(
+            error_code(&answer).as_deref(),
+            Some("42501"),
+            "{sql}: {answer:?}"
+        );
+        text(&answer[0].1)
+    }
+
     fn send_query(&mut self, sql: &str) {
         let mut msg = vec![b'Q'];
         msg.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
@@ -940,20 +960,14 @@ fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
     };
 
     let (mut raw, _) = Raw::login(plain, &token);
-    raw.send_query("SET standard_conforming_strings = off");
-    assert_eq!(error_code(&raw.until_ready()), None);
-    raw.send_query(attack);
-    let answer = raw.until_ready();
-    assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{answer:?}");
-    assert!(text(&answer[0].1).contains("no-drop"), "{answer:?}");
+    raw.ok("SET standard_conforming_strings = off");
+    let shown = raw.refused(attack);
+    assert!(shown.contains("no-drop"), "{shown}");
     victim_exists();
 
     // Back on: the same text is one string, and runs.
-    raw.send_query("RESET standard_conforming_strings");
-    assert_eq!(error_code(&raw.until_ready()), None);
-    raw.send_query(attack);
-    let answer = raw.until_ready();
-    assert_eq!(error_code(&answer), None, "{answer:?}");
+    raw.ok("RESET standard_conforming_strings");
+    let answer = raw.ok(attack);
     let row = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
     assert!(
         text(&row.1).contains(r"x\' ; DROP TABLE victim; --"),
@@ -979,26 +993,19 @@ fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
         "{shown}"
     );
     victim_exists();
-    raw.send_query("RESET standard_conforming_strings");
-    assert_eq!(error_code(&raw.until_ready()), None);
+    raw.ok("RESET standard_conforming_strings");
 
     // In SJIS (and BIG5, GBK, ...) the last byte of U+3041 and the backslash after it are one
     // character to the server, so the quote after them ends the E-string there. Checked to
     // drop the table before the gateway refused such text.
     let multibyte = "SELECT E'\u{3041}\\' ; DROP TABLE victim; --'";
-    raw.send_query("SET client_encoding = 'SJIS'");
-    assert_eq!(error_code(&raw.until_ready()), None);
-    raw.send_query(multibyte);
-    let answer = raw.until_ready();
-    assert_eq!(error_code(&answer).as_deref(), Some("42501"), "{answer:?}");
-    assert!(text(&answer[0].1).contains("client_encoding"), "{answer:?}");
+    raw.ok("SET client_encoding = 'SJIS'");
+    let shown = raw.refused(multibyte);
+    assert!(shown.contains("client_encoding"), "{shown}");
     victim_exists();
     // In UTF-8 the backslash is its own character: one string, and it runs.
-    raw.send_query("SET client_encoding = 'UTF8'");
-    assert_eq!(error_code(&raw.until_ready()), None);
-    raw.send_query(multibyte);
-    let answer = raw.until_ready();
-    assert_eq!(error_code(&answer), None, "{answer:?}");
+    raw.ok("SET client_encoding = 'UTF8'");
+    raw.ok(multibyte);
     victim_exists();
 }
 
@@ -1048,10 +1055,8 @@ fn errors_do_not_show_the_values_masking_hides() {
 
     // Nor may a notification payload (a trigger's `pg_notify('ch', NEW.card)`).
     let (mut raw, _) = Raw::login(plain, &token);
-    raw.send_query("LISTEN wallet_changes");
-    assert_eq!(error_code(&raw.until_ready()), None);
-    raw.send_query(&format!("NOTIFY wallet_changes, 'card {CARD}'"));
-    let answer = raw.until_ready();
+    raw.ok("LISTEN wallet_changes");
+    let answer = raw.ok(&format!("NOTIFY wallet_changes, 'card {CARD}'"));
     let (_, body) = answer
         .iter()
         .find(|(t, _)| *t == b'A')

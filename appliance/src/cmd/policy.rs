@@ -32,8 +32,9 @@ pub enum PolicyCommand {
     Mask(MaskArgs),
 }
 
+/// Which policy, connection and caller `explain` and `mask` speak for.
 #[derive(Debug, clap::Args)]
-pub struct MaskArgs {
+pub struct Caller {
     /// Policy directory.
     #[arg(long)]
     policies: PathBuf,
@@ -49,6 +50,32 @@ pub struct MaskArgs {
     /// Treat the caller as a service identity.
     #[arg(long)]
     service: bool,
+}
+
+impl Caller {
+    fn identity(&self) -> Identity {
+        Identity {
+            subject: self.subject.clone(),
+            email: None,
+            groups: self
+                .groups
+                .iter()
+                .filter(|g| !g.is_empty())
+                .cloned()
+                .collect(),
+            kind: if self.service {
+                IdentityKind::Service
+            } else {
+                IdentityKind::Human
+            },
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MaskArgs {
+    #[command(flatten)]
+    caller: Caller,
     /// The result-set column the values come from (column rules match its name).
     #[arg(long, default_value = "value", conflicts_with = "stream")]
     column: String,
@@ -66,21 +93,8 @@ pub struct MaskArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// Policy directory.
-    #[arg(long)]
-    policies: PathBuf,
-    /// Connection name.
-    #[arg(long)]
-    connection: String,
-    /// Caller's groups, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "")]
-    groups: Vec<String>,
-    /// Caller's subject.
-    #[arg(long, default_value = "explain")]
-    subject: String,
-    /// Treat the caller as a service identity.
-    #[arg(long)]
-    service: bool,
+    #[command(flatten)]
+    caller: Caller,
     /// Caller holds an approved just-in-time grant.
     #[arg(long)]
     grant: bool,
@@ -192,20 +206,11 @@ fn test(dir: &std::path::Path, verbose: bool) -> ExitCode {
 }
 
 fn explain(a: &ExplainArgs) -> ExitCode {
-    let policy = match load(&a.policies) {
+    let policy = match load(&a.caller.policies) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let identity = Identity {
-        subject: a.subject.clone(),
-        email: None,
-        groups: a.groups.iter().filter(|g| !g.is_empty()).cloned().collect(),
-        kind: if a.service {
-            IdentityKind::Service
-        } else {
-            IdentityKind::Human
-        },
-    };
+    let identity = a.caller.identity();
     let action = if let Some(sql) = &a.sql {
         Action::Sql {
             dialect: a.dialect,
@@ -234,7 +239,7 @@ fn explain(a: &ExplainArgs) -> ExitCode {
         has_grant: a.grant,
         ..AccessContext::default()
     };
-    let e = policy.explain_with(&a.connection, &identity, &action, &cx);
+    let e = policy.explain_with(&a.caller.connection, &identity, &action, &cx);
     out!("{e}");
     ExitCode::SUCCESS
 }
@@ -248,7 +253,7 @@ fn mask(a: &MaskArgs) -> ExitCode {
 
     use policy_engine::mask::{MaskEngine, MaskOutcome, MaskStats, ValueKind};
 
-    let policy = match load(&a.policies) {
+    let policy = match load(&a.caller.policies) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -266,21 +271,12 @@ fn mask(a: &MaskArgs) -> ExitCode {
     let engine = match MaskEngine::compile(&specs, policy.detector_specs(), &key) {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("{}: {e}", a.policies.display());
+            eprintln!("{}: {e}", a.caller.policies.display());
             return ExitCode::from(2);
         }
     };
-    let identity = Identity {
-        subject: a.subject.clone(),
-        email: None,
-        groups: a.groups.iter().filter(|g| !g.is_empty()).cloned().collect(),
-        kind: if a.service {
-            IdentityKind::Service
-        } else {
-            IdentityKind::Human
-        },
-    };
-    let active = policy.mask_rules_for(&a.connection, &identity);
+    let identity = a.caller.identity();
+    let active = policy.mask_rules_for(&a.caller.connection, &identity);
     let session = engine.session(&active);
     let mut values = Vec::new();
     for v in &a.values {
