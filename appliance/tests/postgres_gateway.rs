@@ -930,6 +930,31 @@ fn upstream_tls_is_verified_and_the_scram_login_is_bound_to_the_channel() {
     }
 }
 
+/// A throwaway cluster and one gateway in front of it (first IO driver), with a token for
+/// alice of `engineering`. Fields drop in order: the gateway before the cluster.
+struct OneGateway {
+    gw: Gateway,
+    token: String,
+    _setup: Setup,
+    _cluster: PgCluster,
+}
+
+impl OneGateway {
+    fn start() -> OneGateway {
+        let cluster = PgCluster::start();
+        let setup = setup();
+        let (extra, connections) = gateway_config(&setup, &cluster);
+        let gw = start(DRIVERS[0], &extra, &connections);
+        let token = mint(&setup, "alice", "engineering", "15m");
+        OneGateway {
+            gw,
+            token,
+            _setup: setup,
+            _cluster: cluster,
+        }
+    }
+}
+
 /// With `standard_conforming_strings = off` a backslash escapes in every `'...'`, which moves
 /// where a string ends: `'x\'' ; DROP TABLE victim; --'` is one string with the setting on
 /// and a DROP with it off. The gateway reads statements as the server will, following the
@@ -941,12 +966,8 @@ fn strings_are_read_as_the_servers_standard_conforming_strings_says() {
     if common::require("psql").is_none() {
         return;
     }
-    let cluster = PgCluster::start();
-    let setup = setup();
-    let (extra, connections) = gateway_config(&setup, &cluster);
-    let gw: Gateway = start(DRIVERS[0], &extra, &connections);
-    let plain = gw.addr("orders-plain");
-    let token = mint(&setup, "alice", "engineering", "15m");
+    let one = OneGateway::start();
+    let (plain, token) = (one.gw.addr("orders-plain"), one.token.clone());
     let out = psql(plain, "disable", &token, "CREATE TABLE victim (a int)");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let attack = r"SELECT 'x\'' ; DROP TABLE victim; --'";
@@ -1017,12 +1038,8 @@ fn errors_do_not_show_the_values_masking_hides() {
     if common::require("psql").is_none() {
         return;
     }
-    let cluster = PgCluster::start();
-    let setup = setup();
-    let (extra, connections) = gateway_config(&setup, &cluster);
-    let gw: Gateway = start(DRIVERS[0], &extra, &connections);
-    let plain = gw.addr("orders-plain");
-    let token = mint(&setup, "alice", "engineering", "15m");
+    let one = OneGateway::start();
+    let (plain, token) = (one.gw.addr("orders-plain"), one.token.clone());
     let run = |sql: &str| psql(plain, "disable", &token, sql);
     let out = run(&format!(
         "CREATE TABLE wallet (card text UNIQUE, email text); \
