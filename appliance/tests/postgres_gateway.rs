@@ -935,7 +935,7 @@ fn upstream_tls_is_verified_and_the_scram_login_is_bound_to_the_channel() {
 struct OneGateway {
     gw: Gateway,
     token: String,
-    _setup: Setup,
+    setup: Setup,
     _cluster: PgCluster,
 }
 
@@ -949,7 +949,7 @@ impl OneGateway {
         OneGateway {
             gw,
             token,
-            _setup: setup,
+            setup,
             _cluster: cluster,
         }
     }
@@ -1081,4 +1081,99 @@ fn errors_do_not_show_the_values_masking_hides() {
     let shown = text(body);
     assert!(shown.contains("card **** **** **** 1111"), "{shown}");
     assert!(!shown.contains("4111"), "{shown}");
+}
+
+/// Policy reload under load: while pgbench keeps sessions busy, SIGHUP loads a policy with a
+/// new deny rule. The running sessions keep working, every new session gets the new rule, a
+/// broken policy loaded after it is rejected and changes nothing, and the version in
+/// /metrics follows.
+#[test]
+fn a_policy_reload_under_load_applies_to_new_sessions_and_drops_nothing() {
+    if common::require("pgbench").is_none() {
+        return;
+    }
+    let one = OneGateway::start();
+    let (plain, token) = (one.gw.addr("orders-plain"), one.token.clone());
+    let probe = "SELECT * FROM reload_probe";
+    let sqlstate = |sql: &str| {
+        let out = psql(plain, "disable", &token, sql);
+        assert!(!out.status.success(), "{sql} succeeded");
+        text(&out.stderr)
+    };
+    // Before: the gateway lets it through and the server has no such table.
+    assert!(sqlstate(probe).contains("42P01"));
+    let version = || {
+        let (_, body) = one.gw.admin_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("portcullis_policy_info{version=\""))
+            .and_then(|l| l.split('"').next())
+            .expect("the policy version in /metrics")
+            .to_owned()
+    };
+    let before = version();
+
+    // Four clients running `SELECT 1` for eight seconds, across both workers' sessions.
+    let script = one.setup.dir.path().join("select1.sql");
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let load = {
+        let (host, port, token) = (
+            plain.ip().to_string(),
+            plain.port().to_string(),
+            token.clone(),
+        );
+        std::thread::spawn(move || {
+            Command::new("pgbench")
+                .args(["-n", "-c", "4", "-j", "2", "-T", "8", "-f"])
+                .arg(&script)
+                .args(["-h", &host, "-p", &port, "-U", "alice", "orders"])
+                .env("PGPASSWORD", token)
+                .env("PGSSLMODE", "disable")
+                .output()
+                .expect("run pgbench")
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let policies = one.setup.dir.path().join("policies");
+    std::fs::write(
+        policies.join("10-reload.toml"),
+        "[[rule]]\nid = \"reload-probe\"\nmatch.tables = [\"reload_probe\"]\naction = \"deny\"\n",
+    )
+    .unwrap();
+    one.gw.signal("HUP");
+    one.gw.wait_log("SIGHUP: policy reloaded");
+    let reloaded = version();
+    assert_ne!(reloaded, before);
+    // New sessions, spread over the workers, all see the new rule.
+    for _ in 0..4 {
+        let shown = sqlstate(probe);
+        assert!(
+            shown.contains("42501") && shown.contains("reload-probe"),
+            "{shown}"
+        );
+    }
+    // A broken policy is rejected; the one just loaded stays.
+    std::fs::write(
+        policies.join("20-bad.toml"),
+        "[[rule]]\nid = \"x\"\nactoin = \"deny\"\n",
+    )
+    .unwrap();
+    one.gw.signal("HUP");
+    one.gw.wait_log("policy reload rejected");
+    assert_eq!(version(), reloaded);
+    assert!(sqlstate(probe).contains("reload-probe"));
+
+    let out = load.join().unwrap();
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}{}", text(&out.stderr));
+    assert!(!report.contains("aborted"), "{report}");
+    let done: u64 = report
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("number of transactions actually processed: ")
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("pgbench's transaction count");
+    assert!(done > 100, "{report}");
 }
