@@ -38,6 +38,7 @@ const CASES: &[&str] = &[
     "codec_backend_one_row_answer",
     "codec_backend_ten_column_rows",
     "codec_backend_rows_rewritten",
+    "pg_round_trip_select",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +75,7 @@ pub fn case(name: &str) -> anyhow::Result<()> {
         "mask_stream_no_pii" => mask_stream(0)?,
         "mask_stream_pii_5pct" => mask_stream(5)?,
         n if n.starts_with("codec_") => codec(n.trim_start_matches("codec_"))?,
+        "pg_round_trip_select" => pg_round_trip(2000)?,
         _ => bail!("unknown case {name}"),
     };
     #[expect(clippy::print_stdout, reason = "the parent reads the count")]
@@ -168,6 +170,135 @@ fn codec(name: &str) -> anyhow::Result<u64> {
     Ok(measured_region(&mut || {
         crate::codecs::pass(c, &limits, &mut out)
     }))
+}
+
+/// The inspector's share of one `pgbench -S` round trip, as the gateway runs it in full
+/// inspection: the Query decided against the e2e policy (example policies and 100 generated
+/// rules) and recorded, then RowDescription, one masked DataRow, CommandComplete and
+/// ReadyForQuery. No sockets: what this counts is the per-query work that is the gateway's
+/// own, on top of what a pure relay does. One operation is one round trip.
+fn pg_round_trip(rounds: u64) -> anyhow::Result<u64> {
+    use bytes::{BufMut, Bytes};
+    use dataplane::identity::{Identity as Caller, IdentityKind};
+    use dataplane::postgres::backend::{self, BackendFrame};
+    use dataplane::postgres::frontend::FrontendMessage;
+    use dataplane::postgres::inspect::{ClientVerdict, Inspector, policy_identity};
+    use dataplane::services::PolicySnapshot;
+    use policy_engine::AccessContext;
+    use policy_engine::mask::MaskEngine;
+    use recorder::{Micros, SessionId, SessionInfo};
+
+    let limits = dataplane::postgres::Limits::default();
+    let policy =
+        Arc::new(compile_sources(&workload::sources(100)).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let specs: Vec<_> = policy.mask_specs().cloned().collect();
+    let masks = MaskEngine::compile(&specs, policy.detector_specs(), b"bench-key")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = Arc::new(PolicySnapshot {
+        policy: Arc::clone(&policy),
+        masks,
+        version: "bench".into(),
+    });
+    let caller = Arc::new(Caller {
+        subject: "bench".into(),
+        email: Some("bench@corp.example".into()),
+        groups: vec!["engineering".into()],
+        kind: IdentityKind::Human,
+        expires_at: i64::MAX,
+        issuer: "portcullis-local".into(),
+    });
+    let session = Arc::new(
+        policy
+            .session_with(
+                "orders-db",
+                &policy_identity(&caller),
+                &AccessContext::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+    );
+    let info = Arc::new(SessionInfo {
+        id: SessionId(1),
+        worker: 0,
+        connection: "orders-db".into(),
+        protocol: "postgres",
+        subject: "bench".into(),
+        email: None,
+        groups: Arc::from(Vec::new()),
+        client_addr: "127.0.0.1:1".into(),
+        upstream: "127.0.0.1:2".into(),
+        started_at: Micros(0),
+        policy_version: "bench".into(),
+    });
+    let mut inspector = Inspector::new(
+        info,
+        session,
+        snapshot,
+        caller,
+        std::time::Duration::ZERO,
+        limits,
+    );
+    let frame = |tag: u8, body: &[u8]| -> anyhow::Result<BackendFrame> {
+        let mut raw = BytesMut::new();
+        raw.put_u8(tag);
+        raw.put_u32(u32::try_from(body.len() + 4)?);
+        raw.put_slice(body);
+        backend::decode_message(&mut raw, &limits)?.context("incomplete frame")
+    };
+    let mut desc = BytesMut::new();
+    desc.put_u16(1);
+    desc.put_slice(b"abalance\0");
+    desc.put_u32(16_397); // the table's OID and the column's number, as PostgreSQL sends them
+    desc.put_i16(3);
+    desc.put_u32(23); // int4
+    desc.put_i16(4);
+    desc.put_i32(-1);
+    desc.put_i16(0);
+    let mut row = BytesMut::new();
+    row.put_u16(1);
+    row.put_u32(4);
+    row.put_slice(b"2817");
+    let answer = [
+        frame(b'T', &desc)?,
+        frame(b'D', &row)?,
+        frame(b'C', b"SELECT 1\0")?,
+        frame(b'Z', b"I")?,
+    ];
+    let query = FrontendMessage::Query {
+        sql: Bytes::from_static(b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+    };
+    let mut scratch = Scratch::new();
+    let mut out = BytesMut::with_capacity(1 << 12);
+    let mut forwarded = 0u64;
+    let mut round = |inspector: &mut Inspector, out: &mut BytesMut| -> anyhow::Result<()> {
+        let mut record = |e| {
+            drop(std::hint::black_box(e));
+            true
+        };
+        match inspector.on_client(&query, &mut scratch, true, &mut record) {
+            ClientVerdict::Forward => forwarded += 1,
+            other => bail!("the bench query was not forwarded: {other:?}"),
+        }
+        out.clear();
+        for f in &answer {
+            inspector.on_backend(f, out, &mut record)?;
+        }
+        Ok(())
+    };
+    round(&mut inspector, &mut out)?; // warm-up: scratch and buffers grow once
+    let mut failed = None;
+    let n = measured_region(&mut || {
+        for _ in 0..rounds {
+            if let Err(e) = round(&mut inspector, &mut out) {
+                failed = Some(e);
+                return 0;
+            }
+        }
+        rounds
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(n)
 }
 
 /// The total `Ir` of a callgrind output file.
