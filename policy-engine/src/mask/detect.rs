@@ -206,6 +206,28 @@ pub enum Validator {
 pub struct Custom {
     pub regex: Regex,
     pub validator: Option<Validator>,
+    /// Fewest bytes any match has (0 when unknown): shorter values cannot match, so a
+    /// result-set cell shorter than every custom pattern skips the regexes.
+    pub min_len: usize,
+}
+
+impl Custom {
+    pub fn new(regex: Regex, validator: Option<Validator>) -> Self {
+        // Parsed as `regex::bytes` does (Unicode on, any byte allowed); a pattern this parser
+        // reads differently just gets no bound.
+        let min_len = regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .build()
+            .parse(regex.as_str())
+            .ok()
+            .and_then(|hir| hir.properties().minimum_len())
+            .unwrap_or(0);
+        Custom {
+            regex,
+            validator,
+            min_len,
+        }
+    }
 }
 
 /// A confirmed match: `[start, end)` of the scanned slice, and which detector.
@@ -327,6 +349,20 @@ impl Scanner {
     }
 
     #[inline]
+    /// Whether a custom detector in `set` may find something in `value`: one `is_match` per
+    /// detector long enough for it, instead of the scan's match iteration and set-up. A
+    /// match that its validator rejects still answers true (the scan decides).
+    pub(crate) fn customs_may_match(&self, value: &[u8], set: u64) -> bool {
+        self.customs.iter().enumerate().any(|(i, c)| {
+            u32::try_from(N_BUILTINS + i)
+                .ok()
+                .and_then(|id| 1u64.checked_shl(id))
+                .is_some_and(|bit| set & bit != 0)
+                && value.len() >= c.min_len
+                && c.regex.is_match(value)
+        })
+    }
+
     fn scan_customs(&self, region: &[u8], from: usize, set: u64, hits: &mut Vec<Hit>) {
         // Most policies have no custom detector: skip the loop's set-up per value.
         if set & !BUILTIN_SET == 0 {
