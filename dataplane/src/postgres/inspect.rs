@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -48,6 +48,32 @@ use crate::services::PolicySnapshot;
 
 /// Rule id recorded when no rule matched and the connection's default decided.
 pub const DEFAULT_RULE: &str = "default";
+
+/// Strings every audit record carries, made once per process: the default rule's id, each
+/// statement kind's name and the empty approver list. Building them per record was an
+/// allocation each, several per statement.
+struct SharedNames {
+    default_rule: Arc<str>,
+    kinds: [Arc<str>; StatementKind::ALL.len()],
+    no_approvers: Arc<[Arc<str>]>,
+}
+
+static SHARED_NAMES: LazyLock<SharedNames> = LazyLock::new(|| SharedNames {
+    default_rule: DEFAULT_RULE.into(),
+    kinds: StatementKind::ALL.map(|k| k.name().into()),
+    no_approvers: Arc::from(Vec::new()),
+});
+
+fn default_rule() -> Arc<str> {
+    Arc::clone(&SHARED_NAMES.default_rule)
+}
+
+fn kind_name(kind: StatementKind) -> Arc<str> {
+    match SHARED_NAMES.kinds.get(kind as usize) {
+        Some(name) => Arc::clone(name),
+        None => kind.name().into(),
+    }
+}
 
 /// Error of a statement announced to the recorder and then not forwarded, because the
 /// recorder refused a later statement of the same query string.
@@ -146,6 +172,18 @@ struct Column {
     kind: ValueKind,
 }
 
+/// The columns of one result, shared between the current result, the described statements
+/// and the description cache.
+type Columns = Arc<[Column]>;
+
+/// Longest RowDescription (tag and length included) whose columns are kept for the next
+/// identical one. Resolving columns matches every column name against every column rule's
+/// globs; a session repeating the same query (the common case: an application's handful of
+/// statements) would otherwise pay that and two allocations per result. Wider descriptions
+/// are resolved each time rather than kept: the cache lives as long as the session, idle
+/// or not.
+const MAX_CACHED_DESCRIPTION: usize = 1024;
+
 /// One authenticated session's inspection state.
 #[derive(Debug)]
 pub struct Inspector {
@@ -161,8 +199,11 @@ pub struct Inspector {
     limits: Limits,
     statements: StatementTracker<Meta>,
     /// Columns of described statements, for rows of an Execute described in an earlier batch.
-    shapes: ResultShapes<Vec<Column>>,
-    columns: Option<Vec<Column>>,
+    shapes: ResultShapes<Columns>,
+    columns: Option<Columns>,
+    /// The last RowDescription resolved (as received) and its columns; the session's masker
+    /// never changes, so the same description resolves to the same columns.
+    described: Option<(Box<[u8]>, Columns)>,
     unknown_column: ColumnMask,
     /// How the answer to the last fast-path call forwarded may be masked.
     fastpath_result: ValueKind,
@@ -220,6 +261,7 @@ impl Inspector {
             shapes: ResultShapes::new(&limits),
             limits,
             columns: None,
+            described: None,
             unknown_column,
             fastpath_result: ValueKind::Other,
             copy_out: None,
@@ -466,13 +508,18 @@ impl Inspector {
         let overall = decision.verdict;
         let overall_rule: Arc<str> = decision
             .rule
-            .map_or_else(|| DEFAULT_RULE.into(), |r| r.as_str().into());
-        let overall_message = decision.message.unwrap_or("refused by policy").to_owned();
+            .map_or_else(default_rule, policy_engine::policy::RuleId::shared);
+        // Only a refusal shows the message; an allowed statement does not copy it.
+        let overall_message = if overall == Verdict::Deny {
+            decision.message.unwrap_or("refused by policy").to_owned()
+        } else {
+            String::new()
+        };
         let review_spec = decision.review.cloned();
         let rules = self.snapshot.policy.rules();
         // One record per statement, each with its own verdict and rule.
-        let mut parts: Vec<Part> = Vec::new();
         let statements = scratch.sql().statements();
+        let mut parts: Vec<Part> = Vec::with_capacity(statements.len().max(1));
         let results = scratch.statement_results();
         for (i, st) in statements.iter().enumerate() {
             self.listening |= st.kinds.contains(StatementKind::Notify);
@@ -481,7 +528,7 @@ impl Inspector {
                     r.verdict,
                     r.rule
                         .and_then(|idx| rules.get(idx as usize))
-                        .map(|rule| Arc::<str>::from(rule.id.as_str())),
+                        .map(|rule| rule.id.shared()),
                 )
             });
             let start = st.span.start as usize;
@@ -492,10 +539,10 @@ impl Inspector {
                 sql.clone()
             };
             parts.push((
-                st.primary_kind().name().into(),
+                kind_name(st.primary_kind()),
                 piece,
                 rec_decision(verdict),
-                Some(rule.unwrap_or_else(|| DEFAULT_RULE.into())),
+                Some(rule.unwrap_or_else(default_rule)),
             ));
         }
         if parts.is_empty() {
@@ -608,30 +655,16 @@ impl Inspector {
             }
             None => {
                 let started = Instant::now();
-                let records: Vec<CommandRecord> = parts
-                    .into_iter()
-                    .map(|(kind, piece, decision, rule)| {
-                        let mut r = self.new_record(kind, Some(piece), decision, rule);
-                        if let Some((id, approvers)) = &approval {
-                            r.review_id = Some(Arc::clone(id));
-                            r.approvers = Arc::clone(approvers);
-                        }
-                        r
-                    })
-                    .collect();
-                for (i, r) in records.iter().enumerate() {
-                    if !record(CommandEvent::Started(r.clone())) {
-                        // Close the ones already announced: none of them runs.
-                        for mut r in records.into_iter().take(i) {
-                            r.error = Some(AUDIT_REFUSED.into());
-                            record(CommandEvent::Finished(r));
-                        }
-                        return ClientVerdict::Refuse(PgError::AuditUnavailable);
-                    }
-                }
                 let sync_no = self.syncs_forwarded + 1;
-                self.syncs_forwarded = sync_no;
-                for r in records {
+                // The records go straight into the pending queue (no list of their own per
+                // query), and are announced from there; a refusal takes them back out.
+                let first = self.pending.len();
+                for (kind, piece, decision, rule) in parts {
+                    let mut r = self.new_record(kind, Some(piece), decision, rule);
+                    if let Some((id, approvers)) = &approval {
+                        r.review_id = Some(Arc::clone(id));
+                        r.approvers = Arc::clone(approvers);
+                    }
                     self.pending.push_back(Pending {
                         record: r,
                         started,
@@ -639,6 +672,24 @@ impl Inspector {
                         extended: false,
                     });
                 }
+                let announced = (first..self.pending.len())
+                    .take_while(|&i| {
+                        self.pending
+                            .get(i)
+                            .is_some_and(|p| record(CommandEvent::Started(p.record.clone())))
+                    })
+                    .count();
+                if first + announced < self.pending.len() {
+                    // Close the ones already announced: none of them runs.
+                    let refused: Vec<Pending> = self.pending.drain(first..).collect();
+                    for p in refused.into_iter().take(announced) {
+                        let mut r = p.record;
+                        r.error = Some(AUDIT_REFUSED.into());
+                        record(CommandEvent::Finished(r));
+                    }
+                    return ClientVerdict::Refuse(PgError::AuditUnavailable);
+                }
+                self.syncs_forwarded = sync_no;
             }
         }
         ClientVerdict::Forward
@@ -719,7 +770,7 @@ impl Inspector {
             decision,
             rule_id,
             review_id: None,
-            approvers: Arc::from(Vec::new()),
+            approvers: Arc::clone(&SHARED_NAMES.no_approvers),
             duration_us: 0,
             rows: None,
             bytes: 0,
@@ -738,22 +789,29 @@ impl Inspector {
     ) -> Result<(), PgError> {
         match &frame.message {
             BackendMessage::RowDescription(fields) => {
-                self.columns = Some(
-                    rewrite::columns(fields)
-                        .into_iter()
-                        .map(|c| Column {
-                            mask: self.masker.column(&c.name),
-                            kind: if c.rewritable {
-                                ValueKind::Text
-                            } else {
-                                ValueKind::Other
-                            },
-                        })
-                        .collect(),
-                );
-                if let Some(c) = &self.columns {
-                    self.shapes.on_row_description(c);
-                }
+                let columns = match &self.described {
+                    Some((raw, columns)) if **raw == *frame.raw => Arc::clone(columns),
+                    _ => {
+                        let columns: Columns = rewrite::columns(fields)
+                            .into_iter()
+                            .map(|c| Column {
+                                mask: self.masker.column(&c.name),
+                                kind: if c.rewritable {
+                                    ValueKind::Text
+                                } else {
+                                    ValueKind::Other
+                                },
+                            })
+                            .collect();
+                        if frame.raw.len() <= MAX_CACHED_DESCRIPTION {
+                            self.described =
+                                Some((frame.raw.to_vec().into(), Arc::clone(&columns)));
+                        }
+                        columns
+                    }
+                };
+                self.shapes.on_row_description(&columns);
+                self.columns = Some(columns);
                 out.extend_from_slice(&frame.raw);
             }
             BackendMessage::NoData => {

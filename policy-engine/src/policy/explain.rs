@@ -179,7 +179,7 @@ impl Policy {
         }
         Explanation {
             verdict: d.verdict,
-            rule: d.rule.map(|r| r.0.clone()),
+            rule: d.rule.map(|r| r.0.to_string()),
             text: out,
         }
     }

@@ -488,7 +488,7 @@ impl Builder {
                 None,
             );
         }
-        if self.p.rules.iter().any(|x| x.id.0 == r.id) {
+        if self.p.rules.iter().any(|x| *x.id.0 == *r.id) {
             self.push(
                 site,
                 line,
@@ -583,7 +583,7 @@ impl Builder {
         };
         let m = self.matcher(site, line, &key, r.matcher);
         self.p.rules.push(Rule {
-            id: RuleId(r.id),
+            id: RuleId(r.id.into()),
             description: r.description,
             file: site.file.to_owned(),
             line,

@@ -35,13 +35,19 @@ use crate::mask::{DetectorSpec, MaskSpec};
 use crate::request::Identity;
 use crate::sql::KindSet;
 
-/// A rule's id as written in the policy.
+/// A rule's id as written in the policy. Shared, because every audit record of a decision
+/// carries it: the gateway clones the id instead of copying its text per statement.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RuleId(pub String);
+pub struct RuleId(pub Arc<str>);
 
 impl RuleId {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id, shared.
+    pub fn shared(&self) -> Arc<str> {
+        Arc::clone(&self.0)
     }
 }
 

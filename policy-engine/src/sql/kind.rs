@@ -214,6 +214,14 @@ impl KindSet {
 
     /// The most dangerous kind in the set (`Unknown` for an empty set).
     pub fn primary(self) -> StatementKind {
+        // Most statements have one kind: its bit names it, with no walk over every kind
+        // (the gateway asks for each statement's primary kind to record it).
+        if self.0.is_power_of_two()
+            && let Some(&k) = StatementKind::ALL.get(self.0.trailing_zeros() as usize)
+            && k as u8 as u32 == self.0.trailing_zeros()
+        {
+            return k;
+        }
         self.iter()
             .max_by_key(|k| k.rank())
             .unwrap_or(StatementKind::Unknown)
@@ -227,5 +235,26 @@ impl FromIterator<StatementKind> for KindSet {
             s.insert(k);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_primary_kind_of_a_single_kind_is_that_kind_and_of_several_the_most_dangerous() {
+        for k in StatementKind::ALL {
+            let mut set = KindSet::EMPTY;
+            set.insert(k);
+            assert_eq!(set.primary(), k);
+            for other in StatementKind::ALL {
+                let mut both = set;
+                both.insert(other);
+                let expected = if other.rank() > k.rank() { other } else { k };
+                assert_eq!(both.primary().rank(), expected.rank(), "{k:?} + {other:?}");
+            }
+        }
+        assert_eq!(KindSet::EMPTY.primary(), StatementKind::Unknown);
     }
 }

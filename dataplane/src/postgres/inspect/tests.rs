@@ -642,3 +642,70 @@ fn rows_of_unknown_columns_are_withheld_when_column_rules_apply() {
     assert_eq!(values, [None, None]);
     assert_eq!(i.masked_total(), 2);
 }
+
+#[test]
+fn every_statement_kind_is_recorded_under_its_own_name() {
+    for kind in policy_engine::StatementKind::ALL {
+        assert_eq!(&*super::kind_name(kind), kind.name(), "{kind:?}");
+    }
+}
+
+#[test]
+fn a_recorder_refusing_midway_closes_the_announced_statements_and_forwards_none() {
+    let mut i = inspector(i64::MAX);
+    let mut events: Vec<(&str, u64, Option<String>)> = Vec::new();
+    let mut announced = 0;
+    let v = i.on_client(
+        &query("SELECT 1; SELECT 2; SELECT 3"),
+        &mut Scratch::new(),
+        true,
+        &mut |e| match e {
+            CommandEvent::Started(r) => {
+                if announced == 1 {
+                    return false;
+                }
+                announced += 1;
+                events.push(("started", r.seq, None));
+                true
+            }
+            CommandEvent::Finished(r) => {
+                events.push(("finished", r.seq, r.error.as_deref().map(str::to_owned)));
+                true
+            }
+        },
+    );
+    assert!(
+        matches!(v, ClientVerdict::Refuse(PgError::AuditUnavailable)),
+        "{v:?}"
+    );
+    assert_eq!(
+        events,
+        [
+            ("started", 1, None),
+            ("finished", 1, Some(super::AUDIT_REFUSED.to_owned()))
+        ]
+    );
+    // Nothing waits for an answer that will never come: the next query is its own batch.
+    let mut finished = Vec::new();
+    let v = i.on_client(&query("SELECT 4"), &mut Scratch::new(), true, &mut |e| {
+        if let CommandEvent::Finished(r) = e {
+            finished.push(r);
+        }
+        true
+    });
+    assert!(matches!(v, ClientVerdict::Forward), "{v:?}");
+    let mut out = BytesMut::new();
+    let mut rec = |e| {
+        if let CommandEvent::Finished(r) = e {
+            finished.push(r);
+        }
+        true
+    };
+    i.on_backend(&backend_frame(b'C', b"SELECT 1\0"), &mut out, &mut rec)
+        .expect("ok");
+    i.on_backend(&backend_frame(b'Z', b"I"), &mut out, &mut rec)
+        .expect("ok");
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].text.as_deref(), Some(&b"SELECT 4"[..]));
+    assert!(finished[0].error.is_none(), "{:?}", finished[0].error);
+}
