@@ -39,6 +39,7 @@ const CASES: &[&str] = &[
     "codec_backend_ten_column_rows",
     "codec_backend_rows_rewritten",
     "pg_round_trip_select",
+    "pg_rows_masked",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +77,7 @@ pub fn case(name: &str) -> anyhow::Result<()> {
         "mask_stream_pii_5pct" => mask_stream(5)?,
         n if n.starts_with("codec_") => codec(n.trim_start_matches("codec_"))?,
         "pg_round_trip_select" => pg_round_trip(2000)?,
+        "pg_rows_masked" => pg_rows_masked()?,
         _ => bail!("unknown case {name}"),
     };
     #[expect(clippy::print_stdout, reason = "the parent reads the count")]
@@ -172,17 +174,15 @@ fn codec(name: &str) -> anyhow::Result<u64> {
     }))
 }
 
-/// The inspector's share of one `pgbench -S` round trip, as the gateway runs it in full
-/// inspection: the Query decided against the e2e policy (example policies and 100 generated
-/// rules) and recorded, then RowDescription, one masked DataRow, CommandComplete and
-/// ReadyForQuery. No sockets: what this counts is the per-query work that is the gateway's
-/// own, on top of what a pure relay does. One operation is one round trip.
-fn pg_round_trip(rounds: u64) -> anyhow::Result<u64> {
-    use bytes::{BufMut, Bytes};
+/// An inspector in full inspection against the e2e policy (example policies and 100
+/// generated rules, their masking rules and custom detector), recording into nothing, and a
+/// helper decoding one backend frame.
+fn bench_inspector() -> anyhow::Result<(
+    dataplane::postgres::inspect::Inspector,
+    dataplane::postgres::Limits,
+)> {
     use dataplane::identity::{Identity as Caller, IdentityKind};
-    use dataplane::postgres::backend::{self, BackendFrame};
-    use dataplane::postgres::frontend::FrontendMessage;
-    use dataplane::postgres::inspect::{ClientVerdict, Inspector, policy_identity};
+    use dataplane::postgres::inspect::{Inspector, policy_identity};
     use dataplane::services::PolicySnapshot;
     use policy_engine::AccessContext;
     use policy_engine::mask::MaskEngine;
@@ -229,7 +229,7 @@ fn pg_round_trip(rounds: u64) -> anyhow::Result<u64> {
         started_at: Micros(0),
         policy_version: "bench".into(),
     });
-    let mut inspector = Inspector::new(
+    let inspector = Inspector::new(
         info,
         session,
         snapshot,
@@ -237,49 +237,75 @@ fn pg_round_trip(rounds: u64) -> anyhow::Result<u64> {
         std::time::Duration::ZERO,
         limits,
     );
-    let frame = |tag: u8, body: &[u8]| -> anyhow::Result<BackendFrame> {
-        let mut raw = BytesMut::new();
-        raw.put_u8(tag);
-        raw.put_u32(u32::try_from(body.len() + 4)?);
-        raw.put_slice(body);
-        backend::decode_message(&mut raw, &limits)?.context("incomplete frame")
-    };
+    Ok((inspector, limits))
+}
+
+/// One backend message `tag` with `body`, decoded as the gateway decodes it.
+fn backend_frame(
+    tag: u8,
+    body: &[u8],
+    limits: &dataplane::postgres::Limits,
+) -> anyhow::Result<dataplane::postgres::backend::BackendFrame> {
+    use bytes::BufMut;
+    let mut raw = BytesMut::new();
+    raw.put_u8(tag);
+    raw.put_u32(u32::try_from(body.len() + 4)?);
+    raw.put_slice(body);
+    dataplane::postgres::backend::decode_message(&mut raw, limits)?.context("incomplete frame")
+}
+
+/// A RowDescription of the named columns, all of type `oid` (`typlen` bytes, -1: varlena).
+fn row_description(columns: &[&str], oid: u32, typlen: i16) -> BytesMut {
+    use bytes::BufMut;
     let mut desc = BytesMut::new();
-    desc.put_u16(1);
-    desc.put_slice(b"abalance\0");
-    desc.put_u32(16_397); // the table's OID and the column's number, as PostgreSQL sends them
-    desc.put_i16(3);
-    desc.put_u32(23); // int4
-    desc.put_i16(4);
-    desc.put_i32(-1);
-    desc.put_i16(0);
+    desc.put_u16(u16::try_from(columns.len()).unwrap_or(u16::MAX));
+    for (i, name) in columns.iter().enumerate() {
+        desc.put_slice(name.as_bytes());
+        desc.put_u8(0);
+        desc.put_u32(16_397); // the table's OID and the column's number, as PostgreSQL sends them
+        desc.put_i16(i16::try_from(i + 3).unwrap_or(i16::MAX));
+        desc.put_u32(oid);
+        desc.put_i16(typlen);
+        desc.put_i32(-1);
+        desc.put_i16(0);
+    }
+    desc
+}
+
+/// A DataRow of text values.
+fn data_row(values: &[&[u8]]) -> anyhow::Result<BytesMut> {
+    use bytes::BufMut;
     let mut row = BytesMut::new();
-    row.put_u16(1);
-    row.put_u32(4);
-    row.put_slice(b"2817");
-    let answer = [
-        frame(b'T', &desc)?,
-        frame(b'D', &row)?,
-        frame(b'C', b"SELECT 1\0")?,
-        frame(b'Z', b"I")?,
-    ];
-    let query = FrontendMessage::Query {
-        sql: Bytes::from_static(b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
-    };
+    row.put_u16(u16::try_from(values.len())?);
+    for v in values {
+        row.put_u32(u32::try_from(v.len())?);
+        row.put_slice(v);
+    }
+    Ok(row)
+}
+
+/// `rounds` times: `query` through the inspector's client side, then `answer` through its
+/// server side. Returns the rounds.
+fn inspector_rounds(
+    query: &dataplane::postgres::frontend::FrontendMessage,
+    answer: &[dataplane::postgres::backend::BackendFrame],
+    rounds: u64,
+) -> anyhow::Result<u64> {
+    use dataplane::postgres::inspect::{ClientVerdict, Inspector};
+    let (mut inspector, _) = bench_inspector()?;
     let mut scratch = Scratch::new();
-    let mut out = BytesMut::with_capacity(1 << 12);
-    let mut forwarded = 0u64;
+    let mut out = BytesMut::with_capacity(1 << 20);
     let mut round = |inspector: &mut Inspector, out: &mut BytesMut| -> anyhow::Result<()> {
         let mut record = |e| {
             drop(std::hint::black_box(e));
             true
         };
-        match inspector.on_client(&query, &mut scratch, true, &mut record) {
-            ClientVerdict::Forward => forwarded += 1,
+        match inspector.on_client(query, &mut scratch, true, &mut record) {
+            ClientVerdict::Forward => {}
             other => bail!("the bench query was not forwarded: {other:?}"),
         }
         out.clear();
-        for f in &answer {
+        for f in answer {
             inspector.on_backend(f, out, &mut record)?;
         }
         Ok(())
@@ -295,10 +321,59 @@ fn pg_round_trip(rounds: u64) -> anyhow::Result<u64> {
         }
         rounds
     });
-    if let Some(e) = failed {
-        return Err(e);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(n),
     }
-    Ok(n)
+}
+
+/// The inspector's share of one `pgbench -S` round trip, as the gateway runs it in full
+/// inspection: the Query decided against the e2e policy and recorded, then RowDescription,
+/// one masked DataRow, CommandComplete and ReadyForQuery. No sockets: what this counts is
+/// the per-query work that is the gateway's own, on top of what a pure relay does. One
+/// operation is one round trip.
+fn pg_round_trip(rounds: u64) -> anyhow::Result<u64> {
+    use dataplane::postgres::frontend::FrontendMessage;
+    let limits = dataplane::postgres::Limits::default();
+    let answer = [
+        backend_frame(b'T', &row_description(&["abalance"], 23, 4), &limits)?, // int4
+        backend_frame(b'D', &data_row(&[b"2817"])?, &limits)?,
+        backend_frame(b'C', b"SELECT 1\0", &limits)?,
+        backend_frame(b'Z', b"I", &limits)?,
+    ];
+    let query = FrontendMessage::Query {
+        sql: bytes::Bytes::from_static(b"SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+    };
+    inspector_rounds(&query, &answer, rounds)
+}
+
+/// A result set of 2,000 corpus rows (8 text columns, 5 % of cells holding PII) through the
+/// inspector's server side under the e2e policy's masking rules, as the PostgreSQL data
+/// plane masks it; one operation is one row (its decision and record included, spread over
+/// the rows).
+fn pg_rows_masked() -> anyhow::Result<u64> {
+    use dataplane::postgres::frontend::FrontendMessage;
+    const ROWS: usize = 2000;
+    let limits = dataplane::postgres::Limits::default();
+    let columns = [
+        "note", "status", "ref", "detail", "memo", "comment", "info", "remark",
+    ];
+    let rows = corpus::rows(1, ROWS, columns.len(), 5);
+    let mut answer = vec![backend_frame(
+        b'T',
+        &row_description(&columns, 25, -1),
+        &limits,
+    )?];
+    for row in &rows {
+        let values: Vec<&[u8]> = row.iter().map(|c| c.text.as_bytes()).collect();
+        answer.push(backend_frame(b'D', &data_row(&values)?, &limits)?);
+    }
+    answer.push(backend_frame(b'C', b"SELECT 2000\0", &limits)?);
+    answer.push(backend_frame(b'Z', b"I", &limits)?);
+    let query = FrontendMessage::Query {
+        sql: bytes::Bytes::from_static(b"SELECT * FROM customer_notes;"),
+    };
+    Ok(inspector_rounds(&query, &answer, 1)? * ROWS as u64)
 }
 
 /// The total `Ir` of a callgrind output file.
