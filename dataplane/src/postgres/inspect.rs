@@ -24,6 +24,7 @@
 //! hit then becomes NULL rather than replacement text, since the column's type is unknown.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -843,7 +844,7 @@ impl Inspector {
                 // be matched, so every value is withheld rather than risk a masked column
                 // leaving as is (fail closed; detectors alone would miss e.g. a name column).
                 let blind = columns.is_none() && masker.has_column_rules();
-                rewrite::rewrite_data_row(row, &self.limits, out, |i, value| {
+                let mut edit = |i: usize, value: Option<&[u8]>| {
                     let Some(value) = value else {
                         return CellEdit::Keep;
                     };
@@ -864,7 +865,29 @@ impl Inspector {
                         MaskOutcome::Null => CellEdit::Null,
                         MaskOutcome::Rewritten => CellEdit::Replace(Cow::Owned(cell.clone())),
                     }
-                })?;
+                };
+                // Cells are masked up to the first one that changes. Most rows have none, and
+                // they leave as the frame they came in, without being encoded again; a row
+                // that changes is re-encoded from that cell on, each cell masked once.
+                let first = row
+                    .values_ref()
+                    .enumerate()
+                    .map(|(i, value)| (i, edit(i, value)))
+                    .find(|(_, e)| !matches!(e, CellEdit::Keep));
+                match first {
+                    None => out.extend_from_slice(&frame.raw),
+                    Some((k, first)) => {
+                        let mut first = Some(first);
+                        rewrite::rewrite_data_row(row, &self.limits, out, |i, value| {
+                            match i.cmp(&k) {
+                                Ordering::Less => CellEdit::Keep,
+                                // Taken once; withheld rather than sent as is if not.
+                                Ordering::Equal => first.take().unwrap_or(CellEdit::Null),
+                                Ordering::Greater => edit(i, value),
+                            }
+                        })?;
+                    }
+                }
                 self.stage_times.add_masking(mask_began);
                 let masked = self.stats.total().saturating_sub(before);
                 self.masked_total = self.masked_total.saturating_add(masked);

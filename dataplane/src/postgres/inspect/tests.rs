@@ -709,3 +709,74 @@ fn a_recorder_refusing_midway_closes_the_announced_statements_and_forwards_none(
     assert_eq!(finished[0].text.as_deref(), Some(&b"SELECT 4"[..]));
     assert!(finished[0].error.is_none(), "{:?}", finished[0].error);
 }
+
+#[test]
+fn clean_rows_leave_as_they_came_and_rows_that_change_are_masked_from_their_first_change() {
+    let policy = r#"
+[[access]]
+connections = ["db"]
+groups = ["eng"]
+
+[[mask]]
+detectors = ["all"]
+strategy = "redact"
+"#;
+    let mut i = inspector_with(policy, i64::MAX);
+    let mut records: Vec<CommandRecord> = Vec::new();
+    let mut rec = |r| {
+        if let CommandEvent::Finished(r) = r {
+            records.push(r);
+        }
+        true
+    };
+    let verdict = i.on_client(
+        &query("SELECT id, a, b FROM t"),
+        &mut Scratch::new(),
+        true,
+        &mut rec,
+    );
+    assert!(matches!(verdict, ClientVerdict::Forward), "{verdict:?}");
+    let rows = [
+        data_row(&["1", "shipped 2026-11-26", "ORD-123456"]),
+        data_row(&["2", "ann@example.com", "ssn 123-45-6789"]),
+        data_row(&["3", "ok", "ssn 123-45-6789"]),
+        data_row(&["4", "card 4111 1111 1111 1111", "fine"]),
+    ];
+    let mut frames = vec![row_description(&["id", "a", "b"])];
+    frames.extend(rows.iter().cloned());
+    frames.push(backend_frame(b'C', b"SELECT 4\0"));
+    frames.push(backend_frame(b'Z', b"I"));
+    let mut out = BytesMut::new();
+    let mut sent = Vec::new();
+    for frame in &frames {
+        let before = out.len();
+        i.on_backend(frame, &mut out, &mut rec).expect("masked");
+        sent.push(out[before..].to_vec());
+    }
+    // The clean row is the frame the server sent, byte for byte.
+    assert_eq!(sent[1], rows[0].raw.to_vec());
+    let decode = |bytes: &[u8]| -> Vec<Option<String>> {
+        let mut b = BytesMut::from(bytes);
+        let f = backend::decode_message(&mut b, &Limits::default())
+            .expect("valid")
+            .expect("complete");
+        let backend::BackendMessage::DataRow(r) = f.message else {
+            panic!("not a DataRow: {bytes:?}");
+        };
+        r.values()
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .collect()
+    };
+    let cells = |v: &[&str]| v.iter().map(|s| Some((*s).to_owned())).collect::<Vec<_>>();
+    assert_eq!(decode(&sent[2]), cells(&["2", "[EMAIL]", "ssn [SSN]"]));
+    assert_eq!(decode(&sent[3]), cells(&["3", "ok", "ssn [SSN]"]));
+    assert_eq!(
+        decode(&sent[4]),
+        cells(&["4", "card [CREDIT_CARD]", "fine"])
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].rows, Some(4));
+    // Each masked value counted once, whichever pass masked it.
+    assert_eq!(records[0].masked_values, 4);
+    assert_eq!(i.masked_total(), 4);
+}
