@@ -65,6 +65,13 @@ fn redacts_each_builtin() {
             "[EMAIL] and [EMAIL]",
         ),
         ("<mailto:ADMIN@EXAMPLE.COM>", "<mailto:[EMAIL]>"),
+        // URL-encoded, as in a logged query string or a redirect target.
+        (
+            "GET /reset?email=jane.doe%40example.com&next=%2Fhome",
+            "GET /reset?email=[EMAIL]&next=%2Fhome",
+        ),
+        ("mailto:ops%40[192.0.2.1]", "mailto:[EMAIL]"),
+        ("u%40h@example.com 100%", "[EMAIL] 100%"),
         (
             r#"to "john doe"@example.com and ops@[192.0.2.1]"#,
             "to [EMAIL] and [EMAIL]",
@@ -148,6 +155,7 @@ fn leaves_lookalikes_alone() {
         "card 4111 1111-1111 1112 and 4111.1111.1111.1111",
         "user@localhost",
         "pkg@1.2.3",
+        "50%40 off, 100% done, %40example.com, a%41b.example.com, x%40localhost",
         "std::vector<int> Foo::Bar",
         "12:30:45",
         "total 19.99 USD qty 3",
@@ -175,6 +183,10 @@ fn strategies() {
     let e = MaskEngine::compile(&specs, &[], b"secret key").unwrap();
     let s = e.session(&[0, 1, 2, 3, 4]);
     assert_eq!(text(&s, "to jane@example.com"), "to ****@example.com");
+    assert_eq!(
+        text(&s, "?to=jane%40example.com&a=b"),
+        "?to=****%40example.com&a=b"
+    );
     assert_eq!(text(&s, "4111 1111 1111 1111"), "**** **** **** 1111");
     let h1 = text(&s, "123-45-6789");
     assert_eq!(h1.len(), 24);

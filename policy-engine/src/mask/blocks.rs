@@ -37,8 +37,8 @@
 //! Not here: the validators (`detect`, `numeric`), custom regex detectors.
 
 use super::detect::{
-    ASSIGNMENT_SET, Builtin, DIGIT_SET, Hit, TOKEN_SET, anchor_at, assignment_hit, email_hit,
-    ipv6_hit, is_local, keyword_may_end_before, token_hit,
+    ASSIGNMENT_SET, Builtin, DIGIT_SET, Hit, TOKEN_SET, anchor_at, assignment_hit, at_sign_len,
+    email_hit, ipv6_hit, is_local, keyword_may_end_before, token_hit,
 };
 use super::numeric::digit_run;
 use super::validate;
@@ -73,6 +73,7 @@ const C_SEP: u8 = 2;
 /// `+`, `(` and capital letters: what can sit right before the first digit of an E.164 or
 /// `(ddd)` phone number or after an IBAN country code's first letter.
 const C_ANCHOR: u8 = 4;
+/// `@`, and the `%` of its URL encoding `%40`.
 const C_AT: u8 = 8;
 /// `:` and `=`: key-value separators (and, for `:`, IPv6).
 const C_ASSIGN: u8 = 16;
@@ -104,6 +105,7 @@ const CLASSES: [u8; 256] = {
     t[b'.' as usize] = C_SEP;
     t[b'-' as usize] = C_SEP | C_DASH;
     t[b'@' as usize] = C_AT;
+    t[b'%' as usize] = C_AT;
     t[b':' as usize] = C_ASSIGN;
     t[b'=' as usize] = C_ASSIGN;
     t[b'A' as usize] |= C_TOKEN;
@@ -121,7 +123,7 @@ fn class_of(c: u8) -> u8 {
     let upper = c.wrapping_sub(b'A') < 26;
     let sep = c == b' ' || c == b'.' || c == b'-';
     let anchor = upper || c == b'+' || c == b'(';
-    let at = c == b'@';
+    let at = c == b'@' || c == b'%';
     let assign = c == b':' || c == b'=';
     let token = c == b'A' || c == b'g' || c == b'x';
     let j = c == b'J';
@@ -280,7 +282,7 @@ fn classify_chunk<const NEED: u8>(v: u8x16, shift: usize, m: &mut [u64; 8]) {
         C_ANCHOR,
         u.min(splat(25)).simd_eq(u) | v.simd_eq(splat(b'+')) | v.simd_eq(splat(b'(')),
     );
-    put(C_AT, v.simd_eq(splat(b'@')));
+    put(C_AT, v.simd_eq(splat(b'@')) | v.simd_eq(splat(b'%')));
     put(C_ASSIGN, v.simd_eq(splat(b':')) | v.simd_eq(splat(b'=')));
     put(
         C_TOKEN,
@@ -910,7 +912,8 @@ pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
 /// Whether `email_at` can succeed at some `@` of the block `b` (all of `hay`): it needs a
 /// local-part byte or a closing quote right before the `@`, and after it either an address
 /// literal (`[`) or a domain whose last label is alphabetic, hence a `.` followed by a byte
-/// that is not a digit. Handles, `user@localhost` and `pkg@1.2.3` fail here without a call.
+/// that is not a digit. Handles, `user@localhost` and `pkg@1.2.3` fail here without a call,
+/// and so does a `%` that does not begin `%40` (percentages, other URL escapes).
 #[inline(always)]
 fn email_may_match<const K: usize>(
     hay: &[u8],
@@ -928,11 +931,14 @@ fn email_may_match<const K: usize>(
     while at != 0 {
         let p = at.trailing_zeros() as usize;
         at &= at - 1;
+        let Some(at_len) = at_sign_len(hay, p) else {
+            continue;
+        };
         let local = p
             .checked_sub(1)
             .and_then(|i| hay.get(i))
             .is_some_and(|&c| c == b'"' || is_local(c));
-        if local && (hay.get(p + 1) == Some(&b'[') || (tld_dots >> p) >> 1 != 0) {
+        if local && (hay.get(p + at_len) == Some(&b'[') || (tld_dots >> p) >> 1 != 0) {
             return true;
         }
     }
@@ -1303,6 +1309,12 @@ mod tests {
                 "@x.io",
                 "a@b",
                 "a@[192.0.2.1]",
+                "jane%40example.com",
+                "%40",
+                "%4",
+                "50%",
+                "a%40[192.0.2.1]",
+                "u%40h@ex.io",
                 "\"jo do\"@ex.io",
                 "user@localhost",
                 "pkg@1.2.3",
@@ -1360,7 +1372,7 @@ mod tests {
             ])
             .prop_map(|s| s.as_bytes().to_vec()),
             prop::collection::vec(
-                prop::sample::select(b"0123456789 -.+(:=@AZgxJey_".to_vec()),
+                prop::sample::select(b"0123456789 -.+(:=@%AZgxJey_".to_vec()),
                 1..12
             ),
             prop::collection::vec(any::<u8>(), 1..8),

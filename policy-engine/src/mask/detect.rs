@@ -347,7 +347,7 @@ impl Scanner {
         if set & (1 << Builtin::Email as u8) != 0 {
             let tail = region.get(from..).unwrap_or_default();
             let mut skip_until = 0usize;
-            for rel in memchr::memchr_iter(b'@', tail) {
+            for rel in memchr::memchr2_iter(b'@', b'%', tail) {
                 if let Some(h) = email_hit(region, from + rel, &mut skip_until) {
                     hits.push(h);
                 }
@@ -911,7 +911,19 @@ pub(crate) fn is_local(b: u8) -> bool {
         || (0x80..=0xF4).contains(&b)
 }
 
+/// The bytes of the `@` at `at`: 1 for `@`, 3 for its URL encoding `%40` (an address in a
+/// query string or a logged URL, `?email=jane%40example.com`); `None` for any other `%`.
+#[inline]
+pub(crate) fn at_sign_len(hay: &[u8], at: usize) -> Option<usize> {
+    match hay.get(at..)? {
+        [b'@', ..] => Some(1),
+        [b'%', b'4', b'0', ..] => Some(3),
+        _ => None,
+    }
+}
+
 fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
+    let at_len = at_sign_len(hay, at)?;
     let before = hay.get(..at)?;
     // Quoted local part: `"john doe"@example.com`.
     let (s, local_ok) = if before.last() == Some(&b'"') {
@@ -949,7 +961,7 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
         }
         (s, validate::email_local_ok(hay.get(s..at)?))
     };
-    let after = hay.get(at + 1..)?;
+    let after = hay.get(at + at_len..)?;
     // Address literal: `user@[192.0.2.1]`, `user@[IPv6:2001:db8::1]`.
     if after.first() == Some(&b'[') {
         let close = after.iter().take(64).position(|&b| b == b']')?;
@@ -958,7 +970,7 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
             || lit
                 .strip_prefix("IPv6:")
                 .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
-        return (local_ok && ip_ok).then_some((s, at + 1 + close + 1));
+        return (local_ok && ip_ok).then_some((s, at + at_len + close + 1));
     }
     let mut dl = after
         .iter()
@@ -972,7 +984,7 @@ fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {
         dl -= 1;
     }
     let domain = after.get(..dl)?;
-    let e = at + 1 + dl;
+    let e = at + at_len + dl;
     if !local_ok
         || !validate::email_domain_ok(domain)
         || hay.get(e).is_some_and(|&b| b == b'@' || b == b'_')

@@ -808,8 +808,10 @@ impl Inner {
             StrategyName::Null => out.extend_from_slice(label()),
             _ if is_key => out.extend_from_slice(label()),
             StrategyName::Partial => {
+                // The domain from the last `@`, or from the `%40` of a URL-encoded address.
                 if det == Some(Builtin::Email as u8)
                     && let Some(at) = memchr::memrchr(b'@', matched)
+                        .or_else(|| memchr::memmem::rfind(matched, b"%40"))
                 {
                     out.extend_from_slice(b"****");
                     out.extend_from_slice(matched.get(at..).unwrap_or_default());
