@@ -216,6 +216,24 @@ pub struct Custom {
     pub prefix: Option<memchr::memmem::Finder<'static>>,
 }
 
+/// Longest value searched for a custom prefix by its first byte: below this, `memchr` and a
+/// comparison cost less than the `memmem` searcher's set-up (74 instructions for a 15-byte
+/// cell against ~30).
+const SHORT_PREFIX_SEARCH: usize = 64;
+
+/// Whether `value` contains the needle of `finder`.
+#[inline]
+fn contains(finder: &memchr::memmem::Finder<'_>, value: &[u8]) -> bool {
+    let needle = finder.needle();
+    match needle.split_first() {
+        Some((&first, rest)) if value.len() < SHORT_PREFIX_SEARCH => {
+            memchr::memchr_iter(first, value)
+                .any(|i| value.get(i + 1..).is_some_and(|t| t.starts_with(rest)))
+        }
+        _ => finder.find(value).is_some(),
+    }
+}
+
 /// Shortest required prefix worth a search of its own: one byte is a `memchr`, which the
 /// regex's own prefilter does as cheaply.
 const MIN_CUSTOM_PREFIX: usize = 2;
@@ -379,7 +397,7 @@ impl Scanner {
                 .and_then(|id| 1u64.checked_shl(id))
                 .is_some_and(|bit| set & bit != 0)
                 && value.len() >= c.min_len
-                && c.prefix.as_ref().is_none_or(|f| f.find(value).is_some())
+                && c.prefix.as_ref().is_none_or(|f| contains(f, value))
                 && c.regex.is_match(value)
         })
     }
@@ -1112,7 +1130,8 @@ mod tests {
         let mut kept = 0;
         for a in pieces {
             for b in pieces {
-                for c in ["", " ", "x"] {
+                // Short values take the `memchr` search, long ones the `memmem` searcher.
+                for c in ["", " ", "x", &"x ".repeat(40)] {
                     let v = format!("{c}{a}{c}{b}");
                     for (i, (p, re)) in patterns.iter().zip(&regexes).enumerate() {
                         let bit = 1u64 << (N_BUILTINS + i);
