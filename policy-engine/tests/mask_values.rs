@@ -133,6 +133,49 @@ fn redacts_each_builtin() {
             "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nAAAA\n-----END RSA PRIVATE KEY-----\nb",
             "a\n[PRIVATE_KEY]\nb",
         ),
+        (
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBF\n=nJwd\n-----END PGP PRIVATE KEY BLOCK-----",
+            "[PRIVATE_KEY]",
+        ),
+        // AWS's APIs and credential caches spell the secret key in camelCase.
+        (
+            r#"{"AccessKeyId":"ASIAY34FZKBOKMUTVV7A","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY","SessionToken":"FwoGZXIvYXdzEJr"}"#,
+            r#"{"AccessKeyId":"[AWS_ACCESS_KEY]","SecretAccessKey":"[AWS_SECRET_KEY]","SessionToken":"[SECRET]"}"#,
+        ),
+        (
+            "secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "secret_access_key = [AWS_SECRET_KEY]",
+        ),
+        (
+            "AWSSecretAccessKey=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "AWSSecretAccessKey=[AWS_SECRET_KEY]",
+        ),
+        // camelCase key names start a keyword as `_` does.
+        (
+            "accessToken=abc123 clientSecret: s3cr3t dbPassword='pw 1'",
+            "accessToken=[SECRET] clientSecret: [SECRET] dbPassword='[SECRET]'",
+        ),
+        // HTTP authorization headers: the scheme stays, the credentials go.
+        (
+            "curl -H 'Authorization: Basic dXNlcjpwYXNzd29yZA==' https://x",
+            "curl -H 'Authorization: Basic [SECRET]' https://x",
+        ),
+        (
+            "authorization: bearer 9f86d081884c.7d659a2f",
+            "authorization: bearer [SECRET]",
+        ),
+        (
+            r#"headers {"Authorization": "Token abc123"}"#,
+            r#"headers {"Authorization": "Token [SECRET]"}"#,
+        ),
+        (
+            "Authorization: 9f86d081884c7d659a2feaa0c55ad015",
+            "Authorization: [SECRET]",
+        ),
+        (
+            "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "Authorization: Bearer [JWT]",
+        ),
     ];
     for (input, want) in cases {
         assert_eq!(text(&s, input), want, "input {input:?}");
@@ -162,7 +205,11 @@ fn leaves_lookalikes_alone() {
         "DE00 1234 5678 9012 3456 78",
         "ticket 4155550100",
         "-----BEGIN CERTIFICATE-----",
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----",
         "password_hint is set",
+        "mypassword=x MYTOKEN=y sometoken: z",
+        "authorization: required, Authorization: Bearer",
+        "authorization: denied for user x",
     ] {
         assert_eq!(text(&s, v), v);
     }
@@ -388,14 +435,14 @@ fn json_fields_and_detectors() {
     let s2 = e.session(&[0]);
     let mut out = Vec::new();
     let body =
-        br#"{"db":{"db_password":"p@ss w0rd","password_hint":"pet name","auth":{"api_key":"k1"}}}"#;
+        br#"{"db":{"db_password":"p@ss w0rd","password_hint":"pet name","auth":{"api_key":"k1","accessToken":"t1","Authorization":"Bearer t2"}}}"#;
     assert_eq!(
         s2.mask_json(body, &mut out, &mut st),
         MaskOutcome::Rewritten
     );
     assert_eq!(
         String::from_utf8(out).unwrap(),
-        r#"{"db":{"db_password":"[SECRET]","password_hint":"pet name","auth":{"api_key":"[SECRET]"}}}"#
+        r#"{"db":{"db_password":"[SECRET]","password_hint":"pet name","auth":{"api_key":"[SECRET]","accessToken":"[SECRET]","Authorization":"[SECRET]"}}}"#
     );
 
     // Not JSON: detectors still apply.

@@ -146,6 +146,8 @@ pub(crate) enum Anchor {
     Pem,
     Keyword,
     AwsSecretKeyword,
+    /// `Authorization`: an HTTP scheme word (`Bearer`, `Basic`) may come before the secret.
+    Authorization,
 }
 
 /// Case-sensitive literal prefixes of tokens (matched by [`anchor_at`]).
@@ -178,6 +180,9 @@ pub(crate) const TOKEN_ANCHORS: &[(&str, Anchor)] = &[
 const KEYWORDS: &[(&str, Anchor)] = &[
     ("aws_secret_access_key", Anchor::AwsSecretKeyword),
     ("aws_secret_key", Anchor::AwsSecretKeyword),
+    // As AWS's own APIs and SDK caches spell it: `"SecretAccessKey": "..."`.
+    ("secret_access_key", Anchor::AwsSecretKeyword),
+    ("secretaccesskey", Anchor::AwsSecretKeyword),
     ("password", Anchor::Keyword),
     ("passwd", Anchor::Keyword),
     ("pwd", Anchor::Keyword),
@@ -193,6 +198,8 @@ const KEYWORDS: &[(&str, Anchor)] = &[
     ("apikey", Anchor::Keyword),
     ("api-key", Anchor::Keyword),
     ("private_key", Anchor::Keyword),
+    // An HTTP header copied into a log or a column: `Authorization: Bearer <token>`.
+    ("authorization", Anchor::Authorization),
 ];
 
 /// Optional validator of a custom detector.
@@ -472,7 +479,7 @@ pub(crate) fn token_hit(hay: &[u8], s: usize, e: usize, anchor: Anchor, set: u64
         }
         Anchor::Jwt => jwt_at(hay, s).map(|end| (end, Builtin::Jwt)),
         Anchor::Pem => pem_header_at(hay, s).map(|end| (end, Builtin::PrivateKey)),
-        Anchor::Keyword | Anchor::AwsSecretKeyword => None,
+        Anchor::Keyword | Anchor::AwsSecretKeyword | Anchor::Authorization => None,
     }?;
     (set & (1u64 << det as u8) != 0).then_some(Hit {
         start: s,
@@ -565,6 +572,9 @@ pub(crate) fn assignment_hit(hay: &[u8], from: usize, sep: usize, set: u64) -> O
                 (vs, ve, Builtin::Credential)
             }
         }),
+        Anchor::Authorization => assignment_at(hay, s, e)
+            .and_then(|(vs, ve)| authorization_credentials(hay, vs, ve))
+            .map(|(vs, ve)| (vs, ve, Builtin::Credential)),
         _ => assignment_at(hay, s, e).map(|(vs, ve)| (vs, ve, Builtin::Credential)),
     }?;
     (set & (1u64 << det as u8) != 0).then_some(Hit {
@@ -682,17 +692,29 @@ fn keyword_before(hay: &[u8], from: usize, sep: usize) -> Option<(usize, usize, 
         if hay
             .get(s..e)
             .is_some_and(|w| w.eq_ignore_ascii_case(kw.as_bytes()))
-            && !(s > 0
-                && hay
-                    .get(s - 1)
-                    .copied()
-                    .is_some_and(|b| b.is_ascii_alphanumeric()))
+            && keyword_starts_word(hay, s)
             && best.is_none_or(|(bs, _)| s < bs)
         {
             best = Some((s, anchor));
         }
     }
     best.map(|(s, a)| (s, e, a))
+}
+
+/// Whether a keyword found at `s` begins a word of its key name: nothing alphanumeric before
+/// it (`db_password`, `"token"`), or a camelCase hump (`accessToken`, `dbPassword`,
+/// `AWSSecretAccessKey`). Inside a word it is not a keyword: `mypassword`, `MYTOKEN`.
+#[inline]
+fn keyword_starts_word(key: &[u8], s: usize) -> bool {
+    let Some(&prev) = s.checked_sub(1).and_then(|i| key.get(i)) else {
+        return true;
+    };
+    if !prev.is_ascii_alphanumeric() {
+        return true;
+    }
+    let upper = key.get(s).is_some_and(u8::is_ascii_uppercase);
+    // After a capital only an acronym's end is a hump: `AWSSecret`, not `MYTOKEN`.
+    upper && (!prev.is_ascii_uppercase() || key.get(s + 1).is_some_and(u8::is_ascii_lowercase))
 }
 
 /// Values up to this length go through the block prefilter: for a short result-set cell the
@@ -774,7 +796,7 @@ fn jwt_at(hay: &[u8], s: usize) -> Option<usize> {
     Some(end)
 }
 
-/// A private-key PEM header `-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----` at `s`; returns the
+/// A private-key PEM header `-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----` at `s`; returns the
 /// header end. Certificates and public keys are not secrets and are left alone.
 fn pem_header_at(hay: &[u8], s: usize) -> Option<usize> {
     let label_start = s + b"-----BEGIN ".len();
@@ -785,7 +807,9 @@ fn pem_header_at(hay: &[u8], s: usize) -> Option<usize> {
         .take_while(|&&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ')
         .count();
     let label = rest.get(..n)?;
-    if !label.ends_with(b"PRIVATE KEY") || rest.get(n..n + 5) != Some(b"-----") {
+    // OpenPGP armour names its secret keys `PGP PRIVATE KEY BLOCK`.
+    let private = label.ends_with(b"PRIVATE KEY") || label.ends_with(b"PRIVATE KEY BLOCK");
+    if !private || rest.get(n..n + 5) != Some(b"-----") {
         return None;
     }
     Some(label_start + n + 5)
@@ -794,12 +818,7 @@ fn pem_header_at(hay: &[u8], s: usize) -> Option<usize> {
 /// A secret assignment after the keyword at `[s, e)`: `key=value`, `key: value`,
 /// `"key": "value"`, `key='value'`. Returns the value span (the key stays visible).
 fn assignment_at(hay: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
-    if s > 0
-        && hay
-            .get(s - 1)
-            .copied()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-    {
+    if !keyword_starts_word(hay, s) {
         return None;
     }
     let mut i = e;
@@ -838,23 +857,7 @@ fn assignment_at(hay: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
         .take(MAX_ASSIGNMENT_VALUE)
         .take_while(|&&b| match quote {
             Some(q) => b != q && b != b'\n' && b != b'\r' && b != b'\\',
-            None => !matches!(
-                b,
-                b' ' | b'\t'
-                    | b'\n'
-                    | b'\r'
-                    | b'"'
-                    | b'\''
-                    | b'\\'
-                    | b'&'
-                    | b','
-                    | b';'
-                    | b'<'
-                    | b'>'
-                    | b'}'
-                    | b')'
-                    | b']'
-            ),
+            None => !ends_bare_value(b),
         })
         .count();
     // `password=` with nothing, and JSON `null`/booleans, are not secrets.
@@ -863,6 +866,81 @@ fn assignment_at(hay: &[u8], s: usize, e: usize) -> Option<(usize, usize)> {
         return None;
     }
     Some((vs, vs + n))
+}
+
+/// Whether `b` ends an unquoted assignment value.
+#[inline]
+fn ends_bare_value(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t'
+            | b'\n'
+            | b'\r'
+            | b'"'
+            | b'\''
+            | b'\\'
+            | b'&'
+            | b','
+            | b';'
+            | b'<'
+            | b'>'
+            | b'}'
+            | b')'
+            | b']'
+    )
+}
+
+/// HTTP authentication schemes whose credentials follow them in an `Authorization` value,
+/// lower-case.
+const AUTH_SCHEMES: &[&[u8]] = &[
+    b"basic",
+    b"bearer",
+    b"token",
+    b"apikey",
+    b"key",
+    b"negotiate",
+    b"ntlm",
+    b"oauth",
+    b"ssws",
+];
+
+/// The credentials in the `Authorization` value at `[vs, ve)`: what follows its scheme word
+/// (`Bearer`, `Basic`, `Token`), which stays visible as the key does, or the whole value when
+/// it has no scheme and is not a plain word (`Authorization: 9f86d081...`). `None` for a
+/// scheme with nothing after it and for words (`authorization: required`).
+fn authorization_credentials(hay: &[u8], vs: usize, ve: usize) -> Option<(usize, usize)> {
+    let v = hay.get(vs..ve)?;
+    let letters = v.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    let is_scheme = |w: &[u8]| AUTH_SCHEMES.iter().any(|s| w.eq_ignore_ascii_case(s));
+    let spaces = |from: usize| {
+        hay.get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|&&b| b == b' ')
+            .count()
+    };
+    if letters == v.len() {
+        // Unquoted, the value stopped at the space after the scheme: the credentials are the
+        // next word.
+        if hay.get(ve) != Some(&b' ') || !is_scheme(v) {
+            return None;
+        }
+        let cs = ve + spaces(ve);
+        let n = hay
+            .get(cs..)
+            .unwrap_or_default()
+            .iter()
+            .take(MAX_ASSIGNMENT_VALUE)
+            .take_while(|&&b| !ends_bare_value(b))
+            .count();
+        return (n > 0).then_some((cs, cs + n));
+    }
+    if v.get(letters) == Some(&b' ') && is_scheme(v.get(..letters)?) {
+        // Quoted: `"Bearer <token>"` is one value.
+        let cs = vs + letters + spaces(vs + letters);
+        return (cs < ve).then_some((cs, ve));
+    }
+    Some((vs, ve))
 }
 
 /// For a JSON object key that names a secret (`password`, `db_password`, `api_key`, ...):
@@ -875,15 +953,14 @@ pub fn secret_key_kind(key: &[u8], value: &[u8]) -> Option<DetectorId> {
             && key
                 .get(key.len() - n..)
                 .is_some_and(|k| k.eq_ignore_ascii_case(kw.as_bytes()))
-            && (key.len() == n
-                || !key
-                    .get(key.len() - n - 1)
-                    .is_some_and(u8::is_ascii_alphanumeric))
+            && keyword_starts_word(key, key.len() - n)
     };
     let mut found = None;
     for &(kw, anchor) in KEYWORDS {
         match anchor {
-            Anchor::Keyword if named(kw) => found = found.or(Some(Builtin::Credential)),
+            Anchor::Keyword | Anchor::Authorization if named(kw) => {
+                found = found.or(Some(Builtin::Credential));
+            }
             Anchor::AwsSecretKeyword if named(kw) => {
                 let aws = value.len() == 40
                     && value
