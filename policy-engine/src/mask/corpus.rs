@@ -33,7 +33,7 @@ impl Rng {
         lo + self.below(hi - lo + 1)
     }
 
-    fn pick(&mut self, xs: &[&'static str]) -> &'static str {
+    fn pick<T: Copy + Default>(&mut self, xs: &[T]) -> T {
         #[expect(
             clippy::cast_possible_truncation,
             reason = "slice lengths here are tiny"
@@ -317,7 +317,12 @@ fn positive(r: &mut Rng, cell: &mut Cell) {
             &format!("AKIA{}", r.chars(16, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")),
         ),
         8 => {
-            cell.push("aws_secret_access_key=");
+            // As a config line, and as AWS's APIs and credential caches return it.
+            let (key, close) = r.pick(&[
+                ("aws_secret_access_key=", ""),
+                (r#"{"SecretAccessKey": ""#, r#""}"#),
+            ]);
+            cell.push(key);
             cell.pii(
                 "aws_secret_key",
                 &r.chars(
@@ -325,6 +330,7 @@ fn positive(r: &mut Rng, cell: &mut Cell) {
                     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/+",
                 ),
             );
+            cell.push(close);
         }
         9 => cell.pii("gcp_api_key", &format!("AIza{}", r.chars(35, B64URL))),
         10 => cell.pii("github_token", &format!("ghp_{}", r.chars(36, ALNUM))),
@@ -360,11 +366,17 @@ fn positive(r: &mut Rng, cell: &mut Cell) {
                     )
                 })
                 .collect();
-            let kind = r.pick(&["RSA ", "EC ", "", "OPENSSH "]);
+            let (kind, block) = r.pick(&[
+                ("RSA ", ""),
+                ("EC ", ""),
+                ("", ""),
+                ("OPENSSH ", ""),
+                ("PGP ", " BLOCK"),
+            ]);
             cell.pii(
                 "private_key",
                 &format!(
-                    "-----BEGIN {kind}PRIVATE KEY-----\n{}\n-----END {kind}PRIVATE KEY-----",
+                    "-----BEGIN {kind}PRIVATE KEY{block}-----\n{}\n-----END {kind}PRIVATE KEY{block}-----",
                     body.join("\n")
                 ),
             );
@@ -376,6 +388,9 @@ fn positive(r: &mut Rng, cell: &mut Cell) {
                 "token=",
                 "secret=",
                 "api_key=",
+                "accessToken=",
+                "clientSecret: ",
+                "Authorization: Bearer ",
             ]);
             cell.push(key);
             cell.pii(
@@ -430,6 +445,8 @@ fn negative(r: &mut Rng, cell: &mut Cell) {
                 "@handle",
                 "pkg@1.2.3",
                 "name at example dot com",
+                "password_hint=set",
+                "authorization: required",
             ])
             .to_string(),
         13 => format!(
