@@ -72,6 +72,11 @@ fn redacts_each_builtin() {
         ),
         ("mailto:ops%40[192.0.2.1]", "mailto:[EMAIL]"),
         ("u%40h@example.com 100%", "[EMAIL] 100%"),
+        // HTML character references, as stored HTML hides an address from harvesters.
+        (
+            r#"<a href="mailto:jane&#64;example.com">R&amp;D</a>, ops&#x40;example.org"#,
+            r#"<a href="mailto:[EMAIL]">R&amp;D</a>, [EMAIL]"#,
+        ),
         (
             r#"to "john doe"@example.com and ops@[192.0.2.1]"#,
             "to [EMAIL] and [EMAIL]",
@@ -199,6 +204,7 @@ fn leaves_lookalikes_alone() {
         "user@localhost",
         "pkg@1.2.3",
         "50%40 off, 100% done, %40example.com, a%41b.example.com, x%40localhost",
+        "R&D, AT&T, a&amp;b.example.com, x&#64;localhost, &#64;example.com, a&#65;b.example.com",
         "std::vector<int> Foo::Bar",
         "12:30:45",
         "total 19.99 USD qty 3",
@@ -233,6 +239,10 @@ fn strategies() {
     assert_eq!(
         text(&s, "?to=jane%40example.com&a=b"),
         "?to=****%40example.com&a=b"
+    );
+    assert_eq!(
+        text(&s, "mailto:jane&#x40;example.com"),
+        "mailto:****&#x40;example.com"
     );
     assert_eq!(text(&s, "4111 1111 1111 1111"), "**** **** **** 1111");
     let h1 = text(&s, "123-45-6789");

@@ -73,7 +73,7 @@ const C_SEP: u8 = 2;
 /// `+`, `(` and capital letters: what can sit right before the first digit of an E.164 or
 /// `(ddd)` phone number or after an IBAN country code's first letter.
 const C_ANCHOR: u8 = 4;
-/// `@`, and the `%` of its URL encoding `%40`.
+/// `@`, the `%` of its URL encoding `%40` and the `&` of its HTML references `&#64;`, `&#x40;`.
 const C_AT: u8 = 8;
 /// `:` and `=`: key-value separators (and, for `:`, IPv6).
 const C_ASSIGN: u8 = 16;
@@ -106,6 +106,7 @@ const CLASSES: [u8; 256] = {
     t[b'-' as usize] = C_SEP | C_DASH;
     t[b'@' as usize] = C_AT;
     t[b'%' as usize] = C_AT;
+    t[b'&' as usize] = C_AT;
     t[b':' as usize] = C_ASSIGN;
     t[b'=' as usize] = C_ASSIGN;
     t[b'A' as usize] |= C_TOKEN;
@@ -123,7 +124,7 @@ fn class_of(c: u8) -> u8 {
     let upper = c.wrapping_sub(b'A') < 26;
     let sep = c == b' ' || c == b'.' || c == b'-';
     let anchor = upper || c == b'+' || c == b'(';
-    let at = c == b'@' || c == b'%';
+    let at = c == b'@' || c == b'%' || c == b'&';
     let assign = c == b':' || c == b'=';
     let token = c == b'A' || c == b'g' || c == b'x';
     let j = c == b'J';
@@ -282,7 +283,10 @@ fn classify_chunk<const NEED: u8>(v: u8x16, shift: usize, m: &mut [u64; 8]) {
         C_ANCHOR,
         u.min(splat(25)).simd_eq(u) | v.simd_eq(splat(b'+')) | v.simd_eq(splat(b'(')),
     );
-    put(C_AT, v.simd_eq(splat(b'@')) | v.simd_eq(splat(b'%')));
+    put(
+        C_AT,
+        v.simd_eq(splat(b'@')) | v.simd_eq(splat(b'%')) | v.simd_eq(splat(b'&')),
+    );
     put(C_ASSIGN, v.simd_eq(splat(b':')) | v.simd_eq(splat(b'=')));
     put(
         C_TOKEN,
@@ -913,7 +917,8 @@ pub(crate) fn may_match(value: &[u8], set: u64) -> bool {
 /// local-part byte or a closing quote right before the `@`, and after it either an address
 /// literal (`[`) or a domain whose last label is alphabetic, hence a `.` followed by a byte
 /// that is not a digit. Handles, `user@localhost` and `pkg@1.2.3` fail here without a call,
-/// and so does a `%` that does not begin `%40` (percentages, other URL escapes).
+/// and so does a `%` that does not begin `%40` (percentages, other URL escapes) and an `&`
+/// that does not begin `&#64;` or `&#x40;` (query strings, other character references).
 #[inline(always)]
 fn email_may_match<const K: usize>(
     hay: &[u8],
@@ -1315,6 +1320,13 @@ mod tests {
                 "50%",
                 "a%40[192.0.2.1]",
                 "u%40h@ex.io",
+                "jane&#64;example.com",
+                "j&#x40;ex.io",
+                "j&#X40;[192.0.2.1]",
+                "&#64;",
+                "&#6",
+                "a&amp;b@ex.io",
+                "R&D",
                 "\"jo do\"@ex.io",
                 "user@localhost",
                 "pkg@1.2.3",
@@ -1372,7 +1384,7 @@ mod tests {
             ])
             .prop_map(|s| s.as_bytes().to_vec()),
             prop::collection::vec(
-                prop::sample::select(b"0123456789 -.+(:=@%AZgxJey_".to_vec()),
+                prop::sample::select(b"0123456789 -.+(:=@%&#;AZgxJey_".to_vec()),
                 1..12
             ),
             prop::collection::vec(any::<u8>(), 1..8),

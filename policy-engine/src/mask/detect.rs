@@ -372,7 +372,7 @@ impl Scanner {
         if set & (1 << Builtin::Email as u8) != 0 {
             let tail = region.get(from..).unwrap_or_default();
             let mut skip_until = 0usize;
-            for rel in memchr::memchr2_iter(b'@', b'%', tail) {
+            for rel in memchr::memchr3_iter(b'@', b'%', b'&', tail) {
                 if let Some(h) = email_hit(region, from + rel, &mut skip_until) {
                     hits.push(h);
                 }
@@ -1007,14 +1007,24 @@ pub(crate) fn is_local(b: u8) -> bool {
 }
 
 /// The bytes of the `@` at `at`: 1 for `@`, 3 for its URL encoding `%40` (an address in a
-/// query string or a logged URL, `?email=jane%40example.com`); `None` for any other `%`.
+/// query string or a logged URL, `?email=jane%40example.com`), 5 or 6 for its HTML character
+/// references `&#64;` and `&#x40;` (an address in stored HTML, often written so to hide it
+/// from harvesters); `None` for any other `%` or `&`.
 #[inline]
 pub(crate) fn at_sign_len(hay: &[u8], at: usize) -> Option<usize> {
     match hay.get(at..)? {
         [b'@', ..] => Some(1),
         [b'%', b'4', b'0', ..] => Some(3),
+        [b'&', b'#', b'6', b'4', b';', ..] => Some(5),
+        [b'&', b'#', b'x' | b'X', b'4', b'0', b';', ..] => Some(6),
         _ => None,
     }
+}
+
+/// Where the `@` of a matched email (in any of the forms of [`at_sign_len`]) begins: the last
+/// one, since a quoted local part may hold another.
+pub(crate) fn last_at_sign(email: &[u8]) -> Option<usize> {
+    memchr::memrchr3_iter(b'@', b'%', b'&', email).find(|&i| at_sign_len(email, i).is_some())
 }
 
 fn email_at(hay: &[u8], at: usize) -> Option<(usize, usize)> {

@@ -808,10 +808,9 @@ impl Inner {
             StrategyName::Null => out.extend_from_slice(label()),
             _ if is_key => out.extend_from_slice(label()),
             StrategyName::Partial => {
-                // The domain from the last `@`, or from the `%40` of a URL-encoded address.
+                // The domain from the `@`, kept in the form it came (`%40`, `&#64;`).
                 if det == Some(Builtin::Email as u8)
-                    && let Some(at) = memchr::memrchr(b'@', matched)
-                        .or_else(|| memchr::memmem::rfind(matched, b"%40"))
+                    && let Some(at) = super::detect::last_at_sign(matched)
                 {
                     out.extend_from_slice(b"****");
                     out.extend_from_slice(matched.get(at..).unwrap_or_default());
