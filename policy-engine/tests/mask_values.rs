@@ -586,3 +586,34 @@ fn short_cell_path_matches_the_batch_path() {
         assert!(rewritten > 100, "{detectors:?}: {rewritten}");
     }
 }
+
+/// A result column computed from ruled columns (what `sql::ResultSources` reads off the
+/// statement) is ruled as they are; the statement's own text decides which those are.
+#[test]
+fn column_rules_apply_to_the_columns_a_result_column_reads() {
+    use policy_engine::Dialect;
+    use policy_engine::sql::ResultSources;
+    let specs = [
+        rule(StrategyName::Redact, &[], &["ssn"]),
+        rule(StrategyName::Redact, &["email"], &["notes"]),
+    ];
+    let e = MaskEngine::compile(&specs, &[], b"k").unwrap();
+    let s = e.session(&[0, 1]);
+    let sql = "SELECT id AS k, ssn AS tax, upper(notes) AS n FROM people";
+    let sources = ResultSources::of(sql, Dialect::Postgres);
+    let cell = |column: &str, v: &str| {
+        let col = s.column_from(column, sources.sources(column));
+        let mut out = Vec::new();
+        let mut st = MaskStats::default();
+        match s.mask_value(&col, ValueKind::Text, v.as_bytes(), &mut out, &mut st) {
+            MaskOutcome::Unchanged => v.to_string(),
+            MaskOutcome::Rewritten => String::from_utf8(out).unwrap(),
+            MaskOutcome::Null => "NULL".to_string(),
+        }
+    };
+    assert_eq!(cell("k", "7"), "7");
+    assert_eq!(cell("tax", "123-45-6789"), "[MASKED]");
+    // `notes` runs the email detector inside the column, under any name it is read as.
+    assert_eq!(cell("n", "MAIL ANN@EXAMPLE.COM"), "MAIL [EMAIL]");
+    assert_eq!(cell("k", "ann@example.com"), "ann@example.com");
+}

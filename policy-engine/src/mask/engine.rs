@@ -431,17 +431,26 @@ impl SessionMasker {
     /// column definitions). Column-scoped detector rules take precedence over session-wide
     /// ones for the same detector; the first matching whole-value rule wins.
     pub fn column(&self, column_name: &str) -> ColumnMask {
+        self.column_from(column_name, std::iter::empty())
+    }
+
+    /// [`Self::column`] for a result column computed from other columns: a rule applies when
+    /// it names the result column or any of `sources` (what the statement's select list says
+    /// the column reads, see [`crate::sql::ResultSources`]), so `SELECT ssn AS x` and
+    /// `upper(email)` are masked as `ssn` and `email` are.
+    pub fn column_from<'a>(
+        &self,
+        column_name: &str,
+        sources: impl Iterator<Item = &'a str> + Clone,
+    ) -> ColumnMask {
         let mut plan = Plan::empty();
         let mut whole = None;
         for &r in &self.column_rules {
             let Some(rule) = self.inner.rules.get(usize::from(r)) else {
                 continue;
             };
-            if !rule
-                .columns
-                .iter()
-                .any(|g| g.matches(column_name.as_bytes()))
-            {
+            let named = |name: &str| rule.columns.iter().any(|g| g.matches(name.as_bytes()));
+            if !named(column_name) && !sources.clone().any(named) {
                 continue;
             }
             if rule.detectors == 0 {

@@ -11,9 +11,11 @@
 mod classify;
 mod kind;
 pub mod lexer;
+pub mod sources;
 
 pub use classify::{MAX_SQL_BYTES, MAX_STATEMENTS, MAX_TABLES};
 pub use kind::{KindSet, StatementKind};
+pub use sources::ResultSources;
 
 use crate::request::Dialect;
 use lexer::{Token, TokenKind};
@@ -216,6 +218,13 @@ impl SqlScratch {
     /// Statements of the last classified text, in order.
     pub fn statements(&self) -> &[Statement] {
         &self.statements
+    }
+
+    /// The statement's tokens (positions in the classified text).
+    pub fn tokens(&self, s: &Statement) -> &[Token] {
+        self.tokens
+            .get(s.tokens.0 as usize..s.tokens.1 as usize)
+            .unwrap_or(&[])
     }
 
     /// Tables the statement names.
