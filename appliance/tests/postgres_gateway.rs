@@ -399,6 +399,25 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
             "{driver}: NULL and non-matching values untouched"
         );
 
+        // The email column rule follows the column under an alias, inside expressions and
+        // through a CTE: PostgreSQL names these result columns `contact`, `upper`, `domain`
+        // and `mail`, which no rule names.
+        let out = psql(
+            tls,
+            "require",
+            &token,
+            "SELECT id, email AS contact, upper(email), split_part(email, '@', 2) AS domain \
+             FROM customers WHERE id = 1; \
+             WITH s AS (SELECT email AS e FROM customers WHERE id = 1) SELECT e AS mail FROM s",
+        );
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        let rows = text(&out.stdout);
+        assert_eq!(
+            rows.lines().collect::<Vec<_>>(),
+            ["1|[MASKED]|[MASKED]|[MASKED]", "[MASKED]"],
+            "{driver}: aliased email not masked: {rows}"
+        );
+
         // A denied DROP: 42501 naming the rule, never reaches the server, table intact.
         let out = psql(tls, "require", &token, "DROP TABLE customers");
         assert!(!out.status.success(), "{driver}: DROP succeeded");

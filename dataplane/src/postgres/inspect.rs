@@ -33,6 +33,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use policy_engine::mask::{
     ColumnMask, MaskOutcome, MaskStats, SessionMasker, StreamMasker, ValueKind,
 };
+use policy_engine::sql::ResultSources;
 use policy_engine::{
     Action, Dialect, ReviewSpec, Scratch, SessionPolicy, StatementKind, StringLiterals, Verdict,
 };
@@ -151,10 +152,16 @@ struct Meta {
     rule: Option<Arc<str>>,
     /// Set when the Parse was held and approved.
     approval: Option<Approval>,
+    sources: Sources,
 }
 
-/// One statement of a query string as recorded: kind, text, decision, rule id.
-type Part = (Arc<str>, Bytes, RecDecision, Option<Arc<str>>);
+/// One statement of a query string as recorded: kind, text, decision, rule id, and what its
+/// result columns read when that is not just their own names.
+type Part = (Arc<str>, Bytes, RecDecision, Option<Arc<str>>, Sources);
+
+/// What a statement's result columns read besides their own names (`SELECT ssn AS x`), so
+/// column rules follow them; `None` when names alone decide or no column rule applies.
+type Sources = Option<Arc<ResultSources>>;
 
 /// A forwarded statement waiting for the server's answer.
 #[derive(Debug)]
@@ -165,6 +172,9 @@ struct Pending {
     sync_no: u64,
     /// From an Execute (its batch ends at a Sync), not a simple Query.
     extended: bool,
+    /// A simple Query's statement: what its result columns read (an Execute's rows take
+    /// their columns from the Describe of its statement).
+    sources: Sources,
 }
 
 #[derive(Debug, Clone)]
@@ -373,6 +383,7 @@ impl Inspector {
                     decision: RecDecision::Allow,
                     rule: None,
                     approval: None,
+                    sources: None,
                 });
                 let mut r = self.new_record(meta.kind, text, meta.decision, meta.rule);
                 if let Some((id, approvers)) = meta.approval {
@@ -387,6 +398,7 @@ impl Inspector {
                     started: Instant::now(),
                     sync_no: self.syncs_forwarded + 1,
                     extended: true,
+                    sources: None,
                 });
                 ClientVerdict::Forward
             }
@@ -520,6 +532,7 @@ impl Inspector {
         let rules = self.snapshot.policy.rules();
         // One record per statement, each with its own verdict and rule.
         let statements = scratch.sql().statements();
+        let follow_columns = self.masker.has_column_rules();
         let mut parts: Vec<Part> = Vec::with_capacity(statements.len().max(1));
         let results = scratch.statement_results();
         for (i, st) in statements.iter().enumerate() {
@@ -539,11 +552,18 @@ impl Inspector {
             } else {
                 sql.clone()
             };
+            // Read off the tokens the decision already made; nothing is built for a statement
+            // whose result columns are plain columns.
+            let sources = follow_columns
+                .then(|| ResultSources::from_tokens(text, scratch.sql().tokens(st)))
+                .filter(|s| !s.is_empty())
+                .map(Arc::new);
             parts.push((
                 kind_name(st.primary_kind()),
                 piece,
                 rec_decision(verdict),
                 Some(rule.unwrap_or_else(default_rule)),
+                sources,
             ));
         }
         if parts.is_empty() {
@@ -552,6 +572,7 @@ impl Inspector {
                 sql.clone(),
                 rec_decision(overall),
                 Some(Arc::clone(&overall_rule)),
+                None,
             ));
         }
         if overall != Verdict::Deny
@@ -559,7 +580,7 @@ impl Inspector {
             && statements.iter().any(copies_out)
         {
             let error: Arc<str> = COPY_OUT_REFUSED.into();
-            for (kind, piece, _, _) in parts {
+            for (kind, piece, _, _, _) in parts {
                 let mut r = self.new_record(
                     kind,
                     Some(piece),
@@ -595,7 +616,7 @@ impl Inspector {
                 } else {
                     format!("requires review by rule `{overall_rule}`").into()
                 };
-                for (kind, piece, decision, rule) in parts {
+                for (kind, piece, decision, rule, _) in parts {
                     let mut r = self.new_record(kind, Some(piece), decision, rule);
                     r.error = Some(Arc::clone(&error));
                     record(CommandEvent::Finished(r));
@@ -639,16 +660,17 @@ impl Inspector {
         match parse_name {
             Some(name) => {
                 // Recorded when a portal of it is executed.
-                let (kind, decision, rule) = parts
+                let (kind, decision, rule, sources) = parts
                     .into_iter()
                     .next()
-                    .map(|(k, _, d, r)| (k, d, r))
-                    .unwrap_or(("unknown".into(), rec_decision(overall), None));
+                    .map(|(k, _, d, r, s)| (k, d, r, s))
+                    .unwrap_or(("unknown".into(), rec_decision(overall), None, None));
                 let meta = Meta {
                     kind,
                     decision,
                     rule,
                     approval,
+                    sources,
                 };
                 if let Err(e) = self.statements.parse(name, sql.clone(), meta) {
                     return ClientVerdict::Fatal(e);
@@ -660,7 +682,7 @@ impl Inspector {
                 // The records go straight into the pending queue (no list of their own per
                 // query), and are announced from there; a refusal takes them back out.
                 let first = self.pending.len();
-                for (kind, piece, decision, rule) in parts {
+                for (kind, piece, decision, rule, sources) in parts {
                     let mut r = self.new_record(kind, Some(piece), decision, rule);
                     if let Some((id, approvers)) = &approval {
                         r.review_id = Some(Arc::clone(id));
@@ -671,6 +693,7 @@ impl Inspector {
                         started,
                         sync_no,
                         extended: false,
+                        sources,
                     });
                 }
                 let announced = (first..self.pending.len())
@@ -738,7 +761,7 @@ impl Inspector {
         record: &mut RecordFn<'_>,
     ) -> PgError {
         let error: Arc<str> = message.as_str().into();
-        for (kind, piece, decision, rule) in hold.parts {
+        for (kind, piece, decision, rule, _) in hold.parts {
             let mut r = self.new_record(kind, Some(piece), decision, rule);
             r.review_id = review_id.clone();
             r.error = Some(Arc::clone(&error));
@@ -790,13 +813,22 @@ impl Inspector {
     ) -> Result<(), PgError> {
         match &frame.message {
             BackendMessage::RowDescription(fields) => {
+                // Column rules follow a masked column under an alias or inside an expression
+                // (`SELECT ssn AS x`, `upper(email)`): the described statement's select list
+                // says what each result column reads.
+                let sources = self.described_sources();
                 let columns = match &self.described {
-                    Some((raw, columns)) if **raw == *frame.raw => Arc::clone(columns),
+                    Some((raw, columns)) if sources.is_none() && **raw == *frame.raw => {
+                        Arc::clone(columns)
+                    }
                     _ => {
                         let columns: Columns = rewrite::columns(fields)
                             .into_iter()
                             .map(|c| Column {
-                                mask: self.masker.column(&c.name),
+                                mask: match &sources {
+                                    Some(s) => self.masker.column_from(&c.name, s.sources(&c.name)),
+                                    None => self.masker.column(&c.name),
+                                },
                                 kind: if c.rewritable {
                                     ValueKind::Text
                                 } else {
@@ -804,7 +836,9 @@ impl Inspector {
                                 },
                             })
                             .collect();
-                        if frame.raw.len() <= MAX_CACHED_DESCRIPTION {
+                        // Keyed by the description's bytes alone, so only columns that the
+                        // names alone decided may be reused.
+                        if sources.is_none() && frame.raw.len() <= MAX_CACHED_DESCRIPTION {
                             self.described =
                                 Some((frame.raw.to_vec().into(), Arc::clone(&columns)));
                         }
@@ -1155,6 +1189,23 @@ impl Inspector {
         if let Some(p) = self.current_mut() {
             p.record.masked_values = p.record.masked_values.saturating_add(masked);
         }
+    }
+
+    /// What the result columns of the statement a RowDescription describes read: the
+    /// prepared statement of the Describe it answers, else the simple Query statement being
+    /// answered.
+    fn described_sources(&self) -> Sources {
+        if let Some(name) = self.shapes.describing() {
+            return self
+                .statements
+                .statement(name)
+                .and_then(|s| s.meta.sources.clone());
+        }
+        let next = self.ready_seen + 1;
+        self.pending
+            .front()
+            .filter(|p| p.sync_no <= next)
+            .and_then(|p| p.sources.clone())
     }
 
     /// The statement the server is answering now: the oldest pending one of the batch whose

@@ -291,6 +291,15 @@ impl<C: Clone> ResultShapes<C> {
         self.awaiting.push_back(next);
     }
 
+    /// The prepared statement whose Describe the server answers next, if that is what it
+    /// answers next.
+    pub fn describing(&self) -> Option<&Bytes> {
+        match self.awaiting.front() {
+            Some(Awaiting::Describe(statement)) => statement.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The server sent a RowDescription, summarised as `columns`: remembered for the statement
     /// being described, if any.
     pub fn on_row_description(&mut self, columns: &C) {

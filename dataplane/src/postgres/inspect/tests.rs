@@ -780,3 +780,115 @@ strategy = "redact"
     assert_eq!(records[0].masked_values, 4);
     assert_eq!(i.masked_total(), 4);
 }
+
+/// The DataRow values in `out`, in order.
+fn rows_in(out: &BytesMut) -> Vec<Vec<Option<String>>> {
+    let mut decoded = out.clone();
+    let mut rows = Vec::new();
+    while let Some(f) = backend::decode_message(&mut decoded, &Limits::default()).expect("valid") {
+        if let backend::BackendMessage::DataRow(r) = f.message {
+            rows.push(
+                r.values()
+                    .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// A column rule follows its column under an alias, inside an expression and through a
+/// subquery; a description identical to an earlier one whose columns read nothing masked
+/// must not reuse that one's (unmasked) columns.
+#[test]
+fn column_rules_follow_a_column_under_aliases_and_expressions() {
+    let mut i = inspector(i64::MAX);
+    let mut rec = |_| true;
+    let mut scratch = Scratch::new();
+    let sql = "SELECT e FROM customers; \
+               SELECT upper(email) AS e FROM customers; \
+               SELECT id AS k, lower(email), name FROM customers; \
+               SELECT y FROM (SELECT email AS y FROM customers) s";
+    assert!(matches!(
+        i.on_client(&query(sql), &mut scratch, true, &mut rec),
+        ClientVerdict::Forward
+    ));
+    let mut out = BytesMut::new();
+    for frame in [
+        row_description(&["e"]),
+        data_row(&["Oslo"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        row_description(&["e"]),
+        data_row(&["ANN@EXAMPLE.COM"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        row_description(&["k", "lower", "name"]),
+        data_row(&["1", "ann@example.com", "ann"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        row_description(&["y"]),
+        data_row(&["ann@example.com"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&frame, &mut out, &mut rec).expect("masked");
+    }
+    let rows = rows_in(&out);
+    let masked = Some("[MASKED]".to_owned());
+    assert_eq!(rows[0], [Some("Oslo".to_owned())]);
+    assert_eq!(rows[1], std::slice::from_ref(&masked));
+    assert_eq!(
+        rows[2],
+        [Some("1".to_owned()), masked.clone(), Some("ann".to_owned())]
+    );
+    assert_eq!(rows[3], [masked]);
+    assert_eq!(i.masked_total(), 3);
+}
+
+/// The same through a prepared statement: its Describe carries the masks to the rows of a
+/// later Execute.
+#[test]
+fn column_rules_follow_aliases_of_a_prepared_statement() {
+    let mut i = inspector(i64::MAX);
+    let mut rec = |_| true;
+    let mut scratch = Scratch::new();
+    let mut out = BytesMut::new();
+    for m in [
+        parse(b"S_2", "SELECT id, email AS contact FROM customers"),
+        FrontendMessage::Describe {
+            target: crate::postgres::frontend::Target::Statement,
+            name: Bytes::from_static(b"S_2"),
+        },
+        FrontendMessage::Sync,
+    ] {
+        assert!(matches!(
+            i.on_client(&m, &mut scratch, true, &mut rec),
+            ClientVerdict::Forward
+        ));
+    }
+    for f in [
+        backend_frame(b'1', b""),
+        backend_frame(b't', b"\0\0"),
+        row_description(&["id", "contact"]),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    for m in [bind(b"S_2"), execute(), FrontendMessage::Sync] {
+        assert!(matches!(
+            i.on_client(&m, &mut scratch, true, &mut rec),
+            ClientVerdict::Forward
+        ));
+    }
+    out.clear();
+    for f in [
+        backend_frame(b'2', b""),
+        data_row(&["1", "ann@example.com"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, &mut rec).expect("ok");
+    }
+    assert_eq!(
+        rows_in(&out),
+        [[Some("1".to_owned()), Some("[MASKED]".to_owned())]]
+    );
+}
