@@ -402,6 +402,58 @@ fn execute() -> FrontendMessage {
     }
 }
 
+/// Prepares `sql` as `name` and describes it (the server answering with `columns`), then
+/// executes it in a later batch without describing it again, as pgjdbc does; the server
+/// answers with `row`. Returns what the client got for the execute.
+fn prepare_then_execute(
+    i: &mut Inspector,
+    rec: &mut super::RecordFn<'_>,
+    name: &'static [u8],
+    sql: &'static str,
+    columns: &[&str],
+    row: &[&str],
+) -> BytesMut {
+    let mut scratch = Scratch::new();
+    let mut out = BytesMut::new();
+    for m in [
+        parse(name, sql),
+        FrontendMessage::Describe {
+            target: crate::postgres::frontend::Target::Statement,
+            name: Bytes::from_static(name),
+        },
+        FrontendMessage::Sync,
+    ] {
+        assert!(matches!(
+            i.on_client(&m, &mut scratch, true, rec),
+            ClientVerdict::Forward
+        ));
+    }
+    for f in [
+        backend_frame(b'1', b""),
+        backend_frame(b't', b"\0\0"),
+        row_description(columns),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, rec).expect("ok");
+    }
+    for m in [bind(name), execute(), FrontendMessage::Sync] {
+        assert!(matches!(
+            i.on_client(&m, &mut scratch, true, rec),
+            ClientVerdict::Forward
+        ));
+    }
+    out.clear();
+    for f in [
+        backend_frame(b'2', b""),
+        data_row(row),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&f, &mut out, rec).expect("ok");
+    }
+    out
+}
+
 /// Regression: pgjdbc executes a server-prepared statement without describing it again; the
 /// rows then had no columns and the `email` column rule did not mask them.
 #[test]
@@ -414,44 +466,14 @@ fn rows_of_an_undescribed_execute_are_masked_with_the_statements_columns() {
         }
         true
     };
-    let mut scratch = Scratch::new();
-    let mut out = BytesMut::new();
-    for m in [
-        parse(b"S_1", "SELECT id, email FROM customers"),
-        FrontendMessage::Describe {
-            target: crate::postgres::frontend::Target::Statement,
-            name: Bytes::from_static(b"S_1"),
-        },
-        FrontendMessage::Sync,
-    ] {
-        assert!(matches!(
-            i.on_client(&m, &mut scratch, true, &mut rec),
-            ClientVerdict::Forward
-        ));
-    }
-    for f in [
-        backend_frame(b'1', b""),
-        backend_frame(b't', b"\0\0"),
-        row_description(&["id", "email"]),
-        backend_frame(b'Z', b"I"),
-    ] {
-        i.on_backend(&f, &mut out, &mut rec).expect("ok");
-    }
-    for m in [bind(b"S_1"), execute(), FrontendMessage::Sync] {
-        assert!(matches!(
-            i.on_client(&m, &mut scratch, true, &mut rec),
-            ClientVerdict::Forward
-        ));
-    }
-    out.clear();
-    for f in [
-        backend_frame(b'2', b""),
-        data_row(&["1", "ann@example.com"]),
-        backend_frame(b'C', b"SELECT 1\0"),
-        backend_frame(b'Z', b"I"),
-    ] {
-        i.on_backend(&f, &mut out, &mut rec).expect("ok");
-    }
+    let out = prepare_then_execute(
+        &mut i,
+        &mut rec,
+        b"S_1",
+        "SELECT id, email FROM customers",
+        &["id", "email"],
+        &["1", "ann@example.com"],
+    );
     let seen = String::from_utf8_lossy(&out);
     assert!(!seen.contains("ann@example.com"), "{seen}");
     assert_eq!(records.len(), 1);
@@ -848,45 +870,14 @@ fn column_rules_follow_a_column_under_aliases_and_expressions() {
 #[test]
 fn column_rules_follow_aliases_of_a_prepared_statement() {
     let mut i = inspector(i64::MAX);
-    let mut rec = |_| true;
-    let mut scratch = Scratch::new();
-    let mut out = BytesMut::new();
-    for m in [
-        parse(b"S_2", "SELECT id, email AS contact FROM customers"),
-        FrontendMessage::Describe {
-            target: crate::postgres::frontend::Target::Statement,
-            name: Bytes::from_static(b"S_2"),
-        },
-        FrontendMessage::Sync,
-    ] {
-        assert!(matches!(
-            i.on_client(&m, &mut scratch, true, &mut rec),
-            ClientVerdict::Forward
-        ));
-    }
-    for f in [
-        backend_frame(b'1', b""),
-        backend_frame(b't', b"\0\0"),
-        row_description(&["id", "contact"]),
-        backend_frame(b'Z', b"I"),
-    ] {
-        i.on_backend(&f, &mut out, &mut rec).expect("ok");
-    }
-    for m in [bind(b"S_2"), execute(), FrontendMessage::Sync] {
-        assert!(matches!(
-            i.on_client(&m, &mut scratch, true, &mut rec),
-            ClientVerdict::Forward
-        ));
-    }
-    out.clear();
-    for f in [
-        backend_frame(b'2', b""),
-        data_row(&["1", "ann@example.com"]),
-        backend_frame(b'C', b"SELECT 1\0"),
-        backend_frame(b'Z', b"I"),
-    ] {
-        i.on_backend(&f, &mut out, &mut rec).expect("ok");
-    }
+    let out = prepare_then_execute(
+        &mut i,
+        &mut |_| true,
+        b"S_2",
+        "SELECT id, email AS contact FROM customers",
+        &["id", "contact"],
+        &["1", "ann@example.com"],
+    );
     assert_eq!(
         rows_in(&out),
         [[Some("1".to_owned()), Some("[MASKED]".to_owned())]]
