@@ -386,9 +386,12 @@ impl<'a, 't> Reader<'a, 't> {
         i
     }
 
-    /// One item `[a, b)` of a select list.
+    /// One item `[a, b)` of a select list. A statement's own select lists (`depth` 0) keep
+    /// only the items that rename; a subquery inside an item keeps them all, since the item
+    /// reads whatever they read (`(SELECT ssn FROM t LIMIT 1) AS s`).
     fn item(&self, a: usize, b: usize, depth: usize, out: &mut Vec<Item<'t>>) {
-        if a >= b || self.plain(a, b) {
+        let nested = depth > 0;
+        if a >= b || (!nested && self.plain(a, b)) {
             return;
         }
         let (expr_end, alias) = self.alias(a, b);
@@ -398,7 +401,7 @@ impl<'a, 't> Reader<'a, 't> {
             .or_else(|| self.natural_name(a, expr_end))
             .unwrap_or(Name { text: "?column?" });
         // An item that reads nothing, or only its own name (`ssn::text`), renames nothing.
-        if reads.iter().any(|r| !r.same(&output)) {
+        if nested || reads.iter().any(|r| !r.same(&output)) {
             out.push(Item { output, reads });
         }
     }
@@ -447,6 +450,11 @@ impl<'a, 't> Reader<'a, 't> {
                 i = end;
                 continue;
             }
+            if self.kind(i + 1) == Some(T::LParen) && self.value_free_call(i) {
+                // `count(email)`, `length(ssn)`: a count or a size, not the value.
+                i = self.after_group(i + 1);
+                continue;
+            }
             if let Some(name) = self.name(i) {
                 let call = self.kind(i + 1) == Some(T::LParen);
                 let qualifier = self.kind(i + 1) == Some(T::Dot);
@@ -458,6 +466,21 @@ impl<'a, 't> Reader<'a, 't> {
                 }
             }
             i += 1;
+        }
+    }
+
+    /// A function at `i` whose result says how many or how long, never what: its arguments
+    /// do not flow into the result column.
+    fn value_free_call(&self, i: usize) -> bool {
+        match self.bytes(i).len() {
+            5 => self.word_of(i, &["count"]),
+            6 => self.word_of(i, &["length"]),
+            10 => self.word_of(i, &["bit_length"]),
+            11 => self.word_of(i, &["char_length"]),
+            12 => self.word_of(i, &["octet_length"]),
+            14 => self.word_of(i, &["pg_column_size"]),
+            16 => self.word_of(i, &["character_length"]),
+            _ => false,
         }
     }
 
@@ -580,6 +603,12 @@ mod tests {
                 "string_agg",
                 &["ssn"],
             ),
+            ("SELECT (SELECT ssn FROM users LIMIT 1) AS s", "s", &["ssn"]),
+            (
+                "SELECT count(ssn) + length(email) || ssn AS mixed FROM users",
+                "mixed",
+                &["ssn"],
+            ),
         ];
         for (sql, column, want) in cases {
             assert_eq!(sources(sql, column), *want, "{sql} / {column}");
@@ -602,6 +631,13 @@ mod tests {
             );
             assert_eq!(s.sources("count").count(), 0, "{sql}");
         }
+    }
+
+    #[test]
+    fn counts_and_sizes_do_not_read_the_values() {
+        let sql = "SELECT count(ssn) AS n, length(email), count(DISTINCT ssn) AS d FROM users";
+        let s = ResultSources::of(sql, Dialect::Postgres);
+        assert!(s.is_empty(), "{s:?}");
     }
 
     #[test]
