@@ -417,6 +417,21 @@ fn psql_and_pgbench_through_the_gateway_with_policy_masking_and_recording() {
             ["1|[MASKED]|[MASKED]|[MASKED]", "[MASKED]"],
             "{driver}: aliased email not masked: {rows}"
         );
+        // A cursor's rename applies to the FETCH that returns its rows.
+        let out = psql(
+            tls,
+            "require",
+            &token,
+            "BEGIN; DECLARE c CURSOR FOR SELECT email AS e FROM customers WHERE id = 1; \
+             FETCH ALL FROM c; COMMIT",
+        );
+        assert!(out.status.success(), "{driver}: {}", text(&out.stderr));
+        let rows = text(&out.stdout);
+        assert_eq!(
+            rows.lines().collect::<Vec<_>>(),
+            ["BEGIN", "DECLARE CURSOR", "[MASKED]", "COMMIT"],
+            "{driver}: email through a cursor not masked: {rows}"
+        );
 
         // A denied DROP: 42501 naming the rule, never reaches the server, table intact.
         let out = psql(tls, "require", &token, "DROP TABLE customers");

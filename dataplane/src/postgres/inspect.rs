@@ -195,6 +195,11 @@ type Columns = Arc<[Column]>;
 /// or not.
 const MAX_CACHED_DESCRIPTION: usize = 1024;
 
+/// Most declarations (`DECLARE ... CURSOR`, `PREPARE`, `CREATE VIEW`) whose renames a session
+/// remembers for the results that come later; past it the oldest is forgotten. Bounds what a
+/// session can make the gateway keep.
+const MAX_DECLARED_SOURCES: usize = 64;
+
 /// One authenticated session's inspection state.
 #[derive(Debug)]
 pub struct Inspector {
@@ -215,6 +220,9 @@ pub struct Inspector {
     /// The last RowDescription resolved (as received) and its columns; the session's masker
     /// never changes, so the same description resolves to the same columns.
     described: Option<(Box<[u8]>, Columns)>,
+    /// What the result columns of the cursors, SQL prepared statements and views this
+    /// session declared read (at most [`MAX_DECLARED_SOURCES`], the latest kept).
+    declared_sources: VecDeque<Arc<ResultSources>>,
     unknown_column: ColumnMask,
     /// How the answer to the last fast-path call forwarded may be masked.
     fastpath_result: ValueKind,
@@ -273,6 +281,7 @@ impl Inspector {
             limits,
             columns: None,
             described: None,
+            declared_sources: VecDeque::new(),
             unknown_column,
             fastpath_result: ValueKind::Other,
             copy_out: None,
@@ -554,10 +563,19 @@ impl Inspector {
             };
             // Read off the tokens the decision already made; nothing is built for a statement
             // whose result columns are plain columns.
+            let tokens = scratch.sql().tokens(st);
             let sources = follow_columns
-                .then(|| ResultSources::from_tokens(text, scratch.sql().tokens(st)))
+                .then(|| ResultSources::from_tokens(text, tokens))
                 .filter(|s| !s.is_empty())
                 .map(Arc::new);
+            if let Some(s) = &sources
+                && declares_a_result(text, tokens)
+            {
+                if self.declared_sources.len() >= MAX_DECLARED_SOURCES {
+                    self.declared_sources.pop_front();
+                }
+                self.declared_sources.push_back(Arc::clone(s));
+            }
             parts.push((
                 kind_name(st.primary_kind()),
                 piece,
@@ -816,18 +834,29 @@ impl Inspector {
                 // Column rules follow a masked column under an alias or inside an expression
                 // (`SELECT ssn AS x`, `upper(email)`): the described statement's select list
                 // says what each result column reads.
+                // Cursors, SQL-level prepared statements and temporary views declared in the
+                // session return their rows later, to a FETCH, EXECUTE or SELECT whose own text
+                // does not show the renames: theirs count for every later result.
                 let sources = self.described_sources();
+                let by_name_only = sources.is_none() && self.declared_sources.is_empty();
                 let columns = match &self.described {
-                    Some((raw, columns)) if sources.is_none() && **raw == *frame.raw => {
+                    Some((raw, columns)) if by_name_only && **raw == *frame.raw => {
                         Arc::clone(columns)
                     }
                     _ => {
+                        let declared = &self.declared_sources;
                         let columns: Columns = rewrite::columns(fields)
                             .into_iter()
                             .map(|c| Column {
-                                mask: match &sources {
-                                    Some(s) => self.masker.column_from(&c.name, s.sources(&c.name)),
-                                    None => self.masker.column(&c.name),
+                                mask: if by_name_only {
+                                    self.masker.column(&c.name)
+                                } else {
+                                    let name = c.name.as_str();
+                                    let read = sources
+                                        .iter()
+                                        .chain(declared.iter())
+                                        .flat_map(move |s| s.sources(name));
+                                    self.masker.column_from(name, read)
                                 },
                                 kind: if c.rewritable {
                                     ValueKind::Text
@@ -838,7 +867,7 @@ impl Inspector {
                             .collect();
                         // Keyed by the description's bytes alone, so only columns that the
                         // names alone decided may be reused.
-                        if sources.is_none() && frame.raw.len() <= MAX_CACHED_DESCRIPTION {
+                        if by_name_only && frame.raw.len() <= MAX_CACHED_DESCRIPTION {
                             self.described =
                                 Some((frame.raw.to_vec().into(), Arc::clone(&columns)));
                         }
@@ -1285,6 +1314,21 @@ pub fn policy_identity(identity: &Identity) -> policy_engine::Identity {
             crate::identity::IdentityKind::Service => policy_engine::IdentityKind::Service,
         },
     }
+}
+
+/// A statement whose select list returns its rows later, to another statement: `DECLARE c
+/// CURSOR FOR SELECT ...` (then `FETCH`), `PREPARE p AS SELECT ...` (then `EXECUTE`),
+/// `CREATE VIEW v AS SELECT ...` (then `SELECT ... FROM v`).
+fn declares_a_result(text: &str, tokens: &[policy_engine::sql::lexer::Token]) -> bool {
+    tokens.first().is_some_and(|t| {
+        let word = text
+            .as_bytes()
+            .get(t.start as usize..t.end as usize)
+            .unwrap_or_default();
+        [&b"declare"[..], b"prepare", b"create"]
+            .iter()
+            .any(|k| word.eq_ignore_ascii_case(k))
+    })
 }
 
 fn rec_decision(v: Verdict) -> RecDecision {

@@ -883,3 +883,47 @@ fn column_rules_follow_aliases_of_a_prepared_statement() {
         [[Some("1".to_owned()), Some("[MASKED]".to_owned())]]
     );
 }
+
+/// A cursor's or SQL prepared statement's renames apply to the FETCH or EXECUTE that returns
+/// its rows later, whose own text shows none.
+#[test]
+fn column_rules_follow_aliases_into_cursors_and_sql_prepared_statements() {
+    // No rules on statement kinds: an EXECUTE is opaque, and would be refused by one.
+    let policy = r#"
+[[access]]
+connections = ["db"]
+groups = ["eng"]
+
+[[mask]]
+columns = ["email"]
+strategy = "redact"
+"#;
+    let mut i = inspector_with(policy, i64::MAX);
+    let mut rec = |_| true;
+    let mut scratch = Scratch::new();
+    let sql = "DECLARE c CURSOR FOR SELECT id, email AS e FROM customers; \
+               FETCH ALL FROM c; \
+               PREPARE p AS SELECT upper(email) AS m FROM customers; \
+               EXECUTE p";
+    let verdict = i.on_client(&query(sql), &mut scratch, true, &mut rec);
+    assert!(matches!(verdict, ClientVerdict::Forward), "{verdict:?}");
+    let mut out = BytesMut::new();
+    for frame in [
+        backend_frame(b'C', b"DECLARE CURSOR\0"),
+        row_description(&["id", "e"]),
+        data_row(&["1", "ann@example.com"]),
+        backend_frame(b'C', b"FETCH 1\0"),
+        backend_frame(b'C', b"PREPARE\0"),
+        row_description(&["m"]),
+        data_row(&["ANN@EXAMPLE.COM"]),
+        backend_frame(b'C', b"SELECT 1\0"),
+        backend_frame(b'Z', b"I"),
+    ] {
+        i.on_backend(&frame, &mut out, &mut rec).expect("masked");
+    }
+    let masked = Some("[MASKED]".to_owned());
+    assert_eq!(
+        rows_in(&out),
+        [vec![Some("1".to_owned()), masked.clone()], vec![masked]]
+    );
+}
