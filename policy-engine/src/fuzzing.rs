@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::policy::{Policy, Scratch, compile_sources};
 use crate::request::{Action, Dialect, Identity};
-use crate::sql::SqlScratch;
+use crate::sql::{ResultSources, SqlScratch};
 
 /// Lexes and classifies arbitrary bytes in both dialects, and checks that normalizing is
 /// idempotent (returns `false` if it is not, which a fuzzer should treat as a crash).
@@ -15,8 +15,15 @@ pub fn lexer(data: &[u8]) -> bool {
     let mut s = SqlScratch::new();
     let mut again = SqlScratch::new();
     for dialect in [Dialect::Postgres, Dialect::Mysql] {
+        // What result columns read, from the whole text and per classified statement.
+        let sources = ResultSources::of(&text, dialect);
+        let _ = sources.sources("x").count();
         if s.classify(&text, dialect).is_err() {
             continue;
+        }
+        for st in s.statements() {
+            let per = ResultSources::from_tokens(&text, s.tokens(st));
+            let _ = per.sources("?column?").count();
         }
         let once = s.normalized(&text, dialect);
         if s.unterminated() {

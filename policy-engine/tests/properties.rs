@@ -38,8 +38,56 @@ fn sql_fragment() -> impl Strategy<Value = String> {
     ]
 }
 
+fn select_fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("SELECT".to_string()),
+        Just("RETURNING".to_string()),
+        Just("WITH s AS".to_string()),
+        Just("FROM t".to_string()),
+        Just("WHERE".to_string()),
+        Just("AS".to_string()),
+        Just("CAST(".to_string()),
+        Just("::text".to_string()),
+        Just("(".to_string()),
+        Just(")".to_string()),
+        Just(",".to_string()),
+        Just(";".to_string()),
+        Just("count(".to_string()),
+        Just("CASE WHEN".to_string()),
+        Just("END".to_string()),
+        Just("u.".to_string()),
+        Just("*".to_string()),
+        Just("||".to_string()),
+        Just("'s'".to_string()),
+        Just("\"Q x\"".to_string()),
+        Just("DISTINCT ON (a)".to_string()),
+        "[a-z]{1,3}",
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Whatever a statement looks like, reading its result sources does not panic, and every
+    /// name it reports is a name written in the statement.
+    #[test]
+    fn result_sources_name_only_what_the_text_holds(
+        parts in proptest::collection::vec(select_fragment(), 0..48),
+        column in "[a-z]{1,3}",
+    ) {
+        use policy_engine::sql::ResultSources;
+        let text = parts.join(" ");
+        let lower = text.to_ascii_lowercase();
+        let s = ResultSources::of(&text, Dialect::Postgres);
+        for probe in [column.as_str(), "?column?", "case", "count"] {
+            for name in s.sources(probe) {
+                prop_assert!(
+                    lower.contains(&name.to_ascii_lowercase()),
+                    "{name:?} not in {text:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn lexer_never_panics_on_bytes(data in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -442,9 +442,10 @@ impl<'a, 't> Reader<'a, 't> {
                     if let Some(s) = self.main_select(i + 1, end) {
                         self.list(s + 1, depth + 1, &mut inner);
                     }
+                    // What the subquery's items read (their own names are among it when
+                    // they name a column; `?column?` and aliases are not read).
                     for item in inner {
                         out.extend(item.reads);
-                        out.push(item.output);
                     }
                 }
                 i = end;
@@ -587,11 +588,7 @@ mod tests {
                 "y",
                 &["ssn"],
             ),
-            (
-                "SELECT (SELECT max(ssn) FROM users) AS m",
-                "m",
-                &["max", "ssn"],
-            ),
+            ("SELECT (SELECT max(ssn) FROM users) AS m", "m", &["ssn"]),
             ("UPDATE users SET n = 1 RETURNING ssn AS x", "x", &["ssn"]),
             (
                 "SELECT DISTINCT ON (id) ssn s FROM users ORDER BY id",
