@@ -616,4 +616,20 @@ fn column_rules_apply_to_the_columns_a_result_column_reads() {
     // `notes` runs the email detector inside the column, under any name it is read as.
     assert_eq!(cell("n", "MAIL ANN@EXAMPLE.COM"), "MAIL [EMAIL]");
     assert_eq!(cell("k", "ann@example.com"), "ann@example.com");
+
+    // A statement too costly to read computes every column from every column.
+    let deep = format!(
+        "SELECT {} id {} AS k",
+        "(SELECT ".repeat(20_000),
+        ")".repeat(20_000)
+    );
+    let sources = ResultSources::of(&deep, Dialect::Postgres);
+    let col = s.column_from("k", sources.sources("k"));
+    let mut out = Vec::new();
+    let mut st = MaskStats::default();
+    assert_eq!(
+        s.mask_value(&col, ValueKind::Text, b"7", &mut out, &mut st),
+        MaskOutcome::Rewritten
+    );
+    assert_eq!(out, b"[MASKED]");
 }

@@ -16,15 +16,14 @@
 //! are masked). What the text does not show, it cannot follow: view and function bodies, and
 //! whole-row values (`row_to_json(u)`, `SELECT u FROM users u`); see `docs/masking.md`.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
 
 use super::lexer::{self, Token, TokenKind as T};
 use crate::request::Dialect;
 
-/// Longest statement text read for sources; longer texts are ruled by result-column names only.
-/// Reading is linear in the text, and a statement this long is rarely a query whose result
-/// columns a masking rule could follow anyway.
+/// Longest statement text read for sources; a longer text reads as computed from every column
+/// ([`ALL_COLUMNS`]), like one that takes too long to read.
 pub const MAX_SOURCES_TEXT: usize = 1 << 20;
 
 /// Deepest parenthesis nesting followed into a subquery; deeper subqueries add no sources.
@@ -39,16 +38,26 @@ const MAX_ALIAS_ROUNDS: usize = 8;
 /// every item read every other stops growing here.
 const MAX_ITEM_READS: usize = 256;
 
-/// Most steps spent following aliases in one statement (one step: one name carried from one
-/// result column to another). Bounds the work a crafted statement can cause; real statements
-/// take a few hundred.
-const MAX_FOLLOW_STEPS: usize = 200_000;
+/// Most work spent reading one statement's sources, in steps of about one token visited, one
+/// name recorded or one name carried from one result column to another, and four per name
+/// interned (about a millisecond in all, the cost of deciding a statement of a few hundred
+/// KiB).
+/// A statement that needs more reads as computed from every column (see [`ALL_COLUMNS`]):
+/// a crafted statement gets all its result columns masked, not the gateway's core for long.
+/// Real statements take a few thousand steps.
+pub const MAX_SOURCES_WORK: usize = 200_000;
+
+/// The source reported for every result column of a statement too costly to read
+/// ([`MAX_SOURCES_WORK`]): every column rule applies to every column.
+pub const ALL_COLUMNS: &str = "*";
 
 /// The result columns of one statement and the column names each reads.
 #[derive(Debug, Default)]
 pub struct ResultSources {
     /// `None` when names alone decide (most statements): nothing built, nothing to drop.
     follow: Option<Box<Followed>>,
+    /// Reading ran out of [`MAX_SOURCES_WORK`]: every column reads [`ALL_COLUMNS`].
+    saturated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -83,10 +92,10 @@ struct Item<'t> {
 }
 
 impl ResultSources {
-    /// Reads `text` (one or more statements). Text that is too long reads as no sources.
+    /// Reads `text` (one or more statements).
     pub fn of(text: &str, dialect: Dialect) -> Self {
         if text.len() > MAX_SOURCES_TEXT {
-            return Self::default();
+            return Self::saturated();
         }
         let mut toks = Vec::new();
         lexer::lex(text, dialect, &mut toks);
@@ -97,7 +106,7 @@ impl ResultSources {
     /// or all of them). Allocates nothing when every result column is a plain column.
     pub fn from_tokens(text: &str, toks: &[Token]) -> Self {
         if text.len() > MAX_SOURCES_TEXT {
-            return Self::default();
+            return Self::saturated();
         }
         let r = Reader::new(text, toks);
         let mut items = Vec::new();
@@ -107,37 +116,52 @@ impl ResultSources {
                 && ((len == 6 && r.kw(i, "select")) || (len == 9 && r.kw(i, "returning")))
             {
                 r.list(i + 1, 0, &mut items);
+                if r.exhausted() {
+                    return Self::saturated();
+                }
             }
         }
-        Self::follow(items)
+        Self::follow(items, r.work.get())
+    }
+
+    fn saturated() -> Self {
+        Self {
+            follow: None,
+            saturated: true,
+        }
     }
 
     /// Whether no result column reads a name other than its own: column names alone decide.
     pub fn is_empty(&self) -> bool {
-        self.follow.is_none()
+        self.follow.is_none() && !self.saturated
     }
 
     /// The names the result column `column` reads besides its own.
     pub fn sources<'s>(&'s self, column: &str) -> impl Iterator<Item = &'s str> + Clone + 's {
         let f = self.follow.as_deref();
+        let all = self.saturated.then_some(ALL_COLUMNS);
         f.and_then(|f| f.ids.get(column.to_ascii_lowercase().as_str()))
             .and_then(|id| f?.reads.get(id))
             .into_iter()
             .flatten()
             .filter_map(move |&r| f?.spellings.get(r as usize).map(|s| &**s))
+            .chain(all)
     }
 
     /// Follows aliases: a result column that reads a name another item outputs reads what
     /// that item reads too. Then drops the names that read nothing but themselves.
-    fn follow(items: Vec<Item<'_>>) -> Self {
+    fn follow(items: Vec<Item<'_>>, spent: usize) -> Self {
         // Most statements name their result columns after the columns they read: nothing to
         // follow, and nothing to build.
         if items.is_empty() {
             return Self::default();
         }
-        let f = Followed::of(items);
+        let Some(f) = Followed::of(items, spent) else {
+            return Self::saturated();
+        };
         Self {
             follow: (!f.reads.is_empty()).then(|| Box::new(f)),
+            saturated: false,
         }
     }
 }
@@ -154,22 +178,31 @@ impl Followed {
         id
     }
 
-    fn of(items: Vec<Item<'_>>) -> Self {
+    /// `None` when following would take more than what is left of [`MAX_SOURCES_WORK`]
+    /// after `spent`.
+    fn of(items: Vec<Item<'_>>, spent: usize) -> Option<Self> {
         let mut s = Self::default();
         let mut reads: HashMap<u32, Vec<u32>> = HashMap::new();
+        // Four steps per name interned (a hash and, the first time, two small allocations);
+        // one per name checked against a list it may join, and one per 16 names in that list.
+        let mut steps = spent;
         for item in items {
             let out = s.intern(item.output);
             let ids: Vec<u32> = item.reads.into_iter().map(|n| s.intern(n)).collect();
+            steps += 4 * (1 + ids.len());
             let mine = reads.entry(out).or_default();
             for id in ids {
+                steps += mine.len() / 16;
                 if mine.len() < MAX_ITEM_READS && !mine.contains(&id) {
                     mine.push(id);
                 }
             }
+            if steps > MAX_SOURCES_WORK {
+                return None;
+            }
         }
         let outputs: Vec<u32> = reads.keys().copied().collect();
-        let mut steps = 0usize;
-        'rounds: for _ in 0..MAX_ALIAS_ROUNDS {
+        for _ in 0..MAX_ALIAS_ROUNDS {
             let mut grew = false;
             for &out in &outputs {
                 let mut add = Vec::new();
@@ -177,13 +210,13 @@ impl Followed {
                     if *r == out {
                         continue;
                     }
-                    for &n in reads.get(r).into_iter().flatten() {
-                        steps += 1;
-                        if steps > MAX_FOLLOW_STEPS {
-                            break 'rounds;
-                        }
-                        add.push(n);
-                    }
+                    let theirs = reads.get(r).map_or(&[][..], Vec::as_slice);
+                    steps += theirs.len();
+                    add.extend_from_slice(theirs);
+                }
+                steps += add.len() * (1 + reads.get(&out).map_or(0, Vec::len) / 16);
+                if steps > MAX_SOURCES_WORK {
+                    return None;
                 }
                 let Some(mine) = reads.get_mut(&out) else {
                     continue;
@@ -201,7 +234,7 @@ impl Followed {
         }
         reads.retain(|out, r| r.iter().any(|n| n != out));
         s.reads = reads;
-        s
+        Some(s)
     }
 }
 
@@ -211,6 +244,8 @@ struct Reader<'a, 't> {
     /// For each `(`, the index of its `)` (`usize::MAX` when unclosed); built on first use,
     /// since most select lists have no parentheses.
     close: OnceCell<Vec<usize>>,
+    /// Steps spent so far, against [`MAX_SOURCES_WORK`].
+    work: Cell<usize>,
 }
 
 impl<'a, 't> Reader<'a, 't> {
@@ -219,7 +254,19 @@ impl<'a, 't> Reader<'a, 't> {
             text,
             toks,
             close: OnceCell::new(),
+            work: Cell::new(0),
         }
+    }
+
+    /// Counts `steps` of work; `false` once the budget is spent.
+    fn spend(&self, steps: usize) -> bool {
+        let w = self.work.get().saturating_add(steps);
+        self.work.set(w);
+        w <= MAX_SOURCES_WORK
+    }
+
+    fn exhausted(&self) -> bool {
+        self.work.get() > MAX_SOURCES_WORK
     }
 
     fn close(&self) -> &[usize] {
@@ -369,7 +416,7 @@ impl<'a, 't> Reader<'a, 't> {
         }
         let n = self.toks.len();
         let mut start = i;
-        while i < n {
+        while i < n && self.spend(1) {
             match self.kind(i) {
                 Some(T::LParen) => i = self.after_group(i),
                 Some(T::Comma) => {
@@ -434,7 +481,7 @@ impl<'a, 't> Reader<'a, 't> {
     /// read.
     fn reads(&self, a: usize, b: usize, depth: usize, out: &mut Vec<Name<'t>>) {
         let mut i = a;
-        while i < b {
+        while i < b && self.spend(1) {
             if self.kind(i) == Some(T::LParen) && self.kw_any(i + 1, &["select", "with"]) {
                 let end = self.after_group(i).min(b);
                 if depth < MAX_SOURCES_DEPTH {
@@ -445,6 +492,9 @@ impl<'a, 't> Reader<'a, 't> {
                     // What the subquery's items read (their own names are among it when
                     // they name a column; `?column?` and aliases are not read).
                     for item in inner {
+                        if !self.spend(item.reads.len()) {
+                            return;
+                        }
                         out.extend(item.reads);
                     }
                 }
@@ -657,6 +707,30 @@ mod tests {
         let unclosed = "SELECT (SELECT ssn AS y, ((( AS x";
         let _ = ResultSources::of(unclosed, Dialect::Postgres);
         let long = format!("SELECT ssn AS x, {} 1", "a, ".repeat(MAX_SOURCES_TEXT / 3));
-        assert!(ResultSources::of(&long, Dialect::Postgres).is_empty());
+        let s = ResultSources::of(&long, Dialect::Postgres);
+        assert_eq!(s.sources("a").collect::<Vec<_>>(), [ALL_COLUMNS]);
+    }
+
+    /// A statement that would take too long to read reads as computed from every column.
+    #[test]
+    fn too_costly_statements_read_every_column() {
+        // Each level re-reads the levels below it: quadratic in the nesting.
+        let nested = format!(
+            "SELECT {} ssn AS y {} AS x",
+            "(SELECT ".repeat(20_000),
+            ") AS z".repeat(20_000)
+        );
+        let s = ResultSources::of(&nested, Dialect::Postgres);
+        assert_eq!(s.sources("anything").collect::<Vec<_>>(), [ALL_COLUMNS]);
+        let mut chain = String::from("SELECT ");
+        for i in 0..40_000 {
+            chain.push_str(&format!("x{i} AS x{}, ", i + 1));
+        }
+        chain.push('1');
+        let s = ResultSources::of(&chain, Dialect::Postgres);
+        assert!(s.sources("x9").any(|n| n == ALL_COLUMNS));
+        // An ordinary statement stays well inside the budget.
+        let s = ResultSources::of("SELECT a AS b, upper(c) FROM t", Dialect::Postgres);
+        assert!(s.sources("b").all(|n| n != ALL_COLUMNS));
     }
 }
